@@ -1,0 +1,1 @@
+//! Load balancing over discovery snapshots (built by the foundation issue).

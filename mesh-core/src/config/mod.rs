@@ -1,0 +1,1 @@
+//! Configuration from `MESH_` environment variables (work in progress).

@@ -1,0 +1,223 @@
+//! Every metric the mesh emits: name, instrument, unit, attributes, description.
+//!
+//! Names follow the OpenTelemetry semantic conventions where one exists
+//! (`http.client.request.duration`, `rpc.client.call.duration`); mesh-specific
+//! metrics carry the `mesh.` prefix. The Prometheus exporter renders dots as
+//! underscores, adds the unit (`_seconds`) and `_total` on counters, so
+//! `mesh.discovery.updates` is scraped as `mesh_discovery_updates_total`.
+//!
+//! Attribute values must stay bounded: service names, route templates, status
+//! codes, fixed reason words. Never raw paths, IDs or strings a peer sent.
+//! Later features add entries here and nowhere else.
+
+/// What kind of instrument a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instrument {
+    /// Monotonic count.
+    Counter,
+    /// Value that goes up and down (OpenTelemetry's UpDownCounter or gauge).
+    Gauge,
+    /// Distribution of values.
+    Histogram,
+}
+
+/// The unit of a metric's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A plain count (`{request}`, `{endpoint}` in OpenTelemetry terms).
+    Count,
+    /// Seconds.
+    Seconds,
+    /// Bytes.
+    Bytes,
+}
+
+/// One metric's definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// Dotted OpenTelemetry-style name.
+    pub name: &'static str,
+    /// Instrument kind.
+    pub instrument: Instrument,
+    /// Unit of the values.
+    pub unit: Unit,
+    /// Attribute keys it may carry.
+    pub labels: &'static [&'static str],
+    /// One line for Prometheus' HELP and OpenTelemetry's description.
+    pub description: &'static str,
+}
+
+impl MetricDef {
+    /// The name as the Prometheus exporter renders it with recommended naming
+    /// (`http.client.request.duration` → `http_client_request_duration_seconds`).
+    pub fn prometheus_name(&self) -> String {
+        let mut name = self.name.replace('.', "_");
+        if self.unit == Unit::Seconds && !name.ends_with("_seconds") {
+            name.push_str("_seconds");
+        }
+        if self.unit == Unit::Bytes && !name.ends_with("_bytes") {
+            name.push_str("_bytes");
+        }
+        if self.instrument == Instrument::Counter {
+            name.push_str("_total");
+        }
+        name
+    }
+}
+
+/// Attribute keys (OpenTelemetry semantic conventions, then the mesh's own).
+pub mod label {
+    /// HTTP method, normalised to the known methods or `_OTHER`.
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    /// Response status code.
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    /// Route template (never the raw path).
+    pub const HTTP_ROUTE: &str = "http.route";
+    /// `http` or `https`.
+    pub const URL_SCHEME: &str = "url.scheme";
+    /// Logical server name the client addressed.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    /// Port the client addressed.
+    pub const SERVER_PORT: &str = "server.port";
+    /// Low-cardinality error class.
+    pub const ERROR_TYPE: &str = "error.type";
+    /// `grpc`.
+    pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
+    /// Full gRPC method, `package.Service/Method`.
+    pub const RPC_METHOD: &str = "rpc.method";
+    /// gRPC status code name.
+    pub const RPC_STATUS_CODE: &str = "rpc.status_code";
+    /// Logical service (as configured) the metric is about.
+    pub const SERVICE: &str = "mesh.service";
+    /// Discovery source kind: `static`, `dns`, `srv`, `file`.
+    pub const SOURCE: &str = "mesh.source";
+    /// Endpoint state: `known`, `ready`, `ejected`.
+    pub const STATE: &str = "mesh.state";
+    /// Fixed reason word for a failure or decision.
+    pub const REASON: &str = "mesh.reason";
+    /// Outcome word: `ok`, `error`, `rejected`.
+    pub const OUTCOME: &str = "mesh.outcome";
+}
+
+use label::*;
+use Instrument::{Counter, Gauge, Histogram};
+
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $ident:ident = $name:literal, $instrument:expr, $unit:expr, [$($label:expr),*], $description:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub const $ident: MetricDef = MetricDef {
+                name: $name,
+                instrument: $instrument,
+                unit: $unit,
+                labels: &[$($label),*],
+                description: $description,
+            };
+        )*
+        /// Every metric the mesh defines, for describing them to a recorder and for
+        /// checking dashboards and alert rules against the code.
+        pub const ALL: &[MetricDef] = &[$($ident),*];
+    };
+}
+
+metrics! {
+    /// Duration of outbound HTTP requests (OpenTelemetry stable convention).
+    HTTP_CLIENT_REQUEST_DURATION = "http.client.request.duration", Histogram, Unit::Seconds,
+        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE],
+        "Duration of outbound HTTP requests";
+    /// Outbound HTTP requests in flight.
+    HTTP_CLIENT_ACTIVE_REQUESTS = "http.client.active_requests", Gauge, Unit::Count,
+        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT],
+        "Outbound HTTP requests in flight";
+    /// Duration of inbound HTTP requests (OpenTelemetry stable convention).
+    HTTP_SERVER_REQUEST_DURATION = "http.server.request.duration", Histogram, Unit::Seconds,
+        [HTTP_REQUEST_METHOD, HTTP_ROUTE, URL_SCHEME, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE],
+        "Duration of inbound HTTP requests";
+    /// Inbound HTTP requests in flight.
+    HTTP_SERVER_ACTIVE_REQUESTS = "http.server.active_requests", Gauge, Unit::Count,
+        [HTTP_REQUEST_METHOD, URL_SCHEME],
+        "Inbound HTTP requests in flight";
+    /// Duration of outbound gRPC calls.
+    RPC_CLIENT_CALL_DURATION = "rpc.client.call.duration", Histogram, Unit::Seconds,
+        [RPC_SYSTEM_NAME, RPC_METHOD, RPC_STATUS_CODE, SERVER_ADDRESS],
+        "Duration of outbound gRPC calls";
+    /// Duration of inbound gRPC calls.
+    RPC_SERVER_CALL_DURATION = "rpc.server.call.duration", Histogram, Unit::Seconds,
+        [RPC_SYSTEM_NAME, RPC_METHOD, RPC_STATUS_CODE],
+        "Duration of inbound gRPC calls";
+    /// Snapshots a discovery source published.
+    DISCOVERY_UPDATES = "mesh.discovery.updates", Counter, Unit::Count,
+        [SERVICE, SOURCE],
+        "Endpoint snapshots published by service discovery";
+    /// Discovery failures; the last good snapshot stays in use.
+    DISCOVERY_ERRORS = "mesh.discovery.errors", Counter, Unit::Count,
+        [SERVICE, SOURCE, REASON],
+        "Service discovery failures (the last good endpoint set stays in use)";
+    /// Endpoints per service by state.
+    ENDPOINTS = "mesh.endpoints", Gauge, Unit::Count,
+        [SERVICE, STATE],
+        "Endpoints of a service by state (known, ready, ejected)";
+    /// Requests that found no ready endpoint within the queue timeout.
+    NO_ENDPOINT = "mesh.balancer.no_endpoint", Counter, Unit::Count,
+        [SERVICE, REASON],
+        "Requests that failed because no endpoint was ready in time";
+    /// Connections opened to endpoints, by outcome.
+    CONNECTIONS = "mesh.connections", Counter, Unit::Count,
+        [SERVICE, OUTCOME, REASON],
+        "Connection attempts to endpoints by outcome";
+    /// Requests sent outside the mesh through egress passthrough, or refused.
+    EGRESS_REQUESTS = "mesh.egress.requests", Counter, Unit::Count,
+        [SERVER_ADDRESS, OUTCOME],
+        "Requests to hosts the mesh does not know (egress), by outcome";
+    /// Configuration reloads by outcome.
+    CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
+        [SOURCE, OUTCOME],
+        "Configuration reloads by outcome";
+}
+
+/// Describes every metric to the installed `metrics` recorder, so exporters print
+/// HELP lines and units.
+pub fn describe_all() {
+    for def in ALL {
+        let unit = match def.unit {
+            Unit::Count => metrics::Unit::Count,
+            Unit::Seconds => metrics::Unit::Seconds,
+            Unit::Bytes => metrics::Unit::Bytes,
+        };
+        match def.instrument {
+            Counter => metrics::describe_counter!(def.name, unit, def.description),
+            Gauge => metrics::describe_gauge!(def.name, unit, def.description),
+            Histogram => metrics::describe_histogram!(def.name, unit, def.description),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_prefixed() {
+        let mut names: Vec<_> = ALL.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a metric name is defined twice");
+        for def in ALL {
+            assert!(
+                ["http.", "rpc.", "mesh."].iter().any(|p| def.name.starts_with(p)),
+                "{} has no known prefix",
+                def.name
+            );
+        }
+    }
+
+    #[test]
+    fn prometheus_names_follow_recommended_naming() {
+        assert_eq!(
+            HTTP_CLIENT_REQUEST_DURATION.prometheus_name(),
+            "http_client_request_duration_seconds"
+        );
+        assert_eq!(DISCOVERY_UPDATES.prometheus_name(), "mesh_discovery_updates_total");
+        assert_eq!(ENDPOINTS.prometheus_name(), "mesh_endpoints");
+    }
+}

@@ -1,0 +1,1 @@
+//! gRPC glue for the in-process mesh (tonic `MeshChannel` and server); arrives with the gRPC issue.

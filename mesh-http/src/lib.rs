@@ -1,0 +1,1 @@
+//! hyper/hyper-util glue for the in-process mesh.
