@@ -1,1 +1,2 @@
+//! Quickstart (arrives with the foundation issue).
 fn main() {}
