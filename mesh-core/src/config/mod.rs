@@ -1,1 +1,313 @@
-//! Configuration from `MESH_` environment variables (work in progress).
+//! Configuration from `MESH_` environment variables, an optional file, or code.
+//!
+//! Environment variables are the mesh's main user interface: in a serverless
+//! function or a pod spec they are often the only one. Every setting is listed in
+//! [`settings::SETTINGS`] and in the README's table. The rules:
+//!
+//! - Process-wide settings are `MESH_<SETTING>`; per service,
+//!   `MESH_SERVICE_<NAME>_<SETTING>`, where `<NAME>` is the service name upper-cased
+//!   with `-` and `.` as `_`, and the setting is the longest known suffix; every
+//!   service's default is `MESH_DEFAULT_<SETTING>`. A service exists for the mesh
+//!   once it has an endpoint source (`ENDPOINTS`, `DNS`, `SRV` or `FILE`).
+//! - `MESH_CONFIG_FILE` names a TOML or JSON file with the same settings in lower
+//!   case (`timeout = "2s"` under `[services.api]` or `[defaults]`). Precedence, most
+//!   specific first: the service's variable, the service's file entry, the
+//!   `MESH_DEFAULT_` variable, the file's `[defaults]`, the built-in default.
+//! - A bad value, an unknown `MESH_` variable or file key, or a setting reserved for
+//!   a later feature is a start-up error naming the variable (or file and key), the
+//!   value and what was expected. Every problem is reported at once. Variables that
+//!   Kubernetes injects for a Service named `mesh…` are recognised and left alone.
+//!
+//! ```
+//! use mesh_core::config::MeshConfig;
+//!
+//! let env = [
+//!     ("MESH_SERVICE_NAME", "checkout"),
+//!     ("MESH_SERVICE_PAYMENTS_ENDPOINTS", "127.0.0.1:8081,127.0.0.1:8082"),
+//!     ("MESH_SERVICE_PAYMENTS_TIMEOUT", "2s"),
+//! ];
+//! let config = MeshConfig::from_source(&env)?;
+//! let payments = config.service_for_host("payments").unwrap();
+//! assert_eq!(payments.timeout, Some(std::time::Duration::from_secs(2)));
+//! # Ok::<(), mesh_core::config::ConfigError>(())
+//! ```
+
+mod error;
+mod raw;
+mod service;
+pub mod settings;
+mod source;
+pub mod value;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use error::{ConfigError, Origin, Problem, ProblemKind};
+pub use raw::normalize_service_name;
+pub use service::{Protocol, ServiceConfig};
+pub use source::{Env, Layered, Source};
+
+use crate::discovery::DnsSettings;
+use raw::{Entry, RawSettings};
+
+/// What happens to a request for a host the mesh does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Egress {
+    /// Refuse it with an error (the default: a typo in a service name fails loudly).
+    #[default]
+    Deny,
+    /// Send it straight out: plain DNS, and web PKI TLS for `https`.
+    Allow,
+}
+
+/// The whole mesh configuration, parsed and validated once at start-up.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    service_name: String,
+    zone: Option<String>,
+    egress: Egress,
+    dns: DnsSettings,
+    services: Vec<ServiceConfig>,
+    /// Normalized service name → index into `services`.
+    index: HashMap<String, usize>,
+}
+
+impl MeshConfig {
+    /// Reads the process environment (and `MESH_CONFIG_FILE` if set).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env)
+    }
+
+    /// Reads `source` (and the file it names in `MESH_CONFIG_FILE`, if any).
+    pub fn from_source(source: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut raw = RawSettings::default();
+        if let Some(path) = source
+            .get("MESH_CONFIG_FILE")
+            .filter(|p| !p.trim().is_empty())
+        {
+            raw.read_file(&PathBuf::from(path), &mut problems);
+        }
+        raw.read_variables(source, &mut problems);
+        let config = Self::resolve(&raw, source, &mut problems);
+        // A bad default is found once for itself and again for each service using it.
+        let mut seen = Vec::new();
+        problems.retain(|p| {
+            let new = !seen.contains(p);
+            if new {
+                seen.push(p.clone());
+            }
+            new
+        });
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::new(problems)),
+        }
+    }
+
+    fn resolve(
+        raw: &RawSettings,
+        source: &(impl Source + ?Sized),
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        let global = |name: &'static str| raw.global.get(name);
+        let service_name = global("SERVICE_NAME")
+            .map(|e| e.value.trim().to_string())
+            .or_else(|| source.get("OTEL_SERVICE_NAME"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown_service".to_string());
+        let zone = global("ZONE")
+            .map(|e| e.value.trim().to_string())
+            .filter(|z| !z.is_empty());
+        let egress = typed(global("EGRESS"), problems, |v| match v.trim() {
+            "deny" => Ok(Egress::Deny),
+            "allow" => Ok(Egress::Allow),
+            _ => Err("`allow` or `deny`"),
+        })
+        .unwrap_or_default();
+        let mut dns = DnsSettings::default();
+        if let Some(servers) = typed(global("DNS_SERVERS"), problems, |v| {
+            value::list(v)
+                .iter()
+                .map(|s| s.parse::<SocketAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "comma-separated ip:port name servers, e.g. 127.0.0.1:53")
+        }) {
+            dns.servers = servers;
+        }
+        dns.min_ttl =
+            typed(global("DNS_MIN_TTL"), problems, value::duration).unwrap_or(dns.min_ttl);
+        dns.max_ttl =
+            typed(global("DNS_MAX_TTL"), problems, value::duration).unwrap_or(dns.max_ttl);
+        if dns.min_ttl > dns.max_ttl {
+            let entry = global("DNS_MIN_TTL").or(global("DNS_MAX_TTL"))?;
+            problems.push(Problem::invalid(
+                entry.origin.clone(),
+                &entry.value,
+                "MESH_DNS_MIN_TTL no greater than MESH_DNS_MAX_TTL",
+            ));
+        }
+
+        // Defaults are checked even when no service uses them yet.
+        let placeholder = raw::RawService {
+            name: "(defaults)".into(),
+            ..Default::default()
+        };
+        let any_source = crate::discovery::DiscoverySource::Static(Vec::new());
+        service::resolve(&placeholder, &raw.defaults, Some(any_source), problems);
+        let services: Vec<ServiceConfig> = raw
+            .services
+            .values()
+            .filter_map(|svc| service::resolve(svc, &raw.defaults, None, problems))
+            .collect();
+
+        let mut builder = MeshConfig::builder(service_name).egress(egress).dns(dns);
+        builder.zone = zone;
+        builder.services = services;
+        match builder.build() {
+            Ok(config) => Some(config),
+            Err(e) => {
+                problems.extend(e.problems().iter().cloned());
+                None
+            }
+        }
+    }
+
+    /// Starts a configuration in code.
+    pub fn builder(service_name: impl Into<String>) -> MeshConfigBuilder {
+        MeshConfigBuilder {
+            service_name: service_name.into(),
+            zone: None,
+            egress: Egress::Deny,
+            dns: DnsSettings::default(),
+            services: Vec::new(),
+        }
+    }
+
+    /// This service's own name.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// This instance's zone, if configured.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+
+    /// What happens to requests for unknown hosts.
+    pub fn egress(&self) -> Egress {
+        self.egress
+    }
+
+    /// Settings shared by DNS and SRV discovery.
+    pub fn dns(&self) -> &DnsSettings {
+        &self.dns
+    }
+
+    /// Every configured service.
+    pub fn services(&self) -> &[ServiceConfig] {
+        &self.services
+    }
+
+    /// The service a request's host names, matched after normalization
+    /// (`my-api`, `MY_API` and `my.api` are one service). Does not allocate.
+    pub fn service_for_host(&self, host: &str) -> Option<&ServiceConfig> {
+        let mut buf = [0u8; 255];
+        let bytes = host.as_bytes();
+        if bytes.len() > buf.len() {
+            return None;
+        }
+        for (dst, &b) in buf.iter_mut().zip(bytes) {
+            *dst = raw::normalize_byte(b);
+        }
+        let key = std::str::from_utf8(&buf[..bytes.len()]).ok()?;
+        self.index.get(key).map(|&i| &self.services[i])
+    }
+}
+
+/// Parses a global setting if it is set; records a problem when it does not parse.
+fn typed<T>(
+    entry: Option<&Entry>,
+    problems: &mut Vec<Problem>,
+    parse: impl Fn(&str) -> Result<T, &'static str>,
+) -> Option<T> {
+    let entry = entry?;
+    parse(&entry.value)
+        .map_err(|expected| {
+            problems.push(Problem::invalid(
+                entry.origin.clone(),
+                &entry.value,
+                expected,
+            ))
+        })
+        .ok()
+}
+
+/// Builds a [`MeshConfig`] in code.
+#[derive(Debug, Clone)]
+pub struct MeshConfigBuilder {
+    service_name: String,
+    zone: Option<String>,
+    egress: Egress,
+    dns: DnsSettings,
+    services: Vec<ServiceConfig>,
+}
+
+impl MeshConfigBuilder {
+    /// This instance's locality.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// What happens to requests for unknown hosts.
+    pub fn egress(mut self, egress: Egress) -> Self {
+        self.egress = egress;
+        self
+    }
+
+    /// DNS resolver settings.
+    pub fn dns(mut self, dns: DnsSettings) -> Self {
+        self.dns = dns;
+        self
+    }
+
+    /// Adds a service.
+    pub fn service(mut self, service: ServiceConfig) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// Checks that no two services share a normalized name.
+    pub fn build(self) -> Result<MeshConfig, ConfigError> {
+        let mut index = HashMap::new();
+        let mut problems = Vec::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let key = svc.normalized_name();
+            if let Some(prev) = index.insert(key.clone(), i) {
+                problems.push(Problem::other(
+                    service::code_origin(&svc.name),
+                    format!(
+                        "services `{}` and `{}` both normalize to `{key}`; rename one",
+                        self.services[prev].name, svc.name
+                    ),
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::new(problems));
+        }
+        Ok(MeshConfig {
+            service_name: self.service_name,
+            zone: self.zone,
+            egress: self.egress,
+            dns: self.dns,
+            services: self.services,
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -69,3 +69,69 @@ impl Snapshot {
         self.endpoints.is_empty()
     }
 }
+
+// --- placeholder until the discovery branch lands ---
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name or IP literal.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || "expected host:port, e.g. 10.0.0.5:8080".to_string();
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(HostPort {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        })
+    }
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySource {
+    /// Fixed list.
+    Static(Vec<HostPort>),
+    /// DNS A/AAAA.
+    Dns(HostPort),
+    /// DNS SRV.
+    Srv(String),
+    /// JSON file.
+    File(PathBuf),
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Name servers; empty = system.
+    pub servers: Vec<std::net::SocketAddr>,
+    /// Min TTL.
+    pub min_ttl: Duration,
+    /// Max TTL.
+    pub max_ttl: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            servers: Vec::new(),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
+}

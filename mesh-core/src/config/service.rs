@@ -1,0 +1,250 @@
+//! Typed settings of one logical service.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::error::{Origin, Problem};
+use super::raw::{normalize_service_name, Entry, RawService};
+use super::settings::{self, Scope};
+use super::value;
+use crate::balance::{BalancerKind, BalancerSettings};
+use crate::discovery::{DiscoverySource, HostPort};
+
+/// Which HTTP version the mesh speaks to a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 over a pool of connections per endpoint.
+    #[default]
+    Http1,
+    /// HTTP/2 (prior knowledge) over one multiplexed connection per endpoint.
+    Http2,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "http1" => Ok(Protocol::Http1),
+            "http2" => Ok(Protocol::Http2),
+            _ => Err("`http1` or `http2`"),
+        }
+    }
+}
+
+/// Everything the mesh knows about one logical service.
+///
+/// Built from `MESH_SERVICE_<NAME>_*` variables and the config file by
+/// [`MeshConfig`](super::MeshConfig), or in code with [`ServiceConfig::new`] and
+/// then assigning fields; every field not set has the default documented in the
+/// README.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The service's name, as configured.
+    pub name: String,
+    /// Where its endpoints come from.
+    pub discovery: DiscoverySource,
+    /// HTTP version spoken to its endpoints.
+    pub protocol: Protocol,
+    /// Load-balancing algorithm and queueing.
+    pub balancer: BalancerSettings,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for a request until its response headers; `None` for no limit.
+    pub timeout: Option<Duration>,
+    /// Pooled connections idle this long are closed.
+    pub idle_timeout: Duration,
+    /// Connections this old take no new requests; `None` keeps them forever.
+    pub max_connection_age: Option<Duration>,
+    /// Cap on HTTP/1.1 connections per endpoint; `None` for no cap.
+    pub max_connections: Option<usize>,
+    /// Interval of HTTP/2 PINGs; `None` for none.
+    pub http2_keepalive: Option<Duration>,
+}
+
+impl ServiceConfig {
+    /// A service with every setting at its default.
+    pub fn new(name: impl Into<String>, discovery: DiscoverySource) -> Self {
+        let mut problems = Vec::new();
+        let raw = RawService {
+            name: name.into(),
+            settings: HashMap::new(),
+        };
+        let config = resolve(&raw, &HashMap::new(), Some(discovery), &mut problems);
+        debug_assert!(
+            problems.is_empty(),
+            "built-in defaults must parse: {problems:?}"
+        );
+        config.expect("built-in defaults parse")
+    }
+
+    /// The name as it appears in variables: upper case, `-` and `.` as `_`.
+    pub fn normalized_name(&self) -> String {
+        normalize_service_name(&self.name)
+    }
+}
+
+/// Looks a setting up: the service's own value, then the defaults, then the
+/// built-in default from the registry.
+struct Lookup<'a> {
+    service: &'a RawService,
+    defaults: &'a HashMap<&'static str, Entry>,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Lookup<'_> {
+    fn get<T, E: std::fmt::Display>(
+        &mut self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        let entry = self
+            .service
+            .settings
+            .get(name)
+            .or_else(|| self.defaults.get(name));
+        match entry {
+            Some(entry) => match parse(&entry.value) {
+                Ok(v) => Some(v),
+                Err(expected) => {
+                    self.problems.push(Problem::invalid(
+                        entry.origin.clone(),
+                        &entry.value,
+                        expected.to_string(),
+                    ));
+                    None
+                }
+            },
+            None => {
+                let def = settings::find(Scope::Service, name).expect("setting is registered");
+                let default = def.default.trim_matches('`');
+                Some(
+                    parse(default).unwrap_or_else(|e| {
+                        panic!("default of {name} ({default}) must parse: {e}")
+                    }),
+                )
+            }
+        }
+    }
+}
+
+/// Types one service's settings; `None` when a problem was recorded.
+pub(crate) fn resolve(
+    service: &RawService,
+    defaults: &HashMap<&'static str, Entry>,
+    discovery: Option<DiscoverySource>,
+    problems: &mut Vec<Problem>,
+) -> Option<ServiceConfig> {
+    let before = problems.len();
+    let discovery = discovery.or_else(|| discovery_source(service, problems));
+    let mut l = Lookup {
+        service,
+        defaults,
+        problems,
+    };
+    let protocol = l.get("PROTOCOL", str::parse::<Protocol>);
+    let kind = l.get("BALANCER", str::parse::<BalancerKind>);
+    let connect_timeout = l.get("CONNECT_TIMEOUT", value::duration);
+    let timeout = l.get("TIMEOUT", value::optional_duration);
+    let idle_timeout = l.get("IDLE_TIMEOUT", value::duration);
+    let max_connection_age = l.get("MAX_CONNECTION_AGE", value::optional_duration);
+    let max_connections = l.get("MAX_CONNECTIONS", value::optional_limit);
+    let http2_keepalive = l.get("HTTP2_KEEPALIVE", value::optional_duration);
+    let queue_timeout = l.get("QUEUE_TIMEOUT", value::duration);
+    let max_pending = l.get("MAX_PENDING", value::positive_count);
+    let panic_threshold = l.get("PANIC_THRESHOLD", value::percent);
+    let default_rtt = l.get("EWMA_DEFAULT_RTT", value::duration);
+    let decay = l.get("EWMA_DECAY", value::duration);
+    if problems.len() > before {
+        return None;
+    }
+    Some(ServiceConfig {
+        name: service.name.clone(),
+        discovery: discovery?,
+        protocol: protocol?,
+        balancer: BalancerSettings {
+            kind: kind?,
+            default_rtt: default_rtt?,
+            decay: decay?,
+            panic_threshold: panic_threshold?,
+            queue_timeout: queue_timeout?,
+            max_pending: max_pending?,
+        },
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+        idle_timeout: idle_timeout?,
+        max_connection_age: max_connection_age?,
+        max_connections: max_connections?,
+        http2_keepalive: http2_keepalive?,
+    })
+}
+
+/// Exactly one of ENDPOINTS, DNS, SRV, FILE.
+fn discovery_source(service: &RawService, problems: &mut Vec<Problem>) -> Option<DiscoverySource> {
+    let sources: Vec<(&str, &Entry)> = ["ENDPOINTS", "DNS", "SRV", "FILE"]
+        .into_iter()
+        .filter_map(|name| service.settings.get(name).map(|e| (name, e)))
+        .collect();
+    let (name, entry) = match sources.as_slice() {
+        [one] => *one,
+        [] => {
+            let (_, any) = service.settings.iter().next()?;
+            problems.push(Problem::other(
+                any.origin.clone(),
+                format!("service `{}` has settings but no endpoints: set one of its ENDPOINTS, DNS, SRV or FILE settings", service.name),
+            ));
+            return None;
+        }
+        [(_, first), ..] => {
+            problems.push(Problem::other(
+                first.origin.clone(),
+                format!("service `{}` has more than one endpoint source; keep one of ENDPOINTS, DNS, SRV and FILE", service.name),
+            ));
+            return None;
+        }
+    };
+    let bad = |expected: &str| Problem::invalid(entry.origin.clone(), &entry.value, expected);
+    let source = match name {
+        "ENDPOINTS" => {
+            let items = value::list(&entry.value);
+            let parsed: Result<Vec<HostPort>, _> =
+                items.iter().map(|i| i.parse::<HostPort>()).collect();
+            match parsed {
+                Ok(list) if !list.is_empty() => DiscoverySource::Static(list),
+                _ => {
+                    problems.push(bad(
+                        "a comma-separated list of host:port, e.g. 10.0.0.5:8080,10.0.0.6:8080",
+                    ));
+                    return None;
+                }
+            }
+        }
+        "DNS" => match entry.value.trim().parse::<HostPort>() {
+            Ok(hp) => DiscoverySource::Dns(hp),
+            Err(_) => {
+                problems.push(bad("a host:port to resolve, e.g. api.internal:8080"));
+                return None;
+            }
+        },
+        "SRV" => {
+            let name = entry.value.trim();
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                problems.push(bad("an SRV name such as _http._tcp.api.example"));
+                return None;
+            }
+            DiscoverySource::Srv(name.to_string())
+        }
+        _ => {
+            if entry.value.trim().is_empty() {
+                problems.push(bad("the path of a JSON endpoints file"));
+                return None;
+            }
+            DiscoverySource::File(entry.value.trim().into())
+        }
+    };
+    Some(source)
+}
+
+pub(crate) fn code_origin(what: &str) -> Origin {
+    Origin::Code(what.to_string())
+}

@@ -1,0 +1,196 @@
+//! The registry of every `MESH_` setting: its name, scope, default and meaning.
+//!
+//! One list drives the parser (which settings exist, the longest-suffix rule for
+//! per-service names), the unknown-variable check, and the README table (a test
+//! keeps the two in step). Settings of features still to come are registered as
+//! planned: they are rejected with a clear "not supported yet" error rather than
+//! taken for part of a service name.
+
+/// Where a setting applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `MESH_<NAME>`: the process as a whole.
+    Global,
+    /// `MESH_SERVICE_<SVC>_<NAME>`, with `MESH_DEFAULT_<NAME>` as every service's default.
+    Service,
+    /// `MESH_SERVICE_<SVC>_<NAME>` only: where a service's endpoints come from (one
+    /// per service, no default).
+    Discovery,
+}
+
+/// Whether a setting does something in this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Read and applied.
+    Supported,
+    /// Reserved for a feature still to come; setting it is a start-up error.
+    Planned,
+}
+
+/// One setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingDef {
+    /// Name without the `MESH_` / `MESH_SERVICE_<SVC>_` prefix, e.g. `CONNECT_TIMEOUT`.
+    pub name: &'static str,
+    /// Where it applies.
+    pub scope: Scope,
+    /// Default, as documented (`-` for none).
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+    /// Supported or planned.
+    pub status: Status,
+}
+
+impl SettingDef {
+    /// The key of this setting in `MESH_CONFIG_FILE` (`connect_timeout`).
+    pub fn file_key(&self) -> String {
+        self.name.to_ascii_lowercase()
+    }
+
+    /// The variable as the README writes it.
+    pub fn variable(&self) -> String {
+        match self.scope {
+            Scope::Global => format!("MESH_{}", self.name),
+            Scope::Service | Scope::Discovery => format!("MESH_SERVICE_<NAME>_{}", self.name),
+        }
+    }
+}
+
+const fn def(
+    name: &'static str,
+    scope: Scope,
+    default: &'static str,
+    doc: &'static str,
+) -> SettingDef {
+    SettingDef {
+        name,
+        scope,
+        default,
+        doc,
+        status: Status::Supported,
+    }
+}
+
+const fn planned(name: &'static str, scope: Scope, doc: &'static str) -> SettingDef {
+    SettingDef {
+        name,
+        scope,
+        default: "-",
+        doc,
+        status: Status::Planned,
+    }
+}
+
+use Scope::{Discovery, Global, Service};
+
+/// Every setting the mesh knows.
+pub const SETTINGS: &[SettingDef] = &[
+    def("SERVICE_NAME", Global, "`$OTEL_SERVICE_NAME`, else `unknown_service`", "This service's own name."),
+    def("ZONE", Global, "-", "This instance's locality (zone), for zone-aware routing."),
+    def("CONFIG_FILE", Global, "-", "A TOML or JSON file with the same settings; variables override it."),
+    def("EGRESS", Global, "`deny`", "`allow` sends requests for hosts the mesh does not know straight out (plain DNS, web PKI for https); `deny` refuses them."),
+    def("DNS_SERVERS", Global, "system resolver", "Name servers (`ip:port`, comma-separated) for DNS and SRV discovery."),
+    def("DNS_MIN_TTL", Global, "`5s`", "Shortest time between two resolutions of a name."),
+    def("DNS_MAX_TTL", Global, "`5m`", "Longest time a resolved answer is kept before resolving again."),
+    def("ENDPOINTS", Discovery, "-", "Static endpoints, `host:port,host:port`."),
+    def("DNS", Discovery, "-", "A `host:port` resolved through DNS A/AAAA, again as its TTL runs out."),
+    def("SRV", Discovery, "-", "A DNS SRV name (`_http._tcp.api.example`); priority and weight are kept."),
+    def("FILE", Discovery, "-", "A JSON file of endpoints, re-read when it changes."),
+    def("PROTOCOL", Service, "`http1`", "`http1` (pooled HTTP/1.1 connections) or `http2` (one multiplexed connection per endpoint)."),
+    def("BALANCER", Service, "`p2c-ewma`", "`p2c-ewma`, `least-request` or `round-robin`; all honour endpoint weights."),
+    def("CONNECT_TIMEOUT", Service, "`1s`", "Time allowed to open a connection to an endpoint."),
+    def("TIMEOUT", Service, "`15s`", "Time allowed for a whole request, until the response headers (`off` for none)."),
+    def("IDLE_TIMEOUT", Service, "`90s`", "A pooled connection idle this long is closed."),
+    def("MAX_CONNECTION_AGE", Service, "`10m`", "A connection this old takes no new requests, so rotated certificates and new DNS answers are picked up (`off` for none)."),
+    def("MAX_CONNECTIONS", Service, "`unlimited`", "Cap on HTTP/1.1 connections per endpoint; requests beyond it wait for a free connection."),
+    def("HTTP2_KEEPALIVE", Service, "`20s`", "Interval of HTTP/2 PING keep-alives on idle connections (`off` for none)."),
+    def("QUEUE_TIMEOUT", Service, "`1s`", "How long a request waits for a ready endpoint before failing."),
+    def("MAX_PENDING", Service, "`1000`", "Requests that may wait for a ready endpoint at once; more fail at once."),
+    def("PANIC_THRESHOLD", Service, "`50%`", "Below this share of healthy endpoints, the balancer ignores ejections and uses all reachable ones."),
+    def("EWMA_DEFAULT_RTT", Service, "`30ms`", "PeakEWMA's latency estimate for an endpoint not yet measured."),
+    def("EWMA_DECAY", Service, "`10s`", "PeakEWMA's decay time."),
+    planned("TLS_CERT", Global, "PEM file of this workload's X.509 SVID chain."),
+    planned("TLS_KEY", Global, "PEM file of the SVID's private key."),
+    planned("TLS_BUNDLE", Global, "PEM file of our own trust domain's bundle."),
+    planned("TLS_FEDERATED_BUNDLES", Global, "Other trust domains we accept, `domain=path,…`."),
+    planned("INBOUND_ADDR", Global, "Address of the mesh's inbound mTLS listener."),
+    planned("INBOUND_MODE", Global, "`strict` or `permissive` inbound mTLS."),
+    planned("AUTHZ_DEFAULT", Global, "`deny`, `allow` or `audit` when no rule matches."),
+    planned("AUTHZ_RULES", Global, "Inline authorization rules."),
+    planned("METRICS_ADDR", Global, "Prometheus scrape address."),
+    planned("ACCESS_LOG", Global, "`off` or `json` access logs."),
+    planned("IDENTITY", Service, "SPIFFE ID, or trust domain, that the service's servers must present."),
+    planned("PER_TRY_TIMEOUT", Service, "Time allowed for one attempt."),
+    planned("RETRY_BUDGET", Service, "Retries as a share of requests."),
+    planned("RETRY_MIN_PER_SECOND", Service, "Retries always allowed per second."),
+    planned("RETRY_MAX_ATTEMPTS", Service, "Attempts per request, at most 5."),
+    planned("RETRY_ON", Service, "Which failures are retried."),
+    planned("RETRY_METHODS", Service, "Which HTTP methods are retried."),
+    planned("REPLAY_BUFFER", Service, "Largest request body kept for retries."),
+    planned("HEDGE_DELAY", Service, "Delay before a hedged second attempt."),
+    planned("OUTLIER_CONSECUTIVE_FAILURES", Service, "Failures in a row that eject an endpoint."),
+    planned("OUTLIER_INTERVAL", Service, "Outlier detection interval."),
+    planned("OUTLIER_BASE_EJECTION", Service, "First ejection time."),
+    planned("OUTLIER_MAX_EJECTION", Service, "Longest ejection time."),
+    planned("OUTLIER_MAX_EJECTED", Service, "Largest share of endpoints ejected at once."),
+    planned("BREAKER_FAILURE_RATE", Service, "Failure rate that opens the breaker."),
+    planned("BREAKER_SLOW_CALL", Service, "Duration above which a call counts as slow."),
+    planned("BREAKER_WINDOW", Service, "Calls in the breaker's window."),
+    planned("BREAKER_OPEN_TIME", Service, "Time the breaker stays open."),
+    planned("RATE_LIMIT", Service, "Requests per second, `100/s`."),
+    planned("CONCURRENCY", Service, "`adaptive` or a fixed limit."),
+    planned("FAULT_DELAY", Service, "Injected delay, `50ms@10%`."),
+    planned("FAULT_ABORT", Service, "Injected failure, `503@5%`."),
+    planned("GRPC_SERVICE_CONFIG", Service, "A gRPC service-config JSON document."),
+];
+
+/// The setting named `name` in `scope`.
+pub fn find(scope: Scope, name: &str) -> Option<&'static SettingDef> {
+    SETTINGS.iter().find(|d| {
+        d.name == name
+            && match scope {
+                Global => d.scope == Global,
+                Service | Discovery => d.scope != Global,
+            }
+    })
+}
+
+/// Splits `<SVC>_<SETTING>` at the longest per-service setting it ends with,
+/// leaving a non-empty service part.
+pub fn split_service_setting(rest: &str) -> Option<(&str, &'static SettingDef)> {
+    SETTINGS
+        .iter()
+        .filter(|d| d.scope != Global)
+        .filter_map(|d| {
+            let service = rest.strip_suffix(d.name)?.strip_suffix('_')?;
+            (!service.is_empty()).then_some((service, d))
+        })
+        .max_by_key(|(_, d)| d.name.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_known_suffix_wins() {
+        let (svc, d) = split_service_setting("API_CONNECT_TIMEOUT").unwrap();
+        assert_eq!((svc, d.name), ("API", "CONNECT_TIMEOUT"));
+        let (svc, d) = split_service_setting("MY_API_PER_TRY_TIMEOUT").unwrap();
+        assert_eq!((svc, d.name), ("MY_API", "PER_TRY_TIMEOUT"));
+        let (svc, d) = split_service_setting("TIMEOUT_TIMEOUT").unwrap();
+        assert_eq!((svc, d.name), ("TIMEOUT", "TIMEOUT"));
+        assert!(split_service_setting("TIMEOUT").is_none());
+        assert!(split_service_setting("API_NOT_A_SETTING").is_none());
+    }
+
+    #[test]
+    fn setting_names_are_unique() {
+        for (i, a) in SETTINGS.iter().enumerate() {
+            for b in &SETTINGS[i + 1..] {
+                assert_ne!(a.name, b.name, "{} registered twice", a.name);
+            }
+        }
+    }
+}

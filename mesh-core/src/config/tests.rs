@@ -1,0 +1,272 @@
+use std::time::Duration;
+
+use super::*;
+use crate::balance::BalancerKind;
+use crate::discovery::{DiscoverySource, HostPort};
+
+fn err(env: &[(&str, &str)]) -> ConfigError {
+    MeshConfig::from_source(env).expect_err("configuration must be rejected")
+}
+
+#[test]
+fn static_endpoints_define_a_service_with_documented_defaults() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_NAME", "checkout"),
+        (
+            "MESH_SERVICE_MY_API_ENDPOINTS",
+            "127.0.0.1:8080, [::1]:9090",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(config.service_name(), "checkout");
+    let svc = config
+        .service_for_host("my-api")
+        .expect("host matched after normalization");
+    assert_eq!(svc.name, "my_api");
+    assert_eq!(
+        svc.discovery,
+        DiscoverySource::Static(vec![
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: 8080
+            },
+            HostPort {
+                host: "::1".into(),
+                port: 9090
+            },
+        ])
+    );
+    assert_eq!(svc.connect_timeout, Duration::from_secs(1));
+    assert_eq!(svc.timeout, Some(Duration::from_secs(15)));
+    assert_eq!(svc.balancer.kind, BalancerKind::P2cPeakEwma);
+    assert_eq!(svc.balancer.panic_threshold, 0.5);
+    assert_eq!(svc.max_connections, None);
+    assert!(config.service_for_host("my.api").is_some());
+    assert!(config.service_for_host("MY_API").is_some());
+    assert!(config.service_for_host("other").is_none());
+}
+
+#[test]
+fn service_name_falls_back_to_otel_service_name() {
+    let config = MeshConfig::from_source(&[("OTEL_SERVICE_NAME", "from-otel")]).unwrap();
+    assert_eq!(config.service_name(), "from-otel");
+    let config = MeshConfig::from_source(&[] as &[(&str, &str)]).unwrap();
+    assert_eq!(config.service_name(), "unknown_service");
+}
+
+#[test]
+fn longest_suffix_decides_the_setting_and_the_service() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_CONNECT_TIMEOUT", "250ms"),
+        ("MESH_SERVICE_API_TIMEOUT", "3s"),
+    ])
+    .unwrap();
+    assert_eq!(config.services().len(), 1);
+    let svc = &config.services()[0];
+    assert_eq!(svc.connect_timeout, Duration::from_millis(250));
+    assert_eq!(svc.timeout, Some(Duration::from_secs(3)));
+}
+
+#[test]
+fn service_settings_beat_defaults_which_beat_built_ins() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_DEFAULT_TIMEOUT", "5s"),
+        ("MESH_DEFAULT_BALANCER", "round-robin"),
+        ("MESH_SERVICE_A_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_B_ENDPOINTS", "127.0.0.1:2"),
+        ("MESH_SERVICE_B_TIMEOUT", "off"),
+    ])
+    .unwrap();
+    let a = config.service_for_host("a").unwrap();
+    let b = config.service_for_host("b").unwrap();
+    assert_eq!(a.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(b.timeout, None);
+    assert_eq!(b.balancer.kind, BalancerKind::RoundRobin);
+}
+
+#[test]
+fn unknown_mesh_variable_is_an_error_naming_it() {
+    let e = err(&[("MESH_NOT_A_SETTING", "1")]);
+    assert!(e.names_variable("MESH_NOT_A_SETTING"), "{e}");
+    assert!(e.to_string().contains("MESH_NOT_A_SETTING"));
+    let e = err(&[("MESH_SERVCE_NAME", "x")]);
+    assert!(
+        e.to_string().contains("did you mean MESH_SERVICE_NAME"),
+        "{e}"
+    );
+    let e = err(&[("MESH_SERVICE_API_TIMEOUTS", "1s")]);
+    assert!(e.names_variable("MESH_SERVICE_API_TIMEOUTS"), "{e}");
+}
+
+#[test]
+fn bad_values_name_variable_value_and_expectation() {
+    let e = err(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_TIMEOUT", "abc"),
+    ]);
+    let text = e.to_string();
+    assert!(text.contains("MESH_SERVICE_API_TIMEOUT=\"abc\""), "{text}");
+    assert!(text.contains("expected a duration"), "{text}");
+
+    let e = err(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_BALANCER", "fastest"),
+    ]);
+    assert!(e.names_variable("MESH_SERVICE_API_BALANCER"));
+    assert!(e.to_string().contains("p2c-ewma"), "{e}");
+
+    for bad in ["127.0.0.1", "127.0.0.1:99999", "", ":80", "a:b"] {
+        let e = err(&[("MESH_SERVICE_API_ENDPOINTS", bad)]);
+        assert!(
+            e.names_variable("MESH_SERVICE_API_ENDPOINTS"),
+            "{bad:?}: {e}"
+        );
+        assert!(e.to_string().contains("host:port"), "{e}");
+    }
+    let e = err(&[("MESH_DEFAULT_PANIC_THRESHOLD", "150%")]);
+    assert!(e.names_variable("MESH_DEFAULT_PANIC_THRESHOLD"));
+    let e = err(&[("MESH_EGRESS", "maybe")]);
+    assert!(e.names_variable("MESH_EGRESS"));
+    let e = err(&[("MESH_DNS_MIN_TTL", "10m"), ("MESH_DNS_MAX_TTL", "1m")]);
+    assert!(e.to_string().contains("MESH_DNS_MIN_TTL"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = err(&[
+        ("MESH_NOT_A_SETTING", "1"),
+        ("MESH_EGRESS", "maybe"),
+        ("MESH_DEFAULT_TIMEOUT", "soon"),
+    ]);
+    assert_eq!(e.problems().len(), 3, "{e}");
+}
+
+#[test]
+fn kubernetes_variables_for_a_service_named_mesh_are_accepted() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_HOST", "10.0.0.1"),
+        ("MESH_SERVICE_PORT", "80"),
+        ("MESH_SERVICE_PORT_HTTP", "80"),
+        ("MESH_PORT", "tcp://10.0.0.1:80"),
+        ("MESH_PORT_80_TCP", "tcp://10.0.0.1:80"),
+        ("MESH_PORT_80_TCP_PROTO", "tcp"),
+        ("MESH_PORT_80_TCP_PORT", "80"),
+        ("MESH_PORT_80_TCP_ADDR", "10.0.0.1"),
+        ("MESH_API_SERVICE_HOST", "10.0.0.2"),
+    ])
+    .unwrap();
+    assert!(config.services().is_empty());
+}
+
+#[test]
+fn planned_settings_fail_clearly_instead_of_being_ignored() {
+    let e = err(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_PER_TRY_TIMEOUT", "1s"),
+    ]);
+    assert!(e.names_variable("MESH_SERVICE_API_PER_TRY_TIMEOUT"));
+    assert!(
+        matches!(e.problems()[0].kind(), ProblemKind::NotSupportedYet),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_service_needs_exactly_one_endpoint_source() {
+    let e = err(&[("MESH_SERVICE_API_TIMEOUT", "1s")]);
+    assert!(e.to_string().contains("no endpoints"), "{e}");
+    let e = err(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_DNS", "api:80"),
+    ]);
+    assert!(
+        e.to_string().contains("more than one endpoint source"),
+        "{e}"
+    );
+    let e = err(&[("MESH_DEFAULT_ENDPOINTS", "127.0.0.1:1")]);
+    assert!(e.names_variable("MESH_DEFAULT_ENDPOINTS"));
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-config-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn config_file_in_toml_is_read_and_variables_override_it() {
+    let path = temp_file(
+        "mesh.toml",
+        r#"
+service_name = "from-file"
+egress = "allow"
+[defaults]
+timeout = "4s"
+[services."my-api.prod"]
+endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
+connect_timeout = "300ms"
+max_pending = 10
+"#,
+    );
+    let path_str = path.to_str().unwrap();
+    let config = MeshConfig::from_source(&[
+        ("MESH_CONFIG_FILE", path_str),
+        ("MESH_SERVICE_NAME", "from-env"),
+        ("MESH_SERVICE_MY_API_PROD_CONNECT_TIMEOUT", "2s"),
+    ])
+    .unwrap();
+    assert_eq!(config.service_name(), "from-env");
+    assert_eq!(config.egress(), Egress::Allow);
+    let svc = config.service_for_host("my-api.prod").unwrap();
+    assert_eq!(svc.name, "my-api.prod", "the file keeps the real name");
+    assert_eq!(svc.connect_timeout, Duration::from_secs(2));
+    assert_eq!(svc.timeout, Some(Duration::from_secs(4)));
+    assert_eq!(svc.balancer.max_pending, 10);
+}
+
+#[test]
+fn config_file_errors_name_the_file_and_key() {
+    let path = temp_file(
+        "bad.json",
+        r#"{"services": {"api": {"endpoints": "127.0.0.1:1", "timeout": "abc", "colour": "blue"}}, "zone": "z"}"#,
+    );
+    let e = err(&[("MESH_CONFIG_FILE", path.to_str().unwrap())]);
+    let text = e.to_string();
+    assert!(
+        text.contains("bad.json: key `services.api.timeout`=\"abc\""),
+        "{text}"
+    );
+    assert!(text.contains("services.api.colour"), "{text}");
+
+    let path = temp_file("twins.toml", "[services.a-b]\nendpoints = \"127.0.0.1:1\"\n[services.\"a.b\"]\nendpoints = \"127.0.0.1:2\"\n");
+    let e = err(&[("MESH_CONFIG_FILE", path.to_str().unwrap())]);
+    assert!(e.to_string().contains("both normalize to `A_B`"), "{e}");
+
+    let e = err(&[("MESH_CONFIG_FILE", "/nonexistent/mesh.toml")]);
+    assert!(e.names_variable("MESH_CONFIG_FILE"), "{e}");
+
+    let path = temp_file("broken.toml", "service_name = \n");
+    let e = err(&[("MESH_CONFIG_FILE", path.to_str().unwrap())]);
+    assert!(e.to_string().contains("cannot parse"), "{e}");
+}
+
+#[test]
+fn builder_rejects_services_that_normalize_alike() {
+    let discovery = || DiscoverySource::Static(vec!["127.0.0.1:1".parse().unwrap()]);
+    let e = MeshConfig::builder("me")
+        .service(ServiceConfig::new("a-b", discovery()))
+        .service(ServiceConfig::new("a.b", discovery()))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("both normalize"), "{e}");
+    let mut svc = ServiceConfig::new("api", discovery());
+    svc.timeout = Some(Duration::from_millis(100));
+    let config = MeshConfig::builder("me").service(svc).build().unwrap();
+    assert_eq!(
+        config.service_for_host("api").unwrap().timeout,
+        Some(Duration::from_millis(100))
+    );
+}
