@@ -211,8 +211,14 @@ impl MeshConfig {
     }
 
     /// The service a request's host names, matched after normalization
-    /// (`my-api`, `MY_API` and `my.api` are one service). Does not allocate.
+    /// (`my-api`, `MY_API` and `my.api` are one service).
     pub fn service_for_host(&self, host: &str) -> Option<&ServiceConfig> {
+        self.service_index(host).map(|i| &self.services[i])
+    }
+
+    /// The position in [`services`](Self::services) of the service `host` names.
+    /// Does not allocate: it runs on every request.
+    pub fn service_index(&self, host: &str) -> Option<usize> {
         let mut buf = [0u8; 255];
         let bytes = host.as_bytes();
         if bytes.len() > buf.len() {
@@ -222,7 +228,7 @@ impl MeshConfig {
             *dst = raw::normalize_byte(b);
         }
         let key = std::str::from_utf8(&buf[..bytes.len()]).ok()?;
-        self.index.get(key).map(|&i| &self.services[i])
+        self.index.get(key).copied()
     }
 }
 
