@@ -234,3 +234,6 @@ impl Discovery {
         let _ = done.wait_for(|done| *done).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
