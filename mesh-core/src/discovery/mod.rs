@@ -3,9 +3,44 @@
 //!
 //! A resolver never touches connections, and a transient failure never removes an
 //! endpoint: when a source fails or returns garbage, the last good snapshot stays.
+//!
+//! Four sources ([`DiscoverySource`]): a static list, DNS A/AAAA, DNS SRV, and a watched
+//! JSON file. [`Discovery::spawn`] starts one; the balancer reads
+//! [`Discovery::current`] and waits on [`Discovery::subscribe`] for changes.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh_core::discovery::DiscoveryError> {
+//! use mesh_core::discovery::{Discovery, DiscoverySource, DnsSettings};
+//! let source = DiscoverySource::Dns("orders.internal:8080".parse().unwrap());
+//! let orders = Discovery::spawn("orders", &source, &DnsSettings::default())?;
+//! orders.initialized().await;
+//! println!("{} endpoints", orders.current().len());
+//! # Ok(()) }
+//! ```
+//!
+//! Every published snapshot counts `mesh.discovery.updates`; every failed attempt counts
+//! `mesh.discovery.errors` with a fixed `mesh.reason` word (`nxdomain`, `no_records`,
+//! `timeout`, `unreachable`, `server_error`, `resolve`, `target_unresolved`, `empty`,
+//! `unreadable`, `invalid`). A failing streak is logged once: a warning when it starts,
+//! an info line when the source recovers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tokio::sync::watch;
+
+mod dns;
+mod error;
+mod file;
+mod publish;
+mod source;
+mod static_list;
+
+pub use error::DiscoveryError;
+pub use source::{DiscoverySource, DnsSettings, HostPort, ParseHostPortError};
+
+use error::Kind;
+use publish::Publisher;
 
 /// One endpoint of a logical service, as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,6 +53,10 @@ pub struct Endpoint {
     pub zone: Option<Arc<str>>,
     /// The SPIFFE ID this endpoint must present, when discovery knows it.
     pub identity: Option<Arc<str>>,
+    /// Failover class, lower is preferred (SRV priority; 0 for other sources). Kept so
+    /// a locality/failover feature can order classes; today SRV discovery publishes only
+    /// the lowest class it can resolve.
+    pub priority: u16,
 }
 
 impl Endpoint {
@@ -28,12 +67,19 @@ impl Endpoint {
             weight: 1,
             zone: None,
             identity: None,
+            priority: 0,
         }
     }
 
     /// The same endpoint with another weight.
     pub fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
+        self
+    }
+
+    /// The same endpoint with another failover priority (lower is preferred).
+    pub fn with_priority(mut self, priority: u16) -> Self {
+        self.priority = priority;
         self
     }
 }
@@ -70,68 +116,124 @@ impl Snapshot {
     }
 }
 
-// --- placeholder until the discovery branch lands ---
-use std::path::PathBuf;
-use std::time::Duration;
-
-/// `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HostPort {
-    /// Host name or IP literal.
-    pub host: String,
-    /// Port.
-    pub port: u16,
+/// A running discovery for one service: cheap to clone, and the resolver task behind it
+/// (if the source has one) lives while any clone does; it is aborted on the last drop.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    inner: Arc<Inner>,
 }
 
-impl std::str::FromStr for HostPort {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || "expected host:port, e.g. 10.0.0.5:8080".to_string();
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let port = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Err(bad());
+#[derive(Debug)]
+struct Inner {
+    // Held here as well as by the task, so subscribers never see a closed channel,
+    // not even for a fixed discovery that has no task.
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    initialized: watch::Sender<bool>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
-        Ok(HostPort {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port,
+    }
+}
+
+impl Discovery {
+    /// Starts the source for `service`.
+    ///
+    /// Fails now for what a user must fix at start-up: an empty static list, a static
+    /// hostname that does not resolve (resolved once here, blocking briefly), an
+    /// endpoints file that is missing or invalid, an invalid DNS name, an unusable
+    /// resolver configuration. DNS and file sources need a tokio runtime; DNS answers
+    /// arrive later ([`initialized`](Self::initialized) tells when the first attempt is
+    /// done).
+    pub fn spawn(
+        service: &str,
+        source: &DiscoverySource,
+        dns_settings: &DnsSettings,
+    ) -> Result<Discovery, DiscoveryError> {
+        let err = |kind| DiscoveryError::new(service, source, kind);
+        let (snapshots, _) = watch::channel(Arc::new(Snapshot::default()));
+        let (initialized, _) = watch::channel(false);
+        let mut publisher = Publisher::new(
+            Arc::from(service),
+            source.kind(),
+            snapshots.clone(),
+            initialized.clone(),
+        );
+        let task = match source {
+            DiscoverySource::Static(list) => {
+                publisher.good(static_list::resolve(list).map_err(err)?);
+                None
+            }
+            DiscoverySource::Dns(host_port) => {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| err(Kind::NoRuntime))?;
+                let task = dns::start(
+                    dns::Target::Host(host_port.clone()),
+                    dns_settings,
+                    publisher,
+                )
+                .map_err(err)?;
+                Some(runtime.spawn(task).abort_handle())
+            }
+            DiscoverySource::Srv(name) => {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| err(Kind::NoRuntime))?;
+                let task = dns::start(dns::Target::Srv(name.clone()), dns_settings, publisher)
+                    .map_err(err)?;
+                Some(runtime.spawn(task).abort_handle())
+            }
+            DiscoverySource::File(path) => {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| err(Kind::NoRuntime))?;
+                let task = file::start(path.clone(), publisher).map_err(err)?;
+                Some(runtime.spawn(task).abort_handle())
+            }
+        };
+        Ok(Discovery {
+            inner: Arc::new(Inner {
+                snapshots,
+                initialized,
+                task,
+            }),
         })
     }
-}
 
-/// Where a service's endpoints come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiscoverySource {
-    /// Fixed list.
-    Static(Vec<HostPort>),
-    /// DNS A/AAAA.
-    Dns(HostPort),
-    /// DNS SRV.
-    Srv(String),
-    /// JSON file.
-    File(PathBuf),
-}
-
-/// Resolver settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsSettings {
-    /// Name servers; empty = system.
-    pub servers: Vec<std::net::SocketAddr>,
-    /// Min TTL.
-    pub min_ttl: Duration,
-    /// Max TTL.
-    pub max_ttl: Duration,
-}
-
-impl Default for DnsSettings {
-    fn default() -> Self {
-        DnsSettings {
-            servers: Vec::new(),
-            min_ttl: Duration::from_secs(5),
-            max_ttl: Duration::from_secs(300),
+    /// A discovery that never changes, for tests and services configured in code.
+    pub fn fixed(snapshot: Snapshot) -> Discovery {
+        let (snapshots, _) = watch::channel(Arc::new(snapshot));
+        let (initialized, _) = watch::channel(true);
+        Discovery {
+            inner: Arc::new(Inner {
+                snapshots,
+                initialized,
+                task: None,
+            }),
         }
     }
+
+    /// The endpoint set in use now (the last good one; empty before the first answer).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.inner.snapshots.borrow().clone()
+    }
+
+    /// A receiver that wakes on each published change; the snapshot current at the time
+    /// of the call counts as already seen.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.inner.snapshots.subscribe()
+    }
+
+    /// Resolves once the first resolution attempt has finished, whether it succeeded or
+    /// failed (immediately for static and fixed discoveries).
+    pub async fn initialized(&self) {
+        let mut done = self.inner.initialized.subscribe();
+        // The sender lives in `inner`, so this cannot see a closed channel.
+        let _ = done.wait_for(|done| *done).await;
+    }
 }
+
+#[cfg(test)]
+mod tests;
