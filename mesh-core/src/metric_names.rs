@@ -204,7 +204,9 @@ mod tests {
         assert_eq!(names.len(), ALL.len(), "a metric name is defined twice");
         for def in ALL {
             assert!(
-                ["http.", "rpc.", "mesh."].iter().any(|p| def.name.starts_with(p)),
+                ["http.", "rpc.", "mesh."]
+                    .iter()
+                    .any(|p| def.name.starts_with(p)),
                 "{} has no known prefix",
                 def.name
             );
@@ -217,7 +219,10 @@ mod tests {
             HTTP_CLIENT_REQUEST_DURATION.prometheus_name(),
             "http_client_request_duration_seconds"
         );
-        assert_eq!(DISCOVERY_UPDATES.prometheus_name(), "mesh_discovery_updates_total");
+        assert_eq!(
+            DISCOVERY_UPDATES.prometheus_name(),
+            "mesh_discovery_updates_total"
+        );
         assert_eq!(ENDPOINTS.prometheus_name(), "mesh_endpoints");
     }
 }
