@@ -1,0 +1,273 @@
+//! One endpoint's shared state and the handle other layers hold to it.
+//!
+//! The connection layer marks an endpoint unreachable or reachable, outlier
+//! detection ejects and restores it, the balancer reads it on every pick. All of
+//! that goes through one atomic state word, so a pick never locks and transitions
+//! (including an ejection expiring) cannot interleave into a wrong count.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::discovery::Endpoint;
+
+use super::ewma::PeakEwma;
+use super::shared::Shared;
+
+/// Layout of the state word: three flag bits, and above them the ejection deadline
+/// in nanoseconds since the balancer's base instant (2^61 ns is 73 years).
+pub(crate) mod state {
+    /// The connection layer could not connect.
+    pub(crate) const UNREACHABLE: u64 = 1;
+    /// Outlier detection or a health check took it out until the deadline.
+    pub(crate) const EJECTED: u64 = 2;
+    /// Discovery removed it; it has left the table.
+    pub(crate) const REMOVED: u64 = 4;
+    /// Mask of the flag bits.
+    pub(crate) const FLAGS: u64 = 7;
+    /// Shift of the ejection deadline.
+    pub(crate) const DEADLINE_SHIFT: u32 = 3;
+}
+
+/// Shared state of one endpoint.
+pub(crate) struct EndpointState {
+    endpoint: Endpoint,
+    word: AtomicU64,
+    in_flight: AtomicUsize,
+    ewma: PeakEwma,
+    shared: Arc<Shared>,
+}
+
+impl EndpointState {
+    /// Applies `f` to the state word atomically and accounts for the change.
+    fn transition(&self, mut f: impl FnMut(u64) -> u64) {
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            let next = f(current);
+            if next == current {
+                return;
+            }
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.shared.on_transition(current, next);
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Whether a pick may choose this endpoint now. `honour_ejections` is false in
+    /// panic mode. An ejection found expired is cleared here (lazily: no timer runs
+    /// per ejected endpoint).
+    pub(crate) fn is_eligible(&self, honour_ejections: bool, now: &mut LazyNow<'_>) -> bool {
+        let word = self.word.load(Ordering::Acquire);
+        if word & (state::UNREACHABLE | state::REMOVED) != 0 {
+            return false;
+        }
+        if word & state::EJECTED == 0 || !honour_ejections {
+            return true;
+        }
+        if word >> state::DEADLINE_SHIFT > now.nanos() {
+            return false;
+        }
+        // Expired. Clear only the word we saw: a concurrent re-ejection changes the
+        // word and makes this exchange fail.
+        let cleared = word & state::FLAGS & !state::EJECTED;
+        if self
+            .word
+            .compare_exchange(word, cleared, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.shared.on_transition(word, cleared);
+        }
+        true
+    }
+
+    /// Takes the endpoint out of the balancer's accounting for good.
+    pub(crate) fn mark_removed(&self) {
+        self.transition(|w| w | state::REMOVED);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn acquire(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// PeakEWMA cost: estimated round trip × (requests in flight + 1), as in
+    /// linkerd2-proxy and Finagle, so a fast but busy endpoint and a slow idle one
+    /// compare fairly.
+    pub(crate) fn ewma_cost(&self, now: &mut LazyNow<'_>) -> f64 {
+        let rtt = self.ewma.estimate(
+            now.nanos(),
+            self.shared.decay_ns,
+            self.shared.default_rtt_ns,
+        );
+        rtt * (self.in_flight() + 1) as f64
+    }
+
+    pub(crate) fn record_rtt(&self, rtt: Duration) {
+        self.ewma
+            .record(rtt, self.shared.now_nanos(), self.shared.decay_ns);
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.endpoint.addr
+    }
+}
+
+/// The current time, read at most once per pick and only when needed.
+#[derive(Debug)]
+pub(crate) struct LazyNow<'a> {
+    shared: &'a Shared,
+    nanos: Option<u64>,
+}
+
+impl<'a> LazyNow<'a> {
+    pub(crate) fn new(shared: &'a Shared) -> Self {
+        LazyNow {
+            shared,
+            nanos: None,
+        }
+    }
+
+    pub(crate) fn nanos(&mut self) -> u64 {
+        *self.nanos.get_or_insert_with(|| self.shared.now_nanos())
+    }
+}
+
+/// Cheap clone of one endpoint's shared state, handed to the connection layer and to
+/// outlier detection and health checks, so they can take the endpoint out of
+/// rotation and put it back without going through the balancer.
+#[derive(Clone)]
+pub struct EndpointHandle {
+    inner: Arc<EndpointState>,
+}
+
+impl EndpointHandle {
+    pub(crate) fn new(endpoint: Endpoint, shared: Arc<Shared>) -> Self {
+        EndpointHandle {
+            inner: Arc::new(EndpointState {
+                endpoint,
+                word: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+                ewma: PeakEwma::new(),
+                shared,
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> &EndpointState {
+        &self.inner
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.endpoint.addr
+    }
+
+    /// The endpoint as discovery reported it when it joined (address, zone,
+    /// identity). A later weight change updates the balancer's table but not this
+    /// value; an identity change replaces the endpoint (and its handle).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Called by the connection layer: `false` when connecting failed (picks skip
+    /// the endpoint), `true` once it connects again. New endpoints start reachable so
+    /// that their first pick opens the connection lazily.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.inner.transition(|w| {
+            if reachable {
+                w & !state::UNREACHABLE
+            } else {
+                w | state::UNREACHABLE
+            }
+        });
+    }
+
+    /// Takes the endpoint out of rotation until `until` (outlier detection, health
+    /// checks). A later call replaces the deadline. Ignored while the balancer is in
+    /// panic mode (too few ready endpoints).
+    pub fn eject_until(&self, until: Instant) {
+        let deadline = self
+            .inner
+            .shared
+            .nanos(until)
+            .min(u64::MAX >> state::DEADLINE_SHIFT);
+        self.inner.transition(|w| {
+            (deadline << state::DEADLINE_SHIFT) | (w & state::FLAGS) | state::EJECTED
+        });
+    }
+
+    /// Ends an ejection early.
+    pub fn restore(&self) {
+        self.inner
+            .transition(|w| w & state::FLAGS & !state::EJECTED);
+    }
+
+    /// True when picks may choose the endpoint: known to discovery, reachable, and
+    /// not ejected (or its ejection has expired).
+    pub fn is_in_rotation(&self) -> bool {
+        let word = self.inner.word.load(Ordering::Acquire);
+        if word & (state::UNREACHABLE | state::REMOVED) != 0 {
+            return false;
+        }
+        word & state::EJECTED == 0 || word >> state::DEADLINE_SHIFT <= self.inner.shared.now_nanos()
+    }
+
+    /// Requests picked for this endpoint that have not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+
+    /// True once discovery removed the endpoint: reconnect loops should stop.
+    /// Requests already in flight on it finish normally.
+    pub fn is_removed(&self) -> bool {
+        self.inner.word.load(Ordering::Acquire) & state::REMOVED != 0
+    }
+}
+
+impl fmt::Debug for EndpointHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointHandle")
+            .field("service", &self.inner.shared.service)
+            .field("endpoint", &self.inner.endpoint)
+            .field("in_rotation", &self.is_in_rotation())
+            .field("in_flight", &self.in_flight())
+            .field("removed", &self.is_removed())
+            .finish()
+    }
+}
+
+/// One endpoint's place in the table: its handle and the per-endpoint value (the
+/// client's connection pool), built on the first pick only.
+pub(crate) struct Slot<E> {
+    pub(crate) handle: EndpointHandle,
+    pub(crate) value: OnceLock<E>,
+}
+
+impl<E> Slot<E> {
+    pub(crate) fn new(handle: EndpointHandle) -> Self {
+        Slot {
+            handle,
+            value: OnceLock::new(),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! State one balancer shares with all of its endpoint handles: the service name, the
+//! clock base, readiness counters behind the `mesh.endpoints` gauges, and the
+//! notification that wakes queued picks.
+//!
+//! Handles update the counters on every state transition, so a pick reads "how many
+//! endpoints are ready" (for the panic threshold) from two atomics instead of
+//! scanning the table.
+
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::metric_names::{label, ENDPOINTS};
+
+use super::endpoint::state;
+
+/// Balancer-wide shared state.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) service: Arc<str>,
+    /// Origin of the nanosecond timestamps stored in atomics.
+    base: Instant,
+    pub(crate) decay_ns: f64,
+    pub(crate) default_rtt_ns: f64,
+    /// Endpoints in the current table.
+    known: AtomicUsize,
+    /// Endpoints in the table that are unreachable or ejected. Signed: two
+    /// concurrent transitions may apply their deltas in either order.
+    not_ready: AtomicIsize,
+    /// Endpoints in the table that are ejected.
+    ejected: AtomicIsize,
+    /// Callers queued in `Balancer::pick`.
+    pub(crate) pending: AtomicUsize,
+    /// Wakes queued picks when an endpoint may have become eligible.
+    pub(crate) became_ready: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new(service: Arc<str>, decay: Duration, default_rtt: Duration) -> Self {
+        Shared {
+            service,
+            base: Instant::now(),
+            // A zero decay would divide by zero; 1 ns means "latest sample wins".
+            decay_ns: (decay.as_nanos() as f64).max(1.0),
+            default_rtt_ns: default_rtt.as_nanos() as f64,
+            known: AtomicUsize::new(0),
+            not_ready: AtomicIsize::new(0),
+            ejected: AtomicIsize::new(0),
+            pending: AtomicUsize::new(0),
+            became_ready: Notify::new(),
+        }
+    }
+
+    /// Nanoseconds from the base instant to `at` (0 for earlier instants).
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Nanoseconds from the base instant to now.
+    pub(crate) fn now_nanos(&self) -> u64 {
+        self.nanos(Instant::now())
+    }
+
+    pub(crate) fn known(&self) -> usize {
+        self.known.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_known(&self, known: usize) {
+        self.known.store(known, Ordering::Release);
+    }
+
+    /// Known endpoints that are reachable and not ejected.
+    pub(crate) fn ready(&self, known: usize) -> usize {
+        let not_ready = self.not_ready.load(Ordering::Acquire).max(0) as usize;
+        known.saturating_sub(not_ready)
+    }
+
+    pub(crate) fn ejected(&self) -> usize {
+        self.ejected.load(Ordering::Acquire).max(0) as usize
+    }
+
+    /// Accounts for one endpoint's state word going from `old` to `new`.
+    pub(crate) fn on_transition(&self, old: u64, new: u64) {
+        let (old_not_ready, old_ejected) = contribution(old);
+        let (new_not_ready, new_ejected) = contribution(new);
+        if old_not_ready == new_not_ready && old_ejected == new_ejected {
+            return;
+        }
+        self.not_ready
+            .fetch_add(new_not_ready - old_not_ready, Ordering::AcqRel);
+        self.ejected
+            .fetch_add(new_ejected - old_ejected, Ordering::AcqRel);
+        self.publish_gauges();
+        if old_not_ready == 1 && new_not_ready == 0 {
+            self.became_ready.notify_waiters();
+        }
+    }
+
+    /// Sets the `mesh.endpoints` gauges from the counters. Called on table and state
+    /// changes only, never per pick.
+    pub(crate) fn publish_gauges(&self) {
+        let known = self.known();
+        for (state, value) in [
+            ("known", known),
+            ("ready", self.ready(known)),
+            ("ejected", self.ejected()),
+        ] {
+            metrics::gauge!(
+                ENDPOINTS.name,
+                label::SERVICE => Arc::clone(&self.service),
+                label::STATE => state
+            )
+            .set(value as f64);
+        }
+    }
+}
+
+/// What one endpoint adds to the (not_ready, ejected) counters; removed endpoints
+/// add nothing.
+fn contribution(word: u64) -> (isize, isize) {
+    if word & state::REMOVED != 0 {
+        return (0, 0);
+    }
+    let not_ready = isize::from(word & (state::UNREACHABLE | state::EJECTED) != 0);
+    let ejected = isize::from(word & state::EJECTED != 0);
+    (not_ready, ejected)
+}

@@ -1,0 +1,541 @@
+//! Unit tests of the balancer as a whole (the sampler, EWMA and RNG have their own
+//! next to them). Time-dependent tests run on paused tokio time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::discovery::{Endpoint, Snapshot};
+
+const KINDS: [BalancerKind; 3] = [
+    BalancerKind::P2cPeakEwma,
+    BalancerKind::LeastRequest,
+    BalancerKind::RoundRobin,
+];
+
+fn addr(i: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 8000 + i))
+}
+
+fn snapshot(weights: &[u32]) -> Snapshot {
+    Snapshot::new(
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Endpoint::new(addr(i as u16)).with_weight(w))
+            .collect(),
+    )
+}
+
+fn settings(kind: BalancerKind) -> BalancerSettings {
+    BalancerSettings {
+        kind,
+        ..BalancerSettings::default()
+    }
+}
+
+/// A balancer whose per-endpoint value is the endpoint's handle.
+fn balancer(kind: BalancerKind, weights: &[u32]) -> Arc<Balancer<EndpointHandle>> {
+    let b = Balancer::new("svc", settings(kind), |_, handle| handle);
+    b.update(&snapshot(weights));
+    b
+}
+
+/// Handles of every endpoint in the current table (read directly, so no value is
+/// built).
+fn handles<E>(b: &Balancer<E>) -> HashMap<SocketAddr, EndpointHandle> {
+    b.table
+        .load()
+        .slots()
+        .iter()
+        .map(|slot| (slot.handle.addr(), slot.handle.clone()))
+        .collect()
+}
+
+/// How often each address is picked in `n` picks, each released at once.
+fn distribution<E: Send + Sync + 'static>(
+    b: &Balancer<E>,
+    exclude: &[SocketAddr],
+    n: usize,
+) -> HashMap<SocketAddr, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        *counts
+            .entry(b.try_pick(exclude).expect("pick").addr())
+            .or_default() += 1;
+    }
+    counts
+}
+
+async fn until_pending(b: &Balancer<EndpointHandle>, n: usize) {
+    while b.shared.pending.load(Ordering::Acquire) != n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[test]
+fn kind_parses_from_its_names_and_errors_list_the_choices() {
+    for kind in KINDS {
+        assert_eq!(kind.to_string().parse::<BalancerKind>(), Ok(kind));
+    }
+    assert_eq!(BalancerKind::default(), BalancerKind::P2cPeakEwma);
+    let err = "random".parse::<BalancerKind>().unwrap_err().to_string();
+    for choice in ["random", "p2c-ewma", "least-request", "round-robin"] {
+        assert!(err.contains(choice), "{err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_avoids_endpoint_with_high_recorded_rtt() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1, 1]);
+    for _ in 0..1_000 {
+        let picked = b.try_pick(&[]).unwrap();
+        let rtt = if picked.addr() == addr(0) { 500 } else { 5 };
+        picked.record_rtt(Duration::from_millis(rtt));
+    }
+    // The two choices are distinct, so the slow endpoint always meets a faster one.
+    let counts = distribution(&b, &[], 3_000);
+    assert_eq!(counts.get(&addr(0)), None, "{counts:?}");
+    assert!(
+        counts[&addr(1)] > 1_000 && counts[&addr(2)] > 1_000,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_retries_a_once_slow_endpoint_after_its_estimate_decays() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1]);
+    let h = handles(&b);
+    let slow = b.try_pick(&[addr(1)]).unwrap();
+    assert_eq!(slow.addr(), addr(0));
+    slow.record_rtt(Duration::from_secs(1));
+    drop(slow);
+    assert_eq!(distribution(&b, &[], 100).get(&addr(0)), None);
+    // Many decay constants later the idle estimate is below the 30 ms default.
+    tokio::time::advance(Duration::from_secs(100)).await;
+    assert!(distribution(&b, &[], 100).contains_key(&addr(0)));
+    assert_eq!(h[&addr(0)].in_flight(), 0);
+}
+
+#[test]
+fn least_request_avoids_loaded_endpoint() {
+    let b = balancer(BalancerKind::LeastRequest, &[1, 1, 1]);
+    let held: Vec<_> = (0..5)
+        .map(|_| b.try_pick(&[addr(1), addr(2)]).unwrap())
+        .collect();
+    assert!(held.iter().all(|p| p.addr() == addr(0)));
+    assert_eq!(held[0].handle().in_flight(), 5);
+    let counts = distribution(&b, &[], 3_000);
+    assert_eq!(counts.get(&addr(0)), None, "{counts:?}");
+    drop(held);
+    assert!(distribution(&b, &[], 3_000)[&addr(0)] > 500);
+}
+
+#[test]
+fn weights_shape_the_distribution_for_every_kind() {
+    for kind in KINDS {
+        let b = balancer(kind, &[1, 3, 0]);
+        let counts = distribution(&b, &[], 40_000);
+        assert_eq!(
+            counts.get(&addr(2)),
+            None,
+            "{kind}: weight 0 picked: {counts:?}"
+        );
+        let share = counts[&addr(0)] as f64 / 40_000.0;
+        assert!(
+            (0.2..0.3).contains(&share),
+            "{kind}: weight-1 share {share}"
+        );
+    }
+}
+
+#[test]
+fn zero_weight_endpoints_are_picked_when_nothing_else_is_eligible() {
+    for kind in KINDS {
+        let b = balancer(kind, &[0, 5]);
+        let zero = b.try_pick(&[addr(1)]).unwrap();
+        assert_eq!(zero.addr(), addr(0), "{kind}: exclusion outranks weight 0");
+        handles(&b)[&addr(1)].set_reachable(false);
+        let counts = distribution(&b, &[], 100);
+        assert_eq!(counts[&addr(0)], 100, "{kind}");
+    }
+}
+
+#[test]
+fn exclude_is_honoured_when_alternatives_exist_and_ignored_when_not() {
+    for kind in KINDS {
+        let b = balancer(kind, &[1, 1, 1]);
+        let counts = distribution(&b, &[addr(0), addr(1)], 500);
+        assert_eq!(counts[&addr(2)], 500, "{kind}: {counts:?}");
+        let all = [addr(0), addr(1), addr(2)];
+        let counts = distribution(&b, &all, 3_000);
+        assert_eq!(
+            counts.len(),
+            3,
+            "{kind}: all excluded still spreads: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn exclude_gives_way_when_the_alternatives_are_unreachable() {
+    for kind in KINDS {
+        let b = balancer(kind, &[1, 1]);
+        handles(&b)[&addr(1)].set_reachable(false);
+        assert_eq!(b.try_pick(&[addr(0)]).unwrap().addr(), addr(0), "{kind}");
+    }
+}
+
+#[test]
+fn unreachable_endpoints_are_skipped_by_every_kind() {
+    for kind in KINDS {
+        let b = balancer(kind, &[1; 10]);
+        let h = handles(&b);
+        for i in 1..10 {
+            h[&addr(i)].set_reachable(false);
+        }
+        assert_eq!(b.stats().ready, 1);
+        let counts = distribution(&b, &[], 1_000);
+        assert_eq!(counts[&addr(0)], 1_000, "{kind}: {counts:?}");
+        h[&addr(0)].set_reachable(false);
+        let err = b.try_pick(&[]).unwrap_err();
+        assert!(err.is_none_ready(), "{err}");
+        assert_eq!(
+            err,
+            PickError::NoneReady {
+                service: "svc".into(),
+                known: 10
+            }
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_pick_is_woken_by_set_reachable() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1]);
+    let h = handles(&b);
+    h.values().for_each(|h| h.set_reachable(false));
+    let start = Instant::now();
+    let waiter = tokio::spawn({
+        let b = Arc::clone(&b);
+        async move { b.pick(&[]).await.map(|p| p.addr()) }
+    });
+    until_pending(&b, 1).await;
+    h[&addr(1)].set_reachable(true);
+    assert_eq!(waiter.await.unwrap(), Ok(addr(1)));
+    // Paused time only moves when every task idles: the wake-up, not the timeout,
+    // ended the wait.
+    assert!(start.elapsed() < b.settings.queue_timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_pick_is_woken_by_restore_and_by_update() {
+    let b = balancer(BalancerKind::RoundRobin, &[1]);
+    let h = handles(&b);
+    let mut s = settings(BalancerKind::RoundRobin);
+    s.panic_threshold = 0.0;
+    let b2 = Balancer::new("svc", s, |_, handle| handle);
+    b2.update(&snapshot(&[1]));
+    let h2 = handles(&b2);
+    h2[&addr(0)].eject_until(Instant::now() + Duration::from_secs(3600));
+    assert!(b2.try_pick(&[]).unwrap_err().is_none_ready());
+    let waiter = tokio::spawn({
+        let b2 = Arc::clone(&b2);
+        async move { b2.pick(&[]).await.map(|p| p.addr()) }
+    });
+    until_pending(&b2, 1).await;
+    h2[&addr(0)].restore();
+    assert_eq!(waiter.await.unwrap(), Ok(addr(0)));
+
+    b.update(&Snapshot::default());
+    assert!(b.try_pick(&[]).unwrap_err().is_no_endpoints());
+    let waiter = tokio::spawn({
+        let b = Arc::clone(&b);
+        async move { b.pick(&[]).await.map(|p| p.addr()) }
+    });
+    until_pending(&b, 1).await;
+    b.update(&snapshot(&[1, 1]));
+    assert!(waiter.await.unwrap().is_ok());
+    assert!(
+        h[&addr(0)].is_removed(),
+        "the old slot left with the empty snapshot"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pick_fails_with_none_ready_after_queue_timeout() {
+    let b = balancer(BalancerKind::LeastRequest, &[1, 1]);
+    handles(&b).values().for_each(|h| h.set_reachable(false));
+    let start = Instant::now();
+    let err = b.pick(&[]).await.unwrap_err();
+    assert!(err.is_none_ready(), "{err}");
+    assert_eq!(start.elapsed(), b.settings.queue_timeout);
+    assert_eq!(b.shared.pending.load(Ordering::Acquire), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pick_fails_at_once_with_too_many_pending() {
+    let mut s = settings(BalancerKind::P2cPeakEwma);
+    s.max_pending = 2;
+    let b = Balancer::new("svc", s, |_, handle| handle);
+    b.update(&snapshot(&[1]));
+    handles(&b)[&addr(0)].set_reachable(false);
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.pick(&[]).await.map(|p| p.addr()) })
+        })
+        .collect();
+    until_pending(&b, 2).await;
+    let start = Instant::now();
+    let err = b.pick(&[]).await.unwrap_err();
+    assert_eq!(
+        err,
+        PickError::TooManyPending {
+            service: "svc".into(),
+            limit: 2
+        }
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap_err().is_none_ready());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejected_endpoints_are_skipped_above_the_panic_threshold() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1, 1, 1]);
+    let h = handles(&b);
+    h[&addr(0)].eject_until(Instant::now() + Duration::from_secs(30));
+    assert_eq!(
+        b.stats(),
+        BalancerStats {
+            known: 4,
+            ready: 3,
+            ejected: 1
+        }
+    );
+    assert!(!h[&addr(0)].is_in_rotation());
+    assert_eq!(distribution(&b, &[], 1_000).get(&addr(0)), None);
+    // The ejection ends by itself.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert!(h[&addr(0)].is_in_rotation());
+    assert!(distribution(&b, &[], 1_000).contains_key(&addr(0)));
+    assert_eq!(
+        b.stats(),
+        BalancerStats {
+            known: 4,
+            ready: 4,
+            ejected: 0
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_threshold_ignores_ejections_but_not_unreachability() {
+    for kind in KINDS {
+        let b = balancer(kind, &[1, 1, 1, 1]);
+        let h = handles(&b);
+        let later = Instant::now() + Duration::from_secs(30);
+        for i in 0..3 {
+            h[&addr(i)].eject_until(later);
+        }
+        // 1 of 4 ready is below 0.5: ejected endpoints take traffic again.
+        assert_eq!(distribution(&b, &[], 4_000).len(), 4, "{kind}");
+        h[&addr(3)].set_reachable(false);
+        let counts = distribution(&b, &[], 3_000);
+        assert_eq!(counts.get(&addr(3)), None, "{kind}: {counts:?}");
+        assert_eq!(counts.len(), 3, "{kind}: {counts:?}");
+        // 3 of 4 ready is not: the one ejection is honoured.
+        h[&addr(3)].set_reachable(true);
+        h[&addr(0)].restore();
+        h[&addr(1)].restore();
+        let counts = distribution(&b, &[], 3_000);
+        assert_eq!(counts.get(&addr(2)), None, "{kind}: {counts:?}");
+    }
+}
+
+#[test]
+fn update_keeps_state_of_surviving_endpoints_and_picked_of_removed_stays_valid() {
+    let built = Arc::new(AtomicUsize::new(0));
+    let b = Balancer::new("svc", settings(BalancerKind::RoundRobin), {
+        let built = Arc::clone(&built);
+        move |endpoint, handle| {
+            built.fetch_add(1, Ordering::SeqCst);
+            (endpoint.addr, handle)
+        }
+    });
+    b.update(&snapshot(&[1, 1, 1]));
+    let kept = b.try_pick(&[addr(1), addr(2)]).unwrap();
+    let leaving = b.try_pick(&[addr(0), addr(2)]).unwrap();
+    kept.handle().set_reachable(false);
+    kept.handle().set_reachable(true);
+    assert_eq!(built.load(Ordering::SeqCst), 2);
+
+    // addr(1) leaves, addr(0) stays with a new weight, addr(3) joins.
+    b.update(&Snapshot::new(vec![
+        Endpoint::new(addr(0)).with_weight(4),
+        Endpoint::new(addr(2)),
+        Endpoint::new(addr(3)),
+    ]));
+    assert_eq!(
+        b.stats(),
+        BalancerStats {
+            known: 3,
+            ready: 3,
+            ejected: 0
+        }
+    );
+    assert!(leaving.handle().is_removed());
+    assert_eq!(
+        leaving.endpoint().0,
+        addr(1),
+        "a removed endpoint's value stays usable"
+    );
+    assert!(!kept.handle().is_removed());
+    assert_eq!(kept.handle().in_flight(), 1);
+    let again = b.try_pick(&[addr(2), addr(3)]).unwrap();
+    assert_eq!(again.addr(), addr(0));
+    assert_eq!(
+        again.handle().in_flight(),
+        2,
+        "same state as before the update"
+    );
+    assert_eq!(
+        built.load(Ordering::SeqCst),
+        2,
+        "no new value for a surviving endpoint"
+    );
+    assert!(!distribution(&b, &[], 3_000).contains_key(&addr(1)));
+    // Removed endpoints no longer count, even if their state changes later.
+    leaving.handle().set_reachable(false);
+    assert_eq!(b.stats().ready, 3);
+    drop(leaving);
+}
+
+#[test]
+fn endpoint_whose_identity_changed_is_replaced() {
+    let b = balancer(BalancerKind::RoundRobin, &[1]);
+    let old = handles(&b).remove(&addr(0)).unwrap();
+    let mut endpoint = Endpoint::new(addr(0));
+    endpoint.identity = Some("spiffe://example.org/ns/a/sa/b".into());
+    b.update(&Snapshot::new(vec![endpoint.clone()]));
+    assert!(old.is_removed());
+    let picked = b.try_pick(&[]).unwrap();
+    assert_eq!(picked.handle().endpoint(), &endpoint);
+    assert!(!picked.handle().is_removed());
+}
+
+#[test]
+fn make_endpoint_is_called_lazily_once_per_endpoint() {
+    let built = Arc::new(AtomicUsize::new(0));
+    let b = Balancer::new("svc", settings(BalancerKind::P2cPeakEwma), {
+        let built = Arc::clone(&built);
+        move |endpoint: &Endpoint, _| {
+            built.fetch_add(1, Ordering::SeqCst);
+            endpoint.addr
+        }
+    });
+    b.update(&snapshot(&[1; 1_000]));
+    assert_eq!(
+        built.load(Ordering::SeqCst),
+        0,
+        "known endpoints are not built"
+    );
+    b.update(&snapshot(&[1, 1, 1]));
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..1_000 {
+                    let picked = b.try_pick(&[]).unwrap();
+                    assert_eq!(picked.addr(), *picked.endpoint());
+                }
+            });
+        }
+    });
+    assert_eq!(built.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn round_robin_rotates_through_endpoints() {
+    let b = balancer(BalancerKind::RoundRobin, &[1, 1, 1]);
+    let order: Vec<_> = (0..6).map(|_| b.try_pick(&[]).unwrap().addr()).collect();
+    assert_eq!(&order[..3], &order[3..]);
+    let mut first = order[..3].to_vec();
+    first.sort();
+    assert_eq!(first, [addr(0), addr(1), addr(2)]);
+}
+
+#[test]
+fn mostly_ineligible_tables_still_pick_the_eligible_few() {
+    for kind in KINDS {
+        let b = balancer(kind, &[1; 2_000]);
+        let h = handles(&b);
+        for (a, handle) in &h {
+            if a.port() % 500 != 0 {
+                handle.set_reachable(false);
+            }
+        }
+        let counts = distribution(&b, &[], 400);
+        assert_eq!(counts.len(), 4, "{kind}: {counts:?}");
+        assert!(counts.keys().all(|a| a.port() % 500 == 0));
+    }
+}
+
+#[test]
+fn picked_holds_one_in_flight_until_dropped() {
+    let b = balancer(BalancerKind::LeastRequest, &[1]);
+    let first = b.try_pick(&[]).unwrap();
+    let second = b.try_pick(&[]).unwrap();
+    assert_eq!(first.handle().in_flight(), 2);
+    drop(first);
+    assert_eq!(second.handle().in_flight(), 1);
+    drop(second);
+    assert_eq!(b.try_pick(&[]).unwrap().handle().in_flight(), 1);
+}
+
+#[test]
+fn errors_name_the_service() {
+    let b = Balancer::new("payments", BalancerSettings::default(), |_, _| ());
+    let err = b.try_pick(&[]).unwrap_err();
+    assert!(err.is_no_endpoints());
+    assert_eq!(err.service(), "payments");
+    assert!(err.to_string().contains("`payments`"), "{err}");
+}
+
+#[tokio::test]
+async fn follow_applies_snapshots_and_ends_with_discovery() {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot(&[1])));
+    let b = Balancer::new("svc", BalancerSettings::default(), |_, _| ());
+    let task = b.follow(rx);
+    // Wait on the event (the pick queue is woken by every update), not on time.
+    assert_eq!(b.pick(&[]).await.unwrap().addr(), addr(0));
+    tx.send(Arc::new(snapshot(&[1, 1, 1]))).unwrap();
+    while b.stats().known != 3 {
+        tokio::task::yield_now().await;
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("follow task outlived discovery")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn follow_ends_when_the_balancer_is_dropped() {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot(&[1])));
+    let b = Balancer::new("svc", BalancerSettings::default(), |_, _| ());
+    let task = b.follow(rx);
+    drop(b);
+    // A wide bound only so that a regression fails instead of hanging.
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("follow task outlived its balancer")
+        .unwrap();
+    assert!(tx.is_closed(), "the task dropped its receiver");
+}
