@@ -1,2 +1,179 @@
-//! Quickstart (arrives with the foundation issue).
-fn main() {}
+//! Quickstart: three local backends behind the mesh client.
+//!
+//! Starts three small axum backends on loopback (one slow, one failing a small
+//! share of requests as slowly as it succeeds), configures a `MeshClient` through
+//! `MESH_` variables, sends a few thousand requests, and prints a summary and, as
+//! its last line, one JSON object. Variables in the environment override the
+//! quickstart's own, so `MESH_DEFAULT_BALANCER=round-robin cargo run --release
+//! --example quickstart` shows the difference a balancer makes; a bad variable
+//! makes it exit non-zero with the error.
+#![allow(clippy::disallowed_types)] // an example may time itself with std's clock
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use mesh_core::config::{Env, Layered, MeshConfig};
+use mesh_http::MeshClient;
+use tokio::net::TcpListener;
+
+const REQUESTS: usize = 4000;
+const CONCURRENCY: usize = 16;
+const WORK: Duration = Duration::from_millis(2);
+const SLOW_WORK: Duration = Duration::from_millis(25);
+const FAILURE_EVERY: u64 = 50; // 2%
+
+/// One backend: how long it works per request, how often it fails, what it served.
+struct Backend {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+}
+
+async fn start_backend(work: Duration, fail_every: Option<u64>) -> std::io::Result<Backend> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    let app = Router::new().route(
+        "/work",
+        get(move || {
+            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            async move {
+                tokio::time::sleep(work).await;
+                // Failures take as long as successes, so only the balancer's
+                // failure accounting (not latency) could tell them apart.
+                match fail_every {
+                    Some(every) if n % every == 0 => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+                    _ => (StatusCode::OK, "done"),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Backend { addr, served })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    let fast = start_backend(WORK, None).await?;
+    let slow = start_backend(SLOW_WORK, None).await?;
+    let failing = start_backend(WORK, Some(FAILURE_EVERY)).await?;
+    let backends = [&fast, &slow, &failing];
+
+    let endpoints: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let own: BTreeMap<String, String> = [
+        ("MESH_SERVICE_NAME", "quickstart".to_string()),
+        ("MESH_SERVICE_BACKEND_ENDPOINTS", endpoints.join(",")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config = MeshConfig::from_source(&Layered::new(Env, own))?;
+    let client = MeshClient::new(config)?;
+    client.ready().await;
+
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let client = client.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < REQUESTS as u64 {
+                    let request = http::Request::get("http://backend/work")
+                        .body(Empty::<Bytes>::new())
+                        .expect("valid request");
+                    let began = Instant::now();
+                    let ok = match client
+                        .send(request.map(|b| b.map_err(Into::into).boxed_unsync()))
+                        .await
+                    {
+                        Ok(response) => {
+                            let status = response.status();
+                            response.into_body().collect().await.is_ok() && status.is_success()
+                        }
+                        Err(_) => false,
+                    };
+                    results.push((ok, began.elapsed()));
+                }
+                results
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(REQUESTS);
+    for worker in workers {
+        results.extend(worker.await?);
+    }
+    let elapsed = started.elapsed();
+
+    let requests = results.len();
+    let ok = results.iter().filter(|(ok, _)| *ok).count();
+    let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
+    let (p50, p99) = (percentile(0.50), percentile(0.99));
+
+    println!(
+        "quickstart: {requests} requests in {:.2}s through the mesh to service `backend`",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  ok {ok} / {requests} ({:.2}%), p50 {p50:.2} ms, p99 {p99:.2} ms",
+        100.0 * ok as f64 / requests as f64
+    );
+    let names = ["fast", "slow (25 ms)", "failing (2%)"];
+    for (backend, name) in backends.iter().zip(names) {
+        let served = backend.served.load(Ordering::Relaxed);
+        println!(
+            "  {:<22} {:<14} served {:>5} ({:.1}%)",
+            backend.addr,
+            name,
+            served,
+            100.0 * served as f64 / requests as f64
+        );
+    }
+    let per_endpoint: serde_json::Map<String, serde_json::Value> = backends
+        .iter()
+        .map(|b| (b.addr.to_string(), b.served.load(Ordering::Relaxed).into()))
+        .collect();
+    let summary = serde_json::json!({
+        "requests": requests,
+        "ok": ok,
+        "failed": requests - ok,
+        "p50_ms": (p50 * 1000.0).round() / 1000.0,
+        "p99_ms": (p99 * 1000.0).round() / 1000.0,
+        "per_endpoint": per_endpoint,
+        "slow_endpoint": slow.addr.to_string(),
+        "failing_endpoint": failing.addr.to_string(),
+    });
+    println!("{summary}");
+    // The quickstart's job is to show traffic flowing through the mesh: it fails
+    // when most requests did not get through.
+    Ok(if ok * 2 >= requests {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,1 +1,12 @@
-//! hyper/hyper-util glue for the in-process mesh.
+//! hyper glue for the in-process mesh: the outbound [`MeshClient`].
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod client;
+pub mod connect;
+pub mod error;
+mod pool;
+
+pub use body::ResponseBody;
+pub use client::MeshClient;
+pub use error::{BoxError, Error};

@@ -1,1 +1,4 @@
 //! Shared helpers for the end-to-end tests: real backends on loopback and real peers.
+#![allow(clippy::disallowed_types)]
+
+pub mod backend;

@@ -117,12 +117,13 @@ impl EndpointState {
         let rtt = self.ewma.estimate(
             now.nanos(),
             self.shared.decay_ns,
-            self.shared.default_rtt_ns,
+            self.shared.unmeasured_rtt_ns(),
         );
         rtt * (self.in_flight() + 1) as f64
     }
 
     pub(crate) fn record_rtt(&self, rtt: Duration) {
+        self.shared.observe_service_rtt(rtt.as_nanos() as f64);
         self.ewma
             .record(rtt, self.shared.now_nanos(), self.shared.decay_ns);
     }

@@ -6,7 +6,7 @@
 //! endpoints are ready" (for the panic threshold) from two atomics instead of
 //! scanning the table.
 
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     base: Instant,
     pub(crate) decay_ns: f64,
     pub(crate) default_rtt_ns: f64,
+    /// Moving average of every round trip the service has seen (f64 bits; NaN
+    /// before the first): the estimate of an endpoint not yet measured.
+    service_rtt_ns: AtomicU64,
     /// Endpoints in the current table.
     known: AtomicUsize,
     /// Endpoints in the table that are unreachable or ejected. Signed: two
@@ -46,12 +49,38 @@ impl Shared {
             // A zero decay would divide by zero; 1 ns means "latest sample wins".
             decay_ns: (decay.as_nanos() as f64).max(1.0),
             default_rtt_ns: default_rtt.as_nanos() as f64,
+            service_rtt_ns: AtomicU64::new(f64::NAN.to_bits()),
             known: AtomicUsize::new(0),
             not_ready: AtomicIsize::new(0),
             ejected: AtomicIsize::new(0),
             pending: AtomicUsize::new(0),
             became_ready: Notify::new(),
         }
+    }
+
+    /// The round-trip estimate of an endpoint not yet measured: the service's
+    /// average once it has one, else the configured default. Starting new endpoints
+    /// at the default (30 ms) while the others answer in well under a millisecond
+    /// would keep P2C from ever picking them, so they would never be measured.
+    pub(crate) fn unmeasured_rtt_ns(&self) -> f64 {
+        let average = f64::from_bits(self.service_rtt_ns.load(Ordering::Relaxed));
+        if average.is_nan() {
+            self.default_rtt_ns
+        } else {
+            average
+        }
+    }
+
+    /// Folds one round trip into the service's average (weight 1/16 per sample; a
+    /// lost update between racing threads only drops one sample).
+    pub(crate) fn observe_service_rtt(&self, rtt_ns: f64) {
+        let average = f64::from_bits(self.service_rtt_ns.load(Ordering::Relaxed));
+        let next = if average.is_nan() {
+            rtt_ns
+        } else {
+            average + (rtt_ns - average) / 16.0
+        };
+        self.service_rtt_ns.store(next.to_bits(), Ordering::Relaxed);
     }
 
     /// Nanoseconds from the base instant to `at` (0 for earlier instants).

@@ -112,13 +112,26 @@ async fn p2c_retries_a_once_slow_endpoint_after_its_estimate_decays() {
     let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1]);
     let h = handles(&b);
     let slow = b.try_pick(&[addr(1)]).unwrap();
-    assert_eq!(slow.addr(), addr(0));
     slow.record_rtt(Duration::from_secs(1));
     drop(slow);
+    b.try_pick(&[addr(0)])
+        .unwrap()
+        .record_rtt(Duration::from_millis(5));
     assert_eq!(distribution(&b, &[], 100).get(&addr(0)), None);
-    // Many decay constants later the idle estimate is below the 30 ms default.
-    tokio::time::advance(Duration::from_secs(100)).await;
-    assert!(distribution(&b, &[], 100).contains_key(&addr(0)));
+    // Endpoint 1 keeps answering in 5 ms while the idle estimate of endpoint 0
+    // decays: 1 s × e^(-t / 10 s) drops below 5 ms after about 53 s.
+    let mut seconds = 0;
+    loop {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        seconds += 1;
+        let picked = b.try_pick(&[]).unwrap();
+        if picked.addr() == addr(0) {
+            break;
+        }
+        picked.record_rtt(Duration::from_millis(5));
+        assert!(seconds < 200, "the once-slow endpoint was never retried");
+    }
+    assert!((45..=60).contains(&seconds), "retried after {seconds} s");
     assert_eq!(h[&addr(0)].in_flight(), 0);
 }
 
@@ -538,4 +551,23 @@ async fn follow_ends_when_the_balancer_is_dropped() {
         .expect("follow task outlived its balancer")
         .unwrap();
     assert!(tx.is_closed(), "the task dropped its receiver");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_gives_unmeasured_endpoints_a_fair_share_among_fast_measured_ones() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1, 1]);
+    // Only endpoint 0 has answered, quickly; 1 and 2 have never been measured.
+    for _ in 0..100 {
+        let picked = b.try_pick(&[addr(1), addr(2)]).unwrap();
+        picked.record_rtt(Duration::from_millis(1));
+    }
+    // Were they estimated at the 30 ms default, they would only win the picks that
+    // pair them with each other (about 500 each of 3,000).
+    let counts = distribution(&b, &[], 3_000);
+    for i in [1, 2] {
+        assert!(
+            counts.get(&addr(i)).copied().unwrap_or(0) > 800,
+            "{counts:?}"
+        );
+    }
 }

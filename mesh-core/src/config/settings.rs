@@ -108,7 +108,7 @@ pub const SETTINGS: &[SettingDef] = &[
     def("QUEUE_TIMEOUT", Service, "`1s`", "How long a request waits for a ready endpoint before failing."),
     def("MAX_PENDING", Service, "`1000`", "Requests that may wait for a ready endpoint at once; more fail at once."),
     def("PANIC_THRESHOLD", Service, "`50%`", "Below this share of healthy endpoints, the balancer ignores ejections and uses all reachable ones."),
-    def("EWMA_DEFAULT_RTT", Service, "`30ms`", "PeakEWMA's latency estimate for an endpoint not yet measured."),
+    def("EWMA_DEFAULT_RTT", Service, "`30ms`", "PeakEWMA's latency estimate before the service has answered at all; afterwards an endpoint not yet measured starts at the service's average, so it is not starved."),
     def("EWMA_DECAY", Service, "`10s`", "PeakEWMA's decay time."),
     planned("TLS_CERT", Global, "PEM file of this workload's X.509 SVID chain."),
     planned("TLS_KEY", Global, "PEM file of the SVID's private key."),

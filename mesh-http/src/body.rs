@@ -1,0 +1,125 @@
+//! Request and response bodies as the client carries them.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+use crate::error::BoxError;
+
+/// A request body once the client has taken it: any `http_body::Body` boxed, so
+/// one connection type serves every caller's body type.
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Something to release when a response body has been read to its end (or dropped):
+/// the endpoint's in-flight count, and an HTTP/1.1 connection to return to its pool.
+pub(crate) trait Lease: Send + 'static {
+    /// `complete` is true when the body was read to its end, so the connection may
+    /// carry another request.
+    fn release(self: Box<Self>, complete: bool);
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from the mesh. Reading it to the end returns its connection
+    /// to the pool; dropping it early closes an HTTP/1.1 connection.
+    pub struct ResponseBody {
+        #[pin]
+        inner: Inner,
+        lease: Option<Box<dyn Lease>>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(lease) = this.project().lease.take() {
+                lease.release(false);
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Incoming { #[pin] body: Incoming },
+        Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl ResponseBody {
+    pub(crate) fn incoming(body: Incoming, lease: Option<Box<dyn Lease>>) -> Self {
+        let mut body = ResponseBody {
+            inner: Inner::Incoming { body },
+            lease,
+        };
+        body.release_if_ended();
+        body
+    }
+
+    /// Wraps any body (used by egress and by layers that synthesize responses).
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        ResponseBody {
+            inner: Inner::Boxed {
+                body: body.map_err(Into::into).boxed_unsync(),
+            },
+            lease: None,
+        }
+    }
+
+    fn release_if_ended(&mut self) {
+        if self.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.release(true);
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = match this.inner.project() {
+            InnerProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Boxed { body } => body.poll_frame(cx),
+        };
+        if let Poll::Ready(None) = polled {
+            if let Some(lease) = this.lease.take() {
+                lease.release(true);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Incoming { body } => body.is_end_stream(),
+            Inner::Boxed { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Incoming { body } => body.size_hint(),
+            Inner::Boxed { body } => body.size_hint(),
+        }
+    }
+}

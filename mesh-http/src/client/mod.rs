@@ -1,0 +1,172 @@
+//! The outbound client: `http://<logical-service>/path` to an endpoint our balancer
+//! picked, over pooled connections.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use http_body_util::{BodyExt, Empty};
+//! use tower::ServiceExt;
+//!
+//! // MESH_SERVICE_GREETER_ENDPOINTS=10.0.0.5:8080,10.0.0.6:8080
+//! let client = mesh_http::MeshClient::from_env()?;
+//! let request = http::Request::get("http://greeter/hello").body(Empty::<bytes::Bytes>::new())?;
+//! let response = client.oneshot(request).await?;
+//! let body = response.into_body().collect().await?.to_bytes();
+//! # Ok(()) }
+//! ```
+
+mod egress;
+mod service;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use mesh_core::config::{Egress, MeshConfig};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::connect::{Connect, TcpConnector};
+use crate::error::{BoxError, Error};
+use egress::EgressClients;
+use service::ServiceClient;
+
+/// The mesh's outbound HTTP client: cheap to clone (clones share discovery,
+/// balancers and connection pools) and a `tower::Service`.
+///
+/// A request's host picks the logical service (after normalization: `my-api`
+/// matches `MESH_SERVICE_MY_API_*`); the `Host` / `:authority` sent is that
+/// logical name. A host the mesh does not know is an error, unless
+/// `MESH_EGRESS=allow`, in which case it is resolved with plain DNS and, for
+/// `https`, verified with the system's web PKI roots.
+#[derive(Clone, Debug)]
+pub struct MeshClient {
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    config: Arc<MeshConfig>,
+    /// One per configured service, in the order of `config.services()`.
+    services: Vec<ServiceClient>,
+    egress: Option<EgressClients>,
+}
+
+/// Builds a [`MeshClient`] with a transport other than plain TCP.
+#[derive(Debug)]
+pub struct MeshClientBuilder {
+    config: MeshConfig,
+    connector: Option<Arc<dyn Connect>>,
+}
+
+impl std::fmt::Debug for dyn Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connect")
+    }
+}
+
+impl MeshClientBuilder {
+    /// Opens connections to mesh endpoints through `connector` (mTLS, say).
+    pub fn connector(mut self, connector: impl Connect) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Starts discovery for every configured service. Needs a tokio runtime.
+    pub fn build(self) -> Result<MeshClient, BoxError> {
+        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        let config = Arc::new(self.config);
+        let services = config
+            .services()
+            .iter()
+            .map(|svc| ServiceClient::spawn(svc, config.dns(), connector.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress =
+            (config.egress() == Egress::Allow).then(|| EgressClients::new(config.dns().clone()));
+        Ok(MeshClient {
+            inner: Arc::new(ClientInner {
+                config,
+                services,
+                egress,
+            }),
+        })
+    }
+}
+
+impl MeshClient {
+    /// Reads the configuration from `MESH_` variables and starts the client.
+    pub fn from_env() -> Result<Self, BoxError> {
+        Self::new(MeshConfig::from_env()?)
+    }
+
+    /// Starts a client for `config` over plain TCP. Needs a tokio runtime.
+    pub fn new(config: MeshConfig) -> Result<Self, BoxError> {
+        Self::builder(config).build()
+    }
+
+    /// A builder, to choose the transport.
+    pub fn builder(config: MeshConfig) -> MeshClientBuilder {
+        MeshClientBuilder {
+            config,
+            connector: None,
+        }
+    }
+
+    /// The configuration this client runs with.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// Waits until every service's discovery has made its first resolution.
+    pub async fn ready(&self) {
+        for svc in &self.inner.services {
+            svc.initialized().await;
+        }
+    }
+
+    /// Sends a request whose body is already boxed.
+    pub async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let inner = &self.inner;
+        let host = request
+            .uri()
+            .host()
+            .ok_or_else(|| Error::invalid_uri("the URI has no host; use http://<service>/path"))?;
+        match inner.config.service_index(host) {
+            Some(i) => inner.services[i].send(request).await,
+            None => match &inner.egress {
+                Some(egress) => egress.send(request).await,
+                None => {
+                    egress::count(host, "denied");
+                    Err(Error::unknown_service(host))
+                }
+            },
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for MeshClient
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
+
+    /// Always ready: waiting for an endpoint happens per request, bounded by the
+    /// service's queue timeout, so one slow service never blocks another.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let client = self.clone();
+        let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+        Box::pin(async move { client.send(request).await })
+    }
+}

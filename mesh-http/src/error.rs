@@ -1,0 +1,132 @@
+//! The client's error: opaque, with `is_*` checks to branch on.
+
+use std::fmt;
+
+use mesh_core::balance::PickError;
+
+/// A boxed error, as tower boundaries carry them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request through the mesh failed.
+pub struct Error {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    UnknownService(String),
+    InvalidUri(String),
+    NoEndpoint(String),
+    Connect(std::net::SocketAddr),
+    Timeout(std::time::Duration),
+    Request,
+}
+
+impl Error {
+    pub(crate) fn unknown_service(host: &str) -> Self {
+        Error {
+            kind: Kind::UnknownService(host.to_string()),
+            source: None,
+        }
+    }
+
+    pub(crate) fn invalid_uri(why: impl Into<String>) -> Self {
+        Error {
+            kind: Kind::InvalidUri(why.into()),
+            source: None,
+        }
+    }
+
+    pub(crate) fn no_endpoint(service: &str, source: PickError) -> Self {
+        Error {
+            kind: Kind::NoEndpoint(service.to_string()),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn connect(addr: std::net::SocketAddr, source: impl Into<BoxError>) -> Self {
+        Error {
+            kind: Kind::Connect(addr),
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn timeout(after: std::time::Duration) -> Self {
+        Error {
+            kind: Kind::Timeout(after),
+            source: None,
+        }
+    }
+
+    pub(crate) fn request(source: impl Into<BoxError>) -> Self {
+        Error {
+            kind: Kind::Request,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The request named a host the mesh does not know, and egress is denied.
+    pub fn is_unknown_service(&self) -> bool {
+        matches!(self.kind, Kind::UnknownService(_))
+    }
+
+    /// The request's URI has no host, or one that is not usable.
+    pub fn is_invalid_uri(&self) -> bool {
+        matches!(self.kind, Kind::InvalidUri(_))
+    }
+
+    /// No endpoint of the service was ready within the queue timeout.
+    pub fn is_no_endpoint(&self) -> bool {
+        matches!(self.kind, Kind::NoEndpoint(_))
+    }
+
+    /// No connection could be opened (the request was never sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self.kind, Kind::Connect(_))
+    }
+
+    /// The request timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout(_))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("mesh_http::Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::UnknownService(host) => write!(
+                f,
+                "no service `{host}` is configured (set MESH_SERVICE_<NAME>_ENDPOINTS, or MESH_EGRESS=allow to send unknown hosts out)"
+            )?,
+            Kind::InvalidUri(why) => write!(f, "invalid request URI: {why}")?,
+            Kind::NoEndpoint(service) => write!(f, "no endpoint of `{service}` is available")?,
+            Kind::Connect(addr) => write!(f, "could not connect to {addr}")?,
+            Kind::Timeout(after) => write!(f, "request timed out after {after:?}")?,
+            Kind::Request => f.write_str("request failed")?,
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

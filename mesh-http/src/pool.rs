@@ -1,0 +1,388 @@
+//! Connections to one endpoint: opened lazily, pooled, aged out, and reopened in
+//! the background after a failure.
+//!
+//! HTTP/1.1 keeps a stack of idle connections (most recently used first, so idle
+//! ones age out) under an optional cap; HTTP/2 shares one multiplexed connection.
+//! When a connection cannot be opened the endpoint is reported unreachable, so the
+//! balancer stops picking it, and a task reconnects with backoff and reports it
+//! reachable again once a connection is up. Only discovery removes endpoints.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_core::backoff::ExponentialBackoff;
+use mesh_core::config::{Protocol, ServiceConfig};
+use mesh_core::metric_names::{self, label};
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::connect::Connect;
+use crate::error::{BoxError, Error};
+
+/// How connections to every endpoint of one service behave.
+pub(crate) struct PoolSettings {
+    pub(crate) service: Arc<str>,
+    pub(crate) protocol: Protocol,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) http2_keepalive: Option<Duration>,
+    pub(crate) connector: Arc<dyn Connect>,
+}
+
+impl PoolSettings {
+    pub(crate) fn new(config: &ServiceConfig, connector: Arc<dyn Connect>) -> Self {
+        PoolSettings {
+            service: config.name.as_str().into(),
+            protocol: config.protocol,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            max_age: config.max_connection_age,
+            max_connections: config.max_connections,
+            http2_keepalive: config.http2_keepalive,
+            connector,
+        }
+    }
+}
+
+/// A connection checked out for one request.
+pub(crate) enum Conn {
+    Http1(Http1Conn),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+/// An HTTP/1.1 connection; goes back to the pool when its response has been read.
+pub(crate) struct Http1Conn {
+    pub(crate) sender: http1::SendRequest<RequestBody>,
+    created: Instant,
+    /// Holds a place under the per-endpoint cap for as long as the connection lives.
+    _permit: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+struct Idle {
+    conn: Http1Conn,
+    since: Instant,
+}
+
+struct Shared {
+    sender: http2::SendRequest<RequestBody>,
+    created: Instant,
+}
+
+/// Connections to one endpoint.
+pub(crate) struct EndpointPool {
+    inner: Arc<PoolInner>,
+}
+
+pub(crate) struct PoolInner {
+    addr: SocketAddr,
+    settings: Arc<PoolSettings>,
+    report_reachable: Box<dyn Fn(bool) + Send + Sync>,
+    is_removed: Box<dyn Fn() -> bool + Send + Sync>,
+    idle: Mutex<Vec<Idle>>,
+    shared: Mutex<Option<Shared>>,
+    /// Serialises HTTP/2 connects so a burst opens one connection, not many.
+    h2_connecting: tokio::sync::Mutex<()>,
+    limit: Option<Arc<Semaphore>>,
+    reconnecting: AtomicBool,
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointPool {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        settings: Arc<PoolSettings>,
+        report_reachable: impl Fn(bool) + Send + Sync + 'static,
+        is_removed: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let limit = settings
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n)));
+        EndpointPool {
+            inner: Arc::new(PoolInner {
+                addr,
+                settings,
+                report_reachable: Box::new(report_reachable),
+                is_removed: Box::new(is_removed),
+                idle: Mutex::new(Vec::new()),
+                shared: Mutex::new(None),
+                h2_connecting: tokio::sync::Mutex::new(()),
+                limit,
+                reconnecting: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A connection ready to carry a request: a pooled one if any is usable, else
+    /// a new one. A connect failure marks the endpoint unreachable and starts the
+    /// background reconnect.
+    pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
+        match self.inner.settings.protocol {
+            Protocol::Http1 => self.checkout_http1().await.map(Conn::Http1),
+            Protocol::Http2 => self.checkout_http2().await.map(Conn::Http2),
+        }
+    }
+
+    async fn checkout_http1(&self) -> Result<Http1Conn, Error> {
+        if let Some(conn) = self.inner.take_idle() {
+            return Ok(conn);
+        }
+        let permit = match &self.inner.limit {
+            Some(limit) => {
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                // A connection may have come back while we waited for room.
+                if let Some(conn) = self.inner.take_idle() {
+                    return Ok(conn);
+                }
+                Some(Arc::new(permit))
+            }
+            None => None,
+        };
+        match self.inner.connect_http1(permit).await {
+            Ok(conn) => Ok(conn),
+            Err(e) => Err(self.connect_failed(e)),
+        }
+    }
+
+    async fn checkout_http2(&self) -> Result<http2::SendRequest<RequestBody>, Error> {
+        if let Some(sender) = self.inner.shared_sender() {
+            return Ok(sender);
+        }
+        let _connecting = self.inner.h2_connecting.lock().await;
+        if let Some(sender) = self.inner.shared_sender() {
+            return Ok(sender);
+        }
+        match self.inner.connect_http2().await {
+            Ok(sender) => Ok(sender),
+            Err(e) => Err(self.connect_failed(e)),
+        }
+    }
+
+    fn connect_failed(&self, error: BoxError) -> Error {
+        (self.inner.report_reachable)(false);
+        PoolInner::spawn_reconnect(&self.inner);
+        Error::connect(self.inner.addr, error)
+    }
+
+    /// A weak reference for giving a connection back without keeping the pool alive.
+    pub(crate) fn downgrade(&self) -> Weak<PoolInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// Forgets the shared HTTP/2 connection once it has closed.
+    pub(crate) fn forget_closed_http2(&self) {
+        let mut shared = self.inner.shared.lock();
+        if shared.as_ref().is_some_and(|s| s.sender.is_closed()) {
+            *shared = None;
+        }
+    }
+}
+
+/// Returns an HTTP/1.1 connection whose response was read to its end.
+pub(crate) fn give_back(pool: &Weak<PoolInner>, conn: Http1Conn) {
+    if let Some(inner) = pool.upgrade() {
+        inner.put_idle(conn);
+    }
+}
+
+impl PoolInner {
+    fn expired(&self, created: Instant, now: Instant) -> bool {
+        self.settings
+            .max_age
+            .is_some_and(|age| now.duration_since(created) >= age)
+    }
+
+    fn take_idle(&self) -> Option<Http1Conn> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock();
+        while let Some(Idle { conn, since }) = idle.pop() {
+            let stale = now.duration_since(since) >= self.settings.idle_timeout;
+            if stale || self.expired(conn.created, now) || !conn.sender.is_ready() {
+                continue; // dropping the sender closes the connection
+            }
+            return Some(conn);
+        }
+        None
+    }
+
+    fn put_idle(self: &Arc<Self>, conn: Http1Conn) {
+        let now = Instant::now();
+        if conn.sender.is_closed() || self.expired(conn.created, now) || (self.is_removed)() {
+            return;
+        }
+        if conn.sender.is_ready() {
+            self.idle.lock().push(Idle { conn, since: now });
+            return;
+        }
+        // The connection task has not yet seen the end of the response; wait for it
+        // off the request path.
+        let weak = Arc::downgrade(self);
+        let mut conn = conn;
+        tokio::spawn(async move {
+            if conn.sender.ready().await.is_ok() {
+                if let Some(inner) = weak.upgrade() {
+                    inner.idle.lock().push(Idle {
+                        conn,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        });
+    }
+
+    fn shared_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut shared = self.shared.lock();
+        let usable = shared
+            .as_ref()
+            .is_some_and(|s| !s.sender.is_closed() && !self.expired(s.created, Instant::now()));
+        if usable {
+            shared.as_ref().map(|s| s.sender.clone())
+        } else {
+            // An aged-out connection finishes its streams in flight and then closes
+            // once its last sender is gone.
+            *shared = None;
+            None
+        }
+    }
+
+    async fn open(&self) -> Result<TokioIo<crate::connect::BoxedIo>, BoxError> {
+        let settings = &self.settings;
+        let connecting = settings.connector.connect(self.addr, &settings.service);
+        let result = match tokio::time::timeout(settings.connect_timeout, connecting).await {
+            Ok(Ok(io)) => Ok(io),
+            Ok(Err(e)) => Err((connect_reason(&e), BoxError::from(e))),
+            Err(_) => Err((
+                "timeout",
+                format!("no connection within {:?}", settings.connect_timeout).into(),
+            )),
+        };
+        let (outcome, reason) = match &result {
+            Ok(_) => ("ok", "none"),
+            Err((reason, _)) => ("error", *reason),
+        };
+        metrics::counter!(
+            metric_names::CONNECTIONS.name,
+            label::SERVICE => settings.service.to_string(),
+            label::OUTCOME => outcome,
+            label::REASON => reason,
+        )
+        .increment(1);
+        result.map(TokioIo::new).map_err(|(_, e)| e)
+    }
+
+    async fn connect_http1(
+        &self,
+        permit: Option<Arc<OwnedSemaphorePermit>>,
+    ) -> Result<Http1Conn, BoxError> {
+        let io = self.open().await?;
+        let (sender, connection) = http1::handshake(io).await?;
+        let held = permit.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP/1.1 connection ended with an error");
+            }
+            drop(held);
+        });
+        Ok(Http1Conn {
+            sender,
+            created: Instant::now(),
+            _permit: permit,
+        })
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, BoxError> {
+        let io = self.open().await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(interval) = self.settings.http2_keepalive {
+            builder
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(interval)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, connection) = builder.handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+            }
+        });
+        *self.shared.lock() = Some(Shared {
+            sender: sender.clone(),
+            created: Instant::now(),
+        });
+        Ok(sender)
+    }
+
+    /// Reconnects with backoff until a connection is up (then reports the endpoint
+    /// reachable and pools the connection), or until discovery removes the
+    /// endpoint or the pool is dropped. One task per endpoint at most.
+    fn spawn_reconnect(self: &Arc<Self>) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let backoff = ExponentialBackoff::RECONNECT;
+            for attempt in 0u32.. {
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if (inner.is_removed)() {
+                    return;
+                }
+                let connected = match inner.settings.protocol {
+                    Protocol::Http1 => inner.reconnect_http1().await,
+                    Protocol::Http2 => inner.connect_http2().await.map(drop),
+                };
+                if connected.is_ok() {
+                    inner.reconnecting.store(false, Ordering::Release);
+                    (inner.report_reachable)(true);
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn reconnect_http1(self: &Arc<Self>) -> Result<(), BoxError> {
+        let permit = match &self.limit {
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(Arc::new(permit)),
+                // At the cap: connections exist, so the endpoint is reachable.
+                Err(_) => return Ok(()),
+            },
+            None => None,
+        };
+        let conn = self.connect_http1(permit).await?;
+        self.put_idle(conn);
+        Ok(())
+    }
+}
+
+/// A bounded reason word for a failed connect.
+fn connect_reason(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "refused",
+        ConnectionReset | ConnectionAborted => "reset",
+        TimedOut => "timeout",
+        InvalidData => "tls",
+        _ => "io",
+    }
+}
