@@ -18,7 +18,7 @@ use mesh_core::backoff::ExponentialBackoff;
 use mesh_core::config::{Protocol, ServiceConfig};
 use mesh_core::metric_names::{self, label};
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -91,6 +91,8 @@ pub(crate) struct PoolInner {
     /// Serialises HTTP/2 connects so a burst opens one connection, not many.
     h2_connecting: tokio::sync::Mutex<()>,
     limit: Option<Arc<Semaphore>>,
+    /// Wakes a request waiting under the cap when a connection comes back.
+    returned: Notify,
     reconnecting: AtomicBool,
 }
 
@@ -122,6 +124,7 @@ impl EndpointPool {
                 shared: Mutex::new(None),
                 h2_connecting: tokio::sync::Mutex::new(()),
                 limit,
+                returned: Notify::new(),
                 reconnecting: AtomicBool::new(false),
             }),
         }
@@ -138,27 +141,32 @@ impl EndpointPool {
     }
 
     async fn checkout_http1(&self) -> Result<Http1Conn, Error> {
-        if let Some(conn) = self.inner.take_idle() {
-            return Ok(conn);
-        }
-        let permit = match &self.inner.limit {
-            Some(limit) => {
-                let permit = limit
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
-                // A connection may have come back while we waited for room.
-                if let Some(conn) = self.inner.take_idle() {
-                    return Ok(conn);
-                }
-                Some(Arc::new(permit))
+        loop {
+            // Registered before looking, so a connection given back between the
+            // look and the wait still wakes us.
+            let returned = self.inner.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.inner.take_idle() {
+                return Ok(conn);
             }
-            None => None,
-        };
-        match self.inner.connect_http1(permit).await {
-            Ok(conn) => Ok(conn),
-            Err(e) => Err(self.connect_failed(e)),
+            let permit = match &self.inner.limit {
+                None => None,
+                Some(limit) => match limit.clone().try_acquire_owned() {
+                    Ok(permit) => Some(Arc::new(permit)),
+                    // At the cap: wait for a connection to come back or to close.
+                    Err(_) => tokio::select! {
+                        _ = &mut returned => continue,
+                        permit = limit.clone().acquire_owned() => {
+                            Some(Arc::new(permit.expect("semaphore is never closed")))
+                        }
+                    },
+                },
+            };
+            return match self.inner.connect_http1(permit).await {
+                Ok(conn) => Ok(conn),
+                Err(e) => Err(self.connect_failed(e)),
+            };
         }
     }
 
@@ -230,6 +238,7 @@ impl PoolInner {
         }
         if conn.sender.is_ready() {
             self.idle.lock().push(Idle { conn, since: now });
+            self.returned.notify_one();
             return;
         }
         // The connection task has not yet seen the end of the response; wait for it

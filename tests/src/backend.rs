@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 pub struct TestBackend {
     addr: SocketAddr,
     served: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
     app: Router,
     connections: Option<tokio::task::JoinHandle<()>>,
 }
@@ -51,6 +52,7 @@ impl TestBackend {
         let mut backend = TestBackend {
             addr,
             served,
+            accepted: Arc::new(AtomicU64::new(0)),
             app,
             connections: None,
         };
@@ -66,6 +68,11 @@ impl TestBackend {
     /// Requests it has received.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Connections it has accepted.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Drops the listener and every open connection at once.
@@ -90,13 +97,15 @@ impl TestBackend {
 
     fn serve(&mut self, listener: TcpListener) {
         let app = self.app.clone();
+        let accepted = self.accepted.clone();
         self.connections = Some(tokio::spawn(async move {
             // Connections live in this set, so aborting the task closes them all.
             let mut connections = JoinSet::new();
             loop {
                 tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                    accepted_conn = listener.accept() => {
+                        let Ok((stream, _)) = accepted_conn else { continue };
+                        accepted.fetch_add(1, Ordering::Relaxed);
                         let service = TowerToHyperService::new(app.clone());
                         connections.spawn(async move {
                             let _ = auto::Builder::new(TokioExecutor::new())
