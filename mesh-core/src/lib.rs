@@ -11,4 +11,5 @@ pub mod backoff;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod extensions;
 pub mod metric_names;

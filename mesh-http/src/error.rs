@@ -19,8 +19,10 @@ enum Kind {
     InvalidUri(String),
     NoEndpoint(String),
     Connect(std::net::SocketAddr),
-    Timeout(std::time::Duration),
+    Timeout,
     Request,
+    /// An error a layer of the stack produced; checks look into `source`.
+    Layer,
 }
 
 impl Error {
@@ -52,10 +54,19 @@ impl Error {
         }
     }
 
-    pub(crate) fn timeout(after: std::time::Duration) -> Self {
-        Error {
-            kind: Kind::Timeout(after),
-            source: None,
+    /// Turns what a client stack returned into the client's error: our own errors
+    /// pass through; others are kept as the source, for the `is_*` checks.
+    pub(crate) fn from_stack(error: BoxError) -> Self {
+        match error.downcast::<Error>() {
+            Ok(own) => *own,
+            Err(other) if other.is::<tower::timeout::error::Elapsed>() => Error {
+                kind: Kind::Timeout,
+                source: None,
+            },
+            Err(other) => Error {
+                kind: Kind::Layer,
+                source: Some(other),
+            },
         }
     }
 
@@ -88,7 +99,7 @@ impl Error {
 
     /// The request timed out.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, Kind::Timeout(_))
+        matches!(self.kind, Kind::Timeout)
     }
 }
 
@@ -113,8 +124,9 @@ impl fmt::Display for Error {
             Kind::InvalidUri(why) => write!(f, "invalid request URI: {why}")?,
             Kind::NoEndpoint(service) => write!(f, "no endpoint of `{service}` is available")?,
             Kind::Connect(addr) => write!(f, "could not connect to {addr}")?,
-            Kind::Timeout(after) => write!(f, "request timed out after {after:?}")?,
+            Kind::Timeout => f.write_str("request timed out")?,
             Kind::Request => f.write_str("request failed")?,
+            Kind::Layer => return write!(f, "{}", self.source.as_ref().expect("a layer error has a source")),
         }
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;

@@ -14,8 +14,10 @@
 //! # Ok(()) }
 //! ```
 
+mod dispatch;
 mod egress;
 mod service;
+mod stack;
 
 use std::future::Future;
 use std::pin::Pin;

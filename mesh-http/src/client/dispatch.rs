@@ -1,0 +1,206 @@
+//! The innermost service of a client stack: pick an endpoint, check a connection
+//! out of its pool, send the request.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response};
+use mesh_core::balance::{Balancer, Picked};
+use mesh_core::config::Protocol;
+use mesh_core::extensions::{ServedBy, TriedEndpoints};
+use tokio::time::Instant;
+
+use crate::body::{Lease, RequestBody, ResponseBody};
+use crate::error::{BoxError, Error};
+use crate::pool::{give_back, Conn, EndpointPool, Http1Conn, PoolInner};
+
+/// Distinct endpoints tried when connections cannot be opened. Nothing was sent on
+/// a failed connect, so moving to another endpoint is always safe.
+const CONNECT_ATTEMPTS: usize = 3;
+/// Times a request is moved off a pooled connection that closed before the request
+/// was written to it.
+const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+/// Sends each request to one endpoint the balancer picks, avoiding those named in
+/// the request's [`TriedEndpoints`]; the response carries [`ServedBy`].
+#[derive(Clone)]
+pub(crate) struct EndpointDispatch {
+    inner: Arc<DispatchInner>,
+}
+
+struct DispatchInner {
+    service: String,
+    protocol: Protocol,
+    balancer: Arc<Balancer<EndpointPool>>,
+}
+
+impl EndpointDispatch {
+    pub(crate) fn new(
+        service: &str,
+        protocol: Protocol,
+        balancer: Arc<Balancer<EndpointPool>>,
+    ) -> Self {
+        EndpointDispatch {
+            inner: Arc::new(DispatchInner {
+                service: service.to_string(),
+                protocol,
+                balancer,
+            }),
+        }
+    }
+}
+
+impl tower::Service<Request<RequestBody>> for EndpointDispatch {
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    /// Always ready: waiting for an endpoint is bounded per request by the
+    /// balancer's queue timeout.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.send_to_endpoint(request).await.map_err(Into::into) })
+    }
+}
+
+impl DispatchInner {
+    async fn send_to_endpoint(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let mut request = into_wire_form(request, self.protocol)?;
+        // Endpoints to avoid: those earlier attempts used, then those that refused
+        // a connection just now.
+        let mut avoid: Vec<SocketAddr> = request
+            .extensions()
+            .get::<TriedEndpoints>()
+            .map(|t| t.0.clone())
+            .unwrap_or_default();
+        let mut failed_connects = 0;
+        let mut stale = 0;
+        loop {
+            let picked = self
+                .balancer
+                .pick(&avoid)
+                .await
+                .map_err(|e| Error::no_endpoint(&self.service, e))?;
+            let conn = match picked.endpoint().checkout().await {
+                Ok(conn) => conn,
+                Err(e) if e.is_connect() && failed_connects + 1 < CONNECT_ATTEMPTS => {
+                    failed_connects += 1;
+                    avoid.push(picked.addr());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let started = Instant::now();
+            let sent = match conn {
+                Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
+                    Ok(mut response) => {
+                        picked.record_rtt(started.elapsed());
+                        response.extensions_mut().insert(ServedBy(picked.addr()));
+                        let lease = Http1Lease {
+                            conn: Some(conn),
+                            pool: picked.endpoint().downgrade(),
+                            _picked: picked,
+                        };
+                        return Ok(response
+                            .map(|body| ResponseBody::incoming(body, Some(Box::new(lease)))));
+                    }
+                    Err(e) => e,
+                },
+                Conn::Http2(mut sender) => match sender.try_send_request(request).await {
+                    Ok(mut response) => {
+                        picked.record_rtt(started.elapsed());
+                        response.extensions_mut().insert(ServedBy(picked.addr()));
+                        let lease = Http2Lease { _picked: picked };
+                        return Ok(response
+                            .map(|body| ResponseBody::incoming(body, Some(Box::new(lease)))));
+                    }
+                    Err(e) => {
+                        picked.endpoint().forget_closed_http2();
+                        e
+                    }
+                },
+            };
+            let mut sent = sent;
+            // The connection closed before our request was written to it: the
+            // request comes back untouched and may go out on another connection.
+            match sent.take_message() {
+                Some(unsent) if stale < STALE_CONNECTION_ATTEMPTS => {
+                    stale += 1;
+                    request = unsent;
+                }
+                _ => return Err(Error::request(sent.into_error())),
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 sends the path in the request line and the logical name in `Host`;
+/// HTTP/2 keeps the absolute URI, whose authority becomes `:authority`.
+fn into_wire_form(
+    mut request: Request<RequestBody>,
+    protocol: Protocol,
+) -> Result<Request<RequestBody>, Error> {
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or_else(|| Error::invalid_uri("the URI has no authority"))?
+        .clone();
+    match protocol {
+        Protocol::Http1 => {
+            if !request.headers().contains_key(HOST) {
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| Error::invalid_uri(e.to_string()))?;
+                request.headers_mut().insert(HOST, host);
+            }
+            let path = request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(path);
+        }
+        Protocol::Http2 => {
+            if request.uri().scheme().is_none() {
+                return Err(Error::invalid_uri("the URI has no scheme"));
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// Keeps the endpoint's in-flight count and the HTTP/1.1 connection until the
+/// response body has been read; a fully read response frees the connection for
+/// the next request.
+struct Http1Lease {
+    conn: Option<Http1Conn>,
+    pool: Weak<PoolInner>,
+    _picked: Picked<EndpointPool>,
+}
+
+impl Lease for Http1Lease {
+    fn release(mut self: Box<Self>, complete: bool) {
+        if let (true, Some(conn)) = (complete, self.conn.take()) {
+            give_back(&self.pool, conn);
+        }
+    }
+}
+
+struct Http2Lease {
+    _picked: Picked<EndpointPool>,
+}
+
+impl Lease for Http2Lease {
+    fn release(self: Box<Self>, _complete: bool) {}
+}
