@@ -2,3 +2,4 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod backend;
+pub mod dnsmasq;
