@@ -11,4 +11,6 @@ pub mod backoff;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod identity;
 pub mod metric_names;
+pub mod tls;

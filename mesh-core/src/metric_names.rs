@@ -97,6 +97,8 @@ pub mod label {
     pub const REASON: &str = "mesh.reason";
     /// Outcome word: `ok`, `error`, `rejected`.
     pub const OUTCOME: &str = "mesh.outcome";
+    /// Our own SPIFFE ID (one per process, so bounded).
+    pub const IDENTITY: &str = "mesh.identity";
 }
 
 use label::*;
@@ -173,6 +175,16 @@ metrics! {
     CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
         [SOURCE, OUTCOME],
         "Configuration reloads by outcome";
+    /// When our own certificate expires, as a Unix timestamp.
+    TLS_CERTIFICATE_EXPIRATION = "mesh.tls.certificate.expiration", Gauge, Unit::Seconds,
+        [IDENTITY],
+        "Expiry of the workload's own X.509 SVID as a Unix timestamp";
+    /// TLS handshakes that failed, by reason: `expired`, `unknown_issuer`,
+    /// `untrusted_domain`, `wrong_identity`, `bad_certificate`,
+    /// `no_client_certificate`, `timeout`, `other`.
+    TLS_HANDSHAKE_FAILURES = "mesh.tls.handshake.failures", Counter, Unit::Count,
+        [REASON],
+        "TLS handshakes that failed, by reason";
 }
 
 /// Describes every metric to the installed `metrics` recorder, so exporters print
@@ -204,7 +216,9 @@ mod tests {
         assert_eq!(names.len(), ALL.len(), "a metric name is defined twice");
         for def in ALL {
             assert!(
-                ["http.", "rpc.", "mesh."].iter().any(|p| def.name.starts_with(p)),
+                ["http.", "rpc.", "mesh."]
+                    .iter()
+                    .any(|p| def.name.starts_with(p)),
                 "{} has no known prefix",
                 def.name
             );
@@ -217,7 +231,10 @@ mod tests {
             HTTP_CLIENT_REQUEST_DURATION.prometheus_name(),
             "http_client_request_duration_seconds"
         );
-        assert_eq!(DISCOVERY_UPDATES.prometheus_name(), "mesh_discovery_updates_total");
+        assert_eq!(
+            DISCOVERY_UPDATES.prometheus_name(),
+            "mesh_discovery_updates_total"
+        );
         assert_eq!(ENDPOINTS.prometheus_name(), "mesh_endpoints");
     }
 }
