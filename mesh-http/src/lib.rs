@@ -1,1 +1,3 @@
 //! hyper/hyper-util glue for the in-process mesh.
+
+pub mod server;
