@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use mesh_core::identity::dev::SvidOptions;
 use mesh_core::identity::{IdentitySource, SpiffeId};
 use mesh_core::tls;
 use mesh_http::server::{InboundOptions, InboundServer, PeerIdentity};
@@ -139,6 +140,14 @@ async fn curl_without_a_certificate_or_with_a_foreign_or_expired_one_is_refused(
 
     let stranger = foreign.client("stranger", "spiffe://other.org/ns/prod/sa/web");
     let expired = pki.expired("old", CLIENT_ID);
+    // other.org's CA claims an ID in example.org: only example.org's bundle may vouch for it.
+    let forged = foreign.write(
+        "forged",
+        &foreign
+            .ca()
+            .issue_with(SvidOptions::new(CLIENT_ID))
+            .unwrap(),
+    );
     // Each refusal arrives as the TLS alert that names its cause.
     let cases = [
         ("no certificate", None, "alert certificate required"),
@@ -148,6 +157,11 @@ async fn curl_without_a_certificate_or_with_a_foreign_or_expired_one_is_refused(
             "alert certificate unknown",
         ),
         ("expired", Some(&expired), "alert certificate expired"),
+        (
+            "forged by another domain's CA",
+            Some(&forged),
+            "alert certificate unknown",
+        ),
     ];
     for (case, client, alert) in cases {
         let out = curl(server.addr, &pki.bundle(), client, "--http1.1").await;
