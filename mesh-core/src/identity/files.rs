@@ -154,6 +154,37 @@ impl IdentityFiles {
     }
 }
 
+/// A federated bundle list (`MESH_TLS_FEDERATED_BUNDLES`) is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FederatedBundlesError {
+    /// An entry is not `trust-domain=path`.
+    #[error("expected `trust-domain=path` entries separated by commas, found {0:?}")]
+    Malformed(String),
+    /// An entry names an invalid trust domain.
+    #[error(transparent)]
+    TrustDomain(#[from] super::SpiffeIdError),
+}
+
+/// Parses a federated bundle list, `other.org=/etc/mesh/other.pem,partner.io=/b.pem`
+/// (the format of `MESH_TLS_FEDERATED_BUNDLES`). Empty input is an empty list.
+pub fn parse_federated_bundles(
+    value: &str,
+) -> Result<Vec<(TrustDomain, PathBuf)>, FederatedBundlesError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (domain, path) = entry
+                .split_once('=')
+                .filter(|(d, p)| !d.trim().is_empty() && !p.trim().is_empty())
+                .ok_or_else(|| FederatedBundlesError::Malformed(entry.to_owned()))?;
+            Ok((TrustDomain::new(domain.trim())?, PathBuf::from(path.trim())))
+        })
+        .collect()
+}
+
 /// Our own SVID serves both as client and server certificate; at load time
 /// only the chain matters, the handshake checks the usage.
 struct AnyUsage;

@@ -28,7 +28,7 @@ mod spiffe_id;
 mod x509;
 
 pub use error::IdentityError;
-pub use files::IdentityFiles;
+pub use files::{parse_federated_bundles, FederatedBundlesError, IdentityFiles};
 pub use snapshot::{Identity, TrustBundle};
 pub use source::{IdentitySource, IdentityWatch, Reload};
 pub use spiffe_id::{ExpectedIdentity, SpiffeId, SpiffeIdError, SpiffeIdErrorReason, TrustDomain};

@@ -15,6 +15,11 @@ use crate::metric_names::{self, label};
 /// `cp`, editors) touch the cert, key and bundle one after another.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// Re-read the files this often even without a change event: inotify misses
+/// changes on some volumes (NFS, some container mounts). A re-read of unchanged
+/// files is cheap and changes nothing.
+const POLL_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Holds the current [`Identity`] and swaps in a new one when its files change.
 ///
 /// Cloning is cheap and every clone sees the same identity. Readers
@@ -128,7 +133,8 @@ impl IdentitySource {
         outcome
     }
 
-    /// Watches the files' directories and reloads after changes settle.
+    /// Watches the files' directories and reloads after changes settle, and
+    /// re-reads them every minute in case a change event was missed.
     ///
     /// Must be called inside a tokio runtime. Watching stops when the returned
     /// handle is dropped. Without files (see [`from_identity`](Self::from_identity))
@@ -175,17 +181,30 @@ fn is_write(kind: &EventKind) -> bool {
 }
 
 async fn reload_on_change(source: IdentitySource, mut changes: mpsc::UnboundedReceiver<()>) {
-    while changes.recv().await.is_some() {
-        // Debounce: wait until no change arrived for DEBOUNCE.
-        loop {
-            match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) => return,
-                Err(_quiet) => break,
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await; // the first tick is immediate; the files were just loaded
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                if change.is_none() {
+                    return;
+                }
+                // Debounce: wait until no change arrived for DEBOUNCE.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_quiet) => break,
+                    }
+                }
             }
+            _ = poll.tick() => {}
         }
-        // Errors are logged and counted inside; the last good identity stays.
-        let _ = source.reload();
+        // File reads block; keep them off the runtime's worker threads. Errors
+        // are logged and counted inside; the last good identity stays.
+        let source = source.clone();
+        let _ = tokio::task::spawn_blocking(move || source.reload()).await;
     }
 }
 

@@ -205,3 +205,27 @@ async fn watch_picks_up_rewritten_files() {
         .unwrap();
     assert_eq!(source.current().serial(), next.serial);
 }
+
+#[test]
+fn federated_bundle_lists_parse_into_domain_path_pairs() {
+    let parsed = parse_federated_bundles(" other.org=/b/other.pem, partner.io=b.pem ,").unwrap();
+    assert_eq!(
+        parsed,
+        [
+            (
+                TrustDomain::new("other.org").unwrap(),
+                "/b/other.pem".into()
+            ),
+            (TrustDomain::new("partner.io").unwrap(), "b.pem".into()),
+        ]
+    );
+    assert_eq!(parse_federated_bundles("").unwrap(), []);
+    assert!(matches!(
+        parse_federated_bundles("other.org"),
+        Err(FederatedBundlesError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_federated_bundles("Other.org=/x.pem"),
+        Err(FederatedBundlesError::TrustDomain(_))
+    ));
+}

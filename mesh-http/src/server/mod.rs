@@ -201,4 +201,3 @@ fn is_per_connection(error: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
     )
 }
-

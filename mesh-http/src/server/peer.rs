@@ -45,3 +45,38 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
         async move { found.ok_or(MissingPeerIdentity) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        Router::new().route(
+            "/",
+            get(|PeerIdentity(peer): PeerIdentity| async move { peer.to_string() }),
+        )
+    }
+
+    #[tokio::test]
+    async fn extractor_yields_the_identity_the_server_attached() {
+        let mut request = http::Request::new(Body::empty());
+        let peer: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        request.extensions_mut().insert(PeerIdentity(peer));
+        let response = app().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn extractor_rejects_a_request_that_bypassed_the_inbound_server_with_500() {
+        let response = app()
+            .oneshot(http::Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
