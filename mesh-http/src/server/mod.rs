@@ -16,7 +16,7 @@
 //!     format!("hello {peer}")
 //! }));
 //! let server = InboundServer::bind("127.0.0.1:8443".parse().unwrap(), tls).await?;
-//! server.serve(app, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! server.serve(app, mesh_http::server::shutdown_signal()).await;
 //! # Ok(()) }
 //! ```
 
@@ -162,6 +162,32 @@ impl InboundServer {
     }
 }
 
+/// Resolves when the process receives SIGTERM (what Kubernetes sends) or
+/// Ctrl-C: pass it to [`InboundServer::serve`] as the shutdown future.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received; draining inbound connections");
+}
+
 /// Waits for connections to finish, up to `grace`; then closes the rest.
 async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
     let all_done = async { while tasks.join_next().await.is_some() {} };
@@ -187,7 +213,11 @@ fn http_builder(options: &InboundOptions) -> Builder<TokioExecutor> {
         .max_concurrent_streams(options.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(options.h2_max_pending_accept_reset_streams)
         .max_local_error_reset_streams(options.h2_max_local_error_reset_streams)
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        // Pings find peers that vanished without a FIN, so they stop holding a
+        // connection slot.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
