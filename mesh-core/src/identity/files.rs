@@ -150,7 +150,7 @@ impl IdentityFiles {
             None,
         )
         .map(|_| ())
-        .map_err(|e| untrusted(e.to_string()))
+        .map_err(|e| untrusted(describe_chain_error(&e)))
     }
 }
 
@@ -192,6 +192,26 @@ struct AnyUsage;
 impl ExtendedKeyUsageValidator for AnyUsage {
     fn validate(&self, _: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
         Ok(())
+    }
+}
+
+/// Says what an operator should know about why our own chain failed.
+fn describe_chain_error(error: &webpki::Error) -> String {
+    match error {
+        webpki::Error::CertExpired { not_after, .. } => format!(
+            "it expired at Unix time {}; renew the SVID",
+            not_after.as_secs()
+        ),
+        webpki::Error::CertNotValidYet { not_before, .. } => format!(
+            "it is not valid before Unix time {}; check the clock",
+            not_before.as_secs()
+        ),
+        // A CA with the same name but another key shows up as a bad signature.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            "it was not issued by a CA in that bundle (wrong bundle, or a rotation half done)"
+                .to_owned()
+        }
+        other => format!("{other:?}"),
     }
 }
 
