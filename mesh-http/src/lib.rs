@@ -1,4 +1,5 @@
-//! hyper glue for the in-process mesh: the outbound [`MeshClient`].
+//! hyper glue for the in-process mesh: the outbound [`MeshClient`] and the inbound
+//! mTLS [`server`] for axum.
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -6,6 +7,7 @@ pub mod client;
 pub mod connect;
 pub mod error;
 mod pool;
+pub mod server;
 
 pub use body::ResponseBody;
 pub use client::MeshClient;
