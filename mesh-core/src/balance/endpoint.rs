@@ -34,12 +34,17 @@ pub(crate) mod state {
 }
 
 /// Shared state of one endpoint.
+///
+/// Laid out so that everything a pick reads of a candidate (state word, in-flight
+/// count, EWMA) sits in one cache line: with 10,000 endpoints a candidate is rarely
+/// cached, and a second line per candidate showed up as pick(10k) growing.
+#[repr(C, align(64))]
 pub(crate) struct EndpointState {
-    endpoint: Endpoint,
     word: AtomicU64,
     in_flight: AtomicUsize,
     ewma: PeakEwma,
     shared: Arc<Shared>,
+    endpoint: Endpoint,
 }
 
 impl EndpointState {

@@ -291,9 +291,9 @@ impl<E: Send + Sync + 'static> Balancer<E> {
     pub fn stats(&self) -> BalancerStats {
         let table = self.table.load();
         let mut now = LazyNow::new(&self.shared);
-        for slot in table.slots() {
+        for handle in table.handles() {
             // Clears expired ejections as a side effect.
-            slot.handle.state().is_eligible(true, &mut now);
+            handle.state().is_eligible(true, &mut now);
         }
         let known = table.len();
         BalancerStats {

@@ -51,9 +51,8 @@ fn balancer(kind: BalancerKind, weights: &[u32]) -> Arc<Balancer<EndpointHandle>
 fn handles<E>(b: &Balancer<E>) -> HashMap<SocketAddr, EndpointHandle> {
     b.table
         .load()
-        .slots()
-        .iter()
-        .map(|slot| (slot.handle.addr(), slot.handle.clone()))
+        .handles()
+        .map(|handle| (handle.addr(), handle.clone()))
         .collect()
 }
 
