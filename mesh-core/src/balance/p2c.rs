@@ -52,10 +52,11 @@ pub(crate) fn choose<E>(table: &Table<E>, filter: &mut Filter<'_>, cost: Cost) -
 
 /// A sampled eligible endpoint other than `not`, within the probe budget.
 fn probe<E>(table: &Table<E>, filter: &mut Filter<'_>, not: Option<usize>) -> Option<usize> {
-    if not.is_some() && table.len() < 2 {
+    let sampler = table.sampler();
+    if not.is_some() && sampler.distinct_outcomes() < 2 {
+        // Only one endpoint has weight: a second sample could only repeat it.
         return None;
     }
-    let sampler = table.sampler();
     (0..PROBES)
         .map(|_| sampler.sample(rng::next_u64()))
         .find(|&i| Some(i) != not && filter.accepts(table.state(i)))

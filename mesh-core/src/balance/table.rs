@@ -134,6 +134,16 @@ pub(crate) struct Sampler {
     zero_weight_is_normal: bool,
 }
 
+impl Sampler {
+    /// How many distinct indexes `sample` can return.
+    pub(crate) fn distinct_outcomes(&self) -> usize {
+        match &self.kind {
+            SamplerKind::Uniform { len } => *len,
+            SamplerKind::Alias { columns } => columns.len(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum SamplerKind {
     Uniform { len: usize },
