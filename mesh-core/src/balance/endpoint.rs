@@ -99,6 +99,12 @@ impl EndpointState {
         true
     }
 
+    /// True while the ejection flag is set (expired or not).
+    #[cfg(test)]
+    pub(crate) fn is_flagged_ejected(&self) -> bool {
+        self.word.load(Ordering::Acquire) & state::EJECTED != 0
+    }
+
     /// Takes the endpoint out of the balancer's accounting for good.
     pub(crate) fn mark_removed(&self) {
         self.transition(|w| w | state::REMOVED);

@@ -680,3 +680,52 @@ fn failed_picks_are_counted_by_reason() {
         );
     });
 }
+
+#[test]
+fn counts_stay_consistent_under_concurrent_picks_state_changes_and_updates() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1; 64]);
+    let a = snapshot(&[1; 64]);
+    let shifted = Snapshot::new((16..80).map(|i| Endpoint::new(addr(i))).collect());
+    std::thread::scope(|scope| {
+        for t in 0..2u16 {
+            let b = &b;
+            scope.spawn(move || {
+                for i in 0..20_000u32 {
+                    if let Ok(picked) = b.try_pick(&[]) {
+                        // Flip reachability of some endpoints while others pick them.
+                        picked.handle().set_reachable(i % 3 != u32::from(t));
+                        if i % 7 == 0 {
+                            picked
+                                .handle()
+                                .eject_until(Instant::now() + Duration::from_secs(60));
+                        } else if i % 5 == 0 {
+                            picked.handle().restore();
+                        }
+                    }
+                }
+            });
+        }
+        scope.spawn(|| {
+            for i in 0..200 {
+                b.update(if i % 2 == 0 { &shifted } else { &a });
+            }
+        });
+    });
+    // Every pick was dropped, and the counters match a fresh count of the table.
+    let h = handles(&b);
+    assert!(h.values().all(|h| h.in_flight() == 0));
+    let ready = h.values().filter(|h| h.is_in_rotation()).count();
+    let ejected = h
+        .values()
+        .filter(|h| h.state().is_flagged_ejected())
+        .count();
+    assert!(ejected > 0, "the run should leave some endpoints ejected");
+    assert_eq!(
+        b.stats(),
+        BalancerStats {
+            known: 64,
+            ready,
+            ejected
+        }
+    );
+}
