@@ -146,7 +146,7 @@ fn main() {
     if !benching {
         return;
     }
-    let (rounds, picks) = if quick { (5, 200_000) } else { (11, 1_000_000) };
+    let (rounds, picks) = if quick { (41, 20_000) } else { (201, 50_000) };
     println!("\npick(10k)/pick(10), {rounds} interleaved rounds of {picks} picks, medians:");
     println!(
         "{:<14} {:>10} {:>10} {:>7}",
