@@ -729,3 +729,15 @@ fn counts_stay_consistent_under_concurrent_picks_state_changes_and_updates() {
         }
     );
 }
+
+#[test]
+fn balancer_and_pick_future_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1]);
+    send_sync(&b);
+    send_sync(&b.try_pick(&[]).unwrap());
+    send_sync(&handles(&b)[&addr(0)]);
+    // Callers hold the pick future inside tower services spawned on a runtime.
+    send(b.pick(&[]));
+}
