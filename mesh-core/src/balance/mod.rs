@@ -210,7 +210,7 @@ impl<E: Send + Sync + 'static> Balancer<E> {
 
     /// Spawns a task applying every snapshot discovery publishes, starting with the
     /// current one. The task holds only a weak reference and ends when the balancer
-    /// or the discovery sender is gone.
+    /// or the discovery sender is gone. Must be called inside a tokio runtime.
     pub fn follow(
         self: &Arc<Self>,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
