@@ -183,8 +183,8 @@ metrics! {
     /// `untrusted_domain`, `wrong_identity`, `bad_certificate`,
     /// `no_client_certificate`, `timeout`, `other`.
     TLS_HANDSHAKE_FAILURES = "mesh.tls.handshake.failures", Counter, Unit::Count,
-        [REASON],
-        "TLS handshakes that failed, by reason";
+        [REASON, SERVICE],
+        "TLS handshakes that failed, by reason (outbound ones also by service)";
 }
 
 /// Describes every metric to the installed `metrics` recorder, so exporters print

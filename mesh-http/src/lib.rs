@@ -6,9 +6,11 @@ pub mod body;
 pub mod client;
 pub mod connect;
 pub mod error;
+mod mesh;
 mod pool;
 pub mod server;
 
 pub use body::ResponseBody;
 pub use client::MeshClient;
 pub use error::{BoxError, Error};
+pub use mesh::Mesh;
