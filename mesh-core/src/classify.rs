@@ -146,7 +146,10 @@ mod tests {
             c.response(StatusCode::SERVICE_UNAVAILABLE, &h),
             Class::Retryable(RetryReason::Status(503))
         );
-        assert_eq!(c.response(StatusCode::INTERNAL_SERVER_ERROR, &h), Class::Failure);
+        assert_eq!(
+            c.response(StatusCode::INTERNAL_SERVER_ERROR, &h),
+            Class::Failure
+        );
         assert_eq!(c.response(StatusCode::NOT_FOUND, &h), Class::Success);
         assert_eq!(c.response(StatusCode::OK, &h), Class::Success);
         assert_eq!(
@@ -169,7 +172,10 @@ mod tests {
             c.response(StatusCode::INTERNAL_SERVER_ERROR, &h),
             Class::Retryable(RetryReason::Status(500))
         );
-        assert_eq!(c.error(ErrorKind::Reset), Class::Retryable(RetryReason::Reset));
+        assert_eq!(
+            c.error(ErrorKind::Reset),
+            Class::Retryable(RetryReason::Reset)
+        );
         // Unsent requests are retried whatever the conditions.
         assert_eq!(
             c.error(ErrorKind::Connect),

@@ -193,7 +193,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared.lock().hint.clone()
+        self.shared.lock().hint
     }
 }
 

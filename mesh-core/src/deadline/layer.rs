@@ -159,6 +159,15 @@ where
         let call = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline.0, call).await {
+                // The callee's own deadline (ours, passed on and rounded up) ran
+                // out as ours did: a 504 that arrives once ours has passed is our
+                // deadline error, whichever timer a busy runtime served first.
+                Ok(Ok(response))
+                    if response.status() == StatusCode::GATEWAY_TIMEOUT
+                        && deadline.remaining().is_zero() =>
+                {
+                    Err(DeadlineExceeded.into())
+                }
                 Ok(result) => result.map_err(Into::into),
                 Err(_) => Err(DeadlineExceeded.into()),
             }

@@ -163,7 +163,12 @@ pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
 /// `grpc-timeout` for gRPC requests).
 pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
     let remaining = deadline.remaining();
-    let ms = remaining.as_millis().min(u128::from(u64::MAX)) as u64;
+    // Rounded up, so the callee's deadline never falls before ours: the caller
+    // times out first and sees its own deadline error, not the callee's 504.
+    let ms = remaining
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .min(u128::from(u64::MAX)) as u64;
     headers.insert(TIMEOUT_HEADER, HeaderValue::from(ms));
     let grpc = headers
         .get(http::header::CONTENT_TYPE)

@@ -7,7 +7,10 @@ use super::*;
 
 #[test]
 fn grpc_timeout_round_trips_and_bad_values_are_ignored() {
-    assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+    assert_eq!(
+        parse_grpc_timeout("1500m"),
+        Some(Duration::from_millis(1500))
+    );
     assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
     assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
     assert_eq!(parse_grpc_timeout("10"), None);
@@ -16,17 +19,17 @@ fn grpc_timeout_round_trips_and_bad_values_are_ignored() {
     let mut headers = HeaderMap::new();
     headers.insert(TIMEOUT_HEADER, "800".parse().unwrap());
     headers.insert(GRPC_TIMEOUT_HEADER, "1S".parse().unwrap());
-    assert_eq!(timeout_from_headers(&headers), Some(Duration::from_millis(800)));
+    assert_eq!(
+        timeout_from_headers(&headers),
+        Some(Duration::from_millis(800))
+    );
 }
 
 type Echo = Response<String>;
 
-fn echo_deadline_header() -> impl tower::Service<
-    Request<()>,
-    Response = Echo,
-    Error = BoxErr,
-    Future = impl Send + 'static,
-> + Clone {
+fn echo_deadline_header(
+) -> impl tower::Service<Request<()>, Response = Echo, Error = BoxErr, Future = impl Send + 'static>
+       + Clone {
     tower::service_fn(|req: Request<()>| async move {
         let header = req
             .headers()
@@ -41,7 +44,8 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::test(start_paused = true)]
 async fn outbound_deadline_is_clipped_to_the_inherited_one() {
-    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(10))).layer(echo_deadline_header());
+    let svc =
+        OutboundDeadlineLayer::new(Some(Duration::from_secs(10))).layer(echo_deadline_header());
     // No inbound deadline: the service's own 10 s.
     let r = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(r.body(), "10000");

@@ -38,6 +38,36 @@ struct Slot {
     withdrawals: u64,
 }
 
+/// How a service's [`RetryBudget`] is sized (`RETRY_BUDGET`, `RETRY_MIN_PER_SECOND`,
+/// `RETRY_WINDOW`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetSettings {
+    /// Retries as a share of requests (0.2 for 20%).
+    pub ratio: f64,
+    /// Retries allowed in any one second whatever the ratio.
+    pub min_per_second: u32,
+    /// Window over which requests and retries are counted.
+    pub window: Duration,
+}
+
+impl Default for RetryBudgetSettings {
+    /// 20%, 10 per second, over 10 s.
+    fn default() -> Self {
+        RetryBudgetSettings {
+            ratio: 0.2,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryBudgetSettings {
+    /// A budget of this size, starting empty now.
+    pub fn build(&self) -> RetryBudget {
+        RetryBudget::new(self.ratio, self.min_per_second, self.window)
+    }
+}
+
 /// Counts a budget has kept since it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetryStats {
@@ -91,9 +121,8 @@ impl RetryBudget {
             }
             // The floor is per second: the withdrawals of the slots making up the
             // last second.
-            let per_second_slots = (Duration::from_secs(1).as_nanos()
-                / self.slot_len.as_nanos().max(1))
-            .max(1) as u64;
+            let per_second_slots =
+                (Duration::from_secs(1).as_nanos() / self.slot_len.as_nanos().max(1)).max(1) as u64;
             let last_second: u64 = slots
                 .iter()
                 .filter(|s| s.epoch + per_second_slots > epoch)

@@ -39,7 +39,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-pub use budget::{RetryBudget, RetryStats};
+pub use budget::{RetryBudget, RetryBudgetSettings, RetryStats};
 pub use control::{AttemptLog, Hedgeable, Retryable};
 pub use policy::{
     parse_max_attempts, MethodSet, RetryBackoff, RetryOn, RetryPolicy, MAX_ATTEMPTS_CAP,
@@ -68,7 +68,9 @@ pub struct PerTryTimeout;
 
 impl std::fmt::Display for PerTryTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the attempt ran out of its per-try timeout (MESH_SERVICE_<NAME>_PER_TRY_TIMEOUT)")
+        f.write_str(
+            "the attempt ran out of its per-try timeout (MESH_SERVICE_<NAME>_PER_TRY_TIMEOUT)",
+        )
     }
 }
 
@@ -134,10 +136,7 @@ pub struct Retry<S> {
 
 impl<S, B, RB> tower::Service<Request<B>> for Retry<S>
 where
-    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -181,8 +180,8 @@ where
     let policy = &shared.policy;
     shared.budget.deposit();
     let (parts, body) = request.into_parts();
-    let upgrade = parts.method == Method::CONNECT
-        || parts.headers.contains_key(http::header::UPGRADE);
+    let upgrade =
+        parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE);
     let marked = parts.extensions.get::<Retryable>().map(|r| r.0);
     let method_allows =
         !upgrade && marked.unwrap_or_else(|| policy.methods.contains(&parts.method));
@@ -282,13 +281,15 @@ where
 {
     let Some(first_body) = body.try_clone() else {
         // Only reachable if the body failed between the check and now.
-        return (
-            Err(crate::replay::NotReplayable.into()),
-            Class::Failure,
-            1,
-        );
+        return (Err(crate::replay::NotReplayable.into()), Class::Failure, 1);
     };
-    let mut first = Box::pin(attempt(shared, inner.clone(), plan, first_body, attempts_before));
+    let mut first = Box::pin(attempt(
+        shared,
+        inner.clone(),
+        plan,
+        first_body,
+        attempts_before,
+    ));
     let hedge_at = plan
         .hedge_delay
         .filter(|_| attempts_before + 2 <= shared.policy.max_attempts);
@@ -300,8 +301,7 @@ where
         (outcome, class) = &mut first => return (outcome, class, 1),
         () = tokio::time::sleep(delay) => {}
     }
-    let can_hedge = plan.deadline.is_none_or(|d| !d.remaining().is_zero())
-        && body.is_replayable();
+    let can_hedge = plan.deadline.is_none_or(|d| !d.remaining().is_zero()) && body.is_replayable();
     let second_body = match body.try_clone() {
         Some(b) if can_hedge && shared.budget.withdraw() => b,
         Some(_) if can_hedge => {
@@ -315,7 +315,13 @@ where
         }
     };
     count(shared, &metric_names::HEDGES, None);
-    let mut second = Box::pin(attempt(shared, inner, plan, second_body, attempts_before + 1));
+    let mut second = Box::pin(attempt(
+        shared,
+        inner,
+        plan,
+        second_body,
+        attempts_before + 1,
+    ));
     // The first answer that is not retryable wins; dropping the other cancels it.
     tokio::select! {
         (outcome, class) = &mut first => {

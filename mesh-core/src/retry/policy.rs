@@ -106,7 +106,8 @@ impl Default for MethodSet {
 impl std::str::FromStr for MethodSet {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const EXPECTED: &str = "a comma-separated list of HTTP methods such as GET,HEAD,PUT (or `none`)";
+        const EXPECTED: &str =
+            "a comma-separated list of HTTP methods such as GET,HEAD,PUT (or `none`)";
         let mut methods = Vec::new();
         for item in crate::config::value::list(s) {
             if item == "none" {

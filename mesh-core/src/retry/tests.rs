@@ -70,8 +70,11 @@ async fn retries_stop_at_max_attempts_and_return_the_last_answer() {
 #[tokio::test(start_paused = true)]
 async fn non_retryable_failures_and_successes_are_not_retried() {
     for code in [500, 404, 200] {
-        let (svc, attempts) =
-            stack(RetryPolicy::default(), roomy_budget(), move |_, _| async move { status(code) });
+        let (svc, attempts) = stack(
+            RetryPolicy::default(),
+            roomy_budget(),
+            move |_, _| async move { status(code) },
+        );
         assert_eq!(svc.oneshot(get()).await.unwrap().status().as_u16(), code);
         assert_eq!(attempts.load(Ordering::SeqCst), 1, "{code}");
     }
@@ -196,10 +199,17 @@ async fn unsent_attempts_are_retried_at_once_whatever_the_method() {
         .body(Full::new(Bytes::from_static(b"x")))
         .unwrap();
     let began = Instant::now();
-    let response = tower::Layer::layer(&layer, inner).oneshot(post).await.unwrap();
+    let response = tower::Layer::layer(&layer, inner)
+        .oneshot(post)
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
-    assert_eq!(began.elapsed(), Duration::ZERO, "no backoff before a transparent retry");
+    assert_eq!(
+        began.elapsed(),
+        Duration::ZERO,
+        "no backoff before a transparent retry"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -246,7 +256,11 @@ async fn hedge_starts_after_the_delay_and_the_first_good_answer_wins() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     let starts = starts.lock();
     assert_eq!(starts[1] - starts[0], Duration::from_millis(100));
-    assert_eq!(cancelled.load(Ordering::SeqCst), 1, "the slow first attempt was cancelled");
+    assert_eq!(
+        cancelled.load(Ordering::SeqCst),
+        1,
+        "the slow first attempt was cancelled"
+    );
 }
 
 #[tokio::test(start_paused = true)]
