@@ -10,7 +10,8 @@ use super::value;
 use crate::balance::{BalancerKind, BalancerSettings};
 use crate::discovery::{DiscoverySource, HostPort};
 use crate::retry::{
-    parse_max_attempts, MethodSet, RetryBackoff, RetryBudgetSettings, RetryOn, RetryPolicy,
+    parse_hedge_delay, parse_max_attempts, MethodSet, RetryBackoff, RetryBudgetSettings, RetryOn,
+    RetryPolicy,
 };
 
 /// Which HTTP version the mesh speaks to a service's endpoints.
@@ -170,7 +171,7 @@ pub(crate) fn resolve(
     let retry_on = l.get("RETRY_ON", str::parse::<RetryOn>);
     let methods = l.get("RETRY_METHODS", str::parse::<MethodSet>);
     let replay_buffer = l.get("REPLAY_BUFFER", value::size);
-    let hedge_delay = l.get("HEDGE_DELAY", value::optional_duration);
+    let hedge_delay = l.get("HEDGE_DELAY", parse_hedge_delay);
     if problems.len() > before {
         return None;
     }

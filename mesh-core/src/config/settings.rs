@@ -129,7 +129,7 @@ pub const SETTINGS: &[SettingDef] = &[
     def("RETRY_ON", Service, "`503,unavailable`", "Failures retried, comma-separated: `503`, `5xx`, `gateway-error`, `reset`, `per-try-timeout`, `unavailable` (gRPC), `none`. Connect failures and HTTP/2 refused streams are always retried (nothing was sent)."),
     def("RETRY_METHODS", Service, "`GET,HEAD,OPTIONS,TRACE,PUT,DELETE`", "HTTP methods retried and hedged without the caller marking the request (`mesh_core::retry::Retryable`); `none` for none."),
     def("REPLAY_BUFFER", Service, "`64KiB`", "Largest request body kept so it can be sent again; a larger body is sent once and its request is not retried (linkerd2-proxy)."),
-    def("HEDGE_DELAY", Service, "`off`", "Delay after which a retryable request that has not been answered is also sent to another endpoint; the first good answer wins (`off` for no hedging)."),
+    def("HEDGE_DELAY", Service, "`off`", "Delay after which a retryable request that has not been answered is also sent to another endpoint; the first good answer wins. A duration, or a percentile of the service's recent answers such as `p95` (hedging starts after 50 answers); `off` for no hedging."),
     planned("OUTLIER_CONSECUTIVE_FAILURES", Service, "Failures in a row that eject an endpoint."),
     planned("OUTLIER_INTERVAL", Service, "Outlier detection interval."),
     planned("OUTLIER_BASE_EJECTION", Service, "First ejection time."),

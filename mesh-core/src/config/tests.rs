@@ -302,7 +302,19 @@ fn retry_settings_have_documented_defaults_and_can_be_set() {
         .contains(crate::retry::RetryOn::SERVER_ERROR));
     assert_eq!(b.retry.replay_buffer, 1 << 20);
     assert_eq!(b.retry.per_try_timeout, Some(Duration::from_millis(300)));
-    assert_eq!(b.retry.hedge_delay, Some(Duration::from_millis(50)));
+    assert_eq!(
+        b.retry.hedge_delay,
+        Some(crate::retry::HedgeDelay::Fixed(Duration::from_millis(50)))
+    );
+    let c = MeshConfig::from_source(&[
+        ("MESH_SERVICE_C_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_C_HEDGE_DELAY", "p95"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.services()[0].retry.hedge_delay,
+        Some(crate::retry::HedgeDelay::Percentile(0.95))
+    );
 }
 
 #[test]
@@ -312,6 +324,7 @@ fn bad_retry_settings_are_start_up_errors_naming_the_variable() {
         ("MESH_SERVICE_API_RETRY_BUDGET", "20", "percentage"),
         ("MESH_SERVICE_API_PER_TRY_TIMEOUT", "-1s", "duration"),
         ("MESH_SERVICE_API_HEDGE_DELAY", "soon", "duration"),
+        ("MESH_SERVICE_API_HEDGE_DELAY", "p100", "percentile"),
         ("MESH_SERVICE_API_RETRY_WINDOW", "ten", "duration"),
         (
             "MESH_SERVICE_API_RETRY_MAX_ATTEMPTS",

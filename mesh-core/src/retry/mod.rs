@@ -13,8 +13,9 @@
 //!   retried at once whatever the method ("transparent" retries, still drawn from
 //!   the budget); others wait a backoff with full jitter, or the response's
 //!   `Retry-After` when longer;
-//! - hedges requests when the policy has a delay: a second attempt to another
-//!   endpoint if the first has not answered in time; the first good answer wins
+//! - hedges requests when the policy has a delay (fixed, or a percentile of the
+//!   service's recent successful attempts): a second attempt to another endpoint
+//!   if the first has not answered in time; the first good answer wins
 //!   and the other is cancelled (dropped);
 //! - tells the dispatch which endpoints earlier attempts used ([`TriedEndpoints`]),
 //!   and lets it record its picks in an [`AttemptLog`].
@@ -25,6 +26,7 @@
 
 mod budget;
 mod control;
+mod latency;
 mod policy;
 
 use std::future::Future;
@@ -42,8 +44,11 @@ use tower::ServiceExt;
 pub use budget::{RetryBudget, RetryBudgetSettings, RetryStats};
 pub use control::{AttemptLog, Hedgeable, Retryable};
 pub use policy::{
-    parse_max_attempts, MethodSet, RetryBackoff, RetryOn, RetryPolicy, MAX_ATTEMPTS_CAP,
+    parse_hedge_delay, parse_max_attempts, HedgeDelay, MethodSet, RetryBackoff, RetryOn,
+    RetryPolicy, MAX_ATTEMPTS_CAP,
 };
+
+use latency::LatencyTracker;
 
 use crate::classify::{Class, Classifier, ErrorKind};
 use crate::deadline::Deadline;
@@ -89,6 +94,8 @@ struct Shared {
     classifier: Classifier,
     budget: Arc<RetryBudget>,
     error_kind: ErrorClassifier,
+    /// Recent attempt latencies, for hedging at a percentile.
+    latencies: LatencyTracker,
 }
 
 impl RetryLayer {
@@ -107,6 +114,7 @@ impl RetryLayer {
                 policy,
                 budget,
                 error_kind,
+                latencies: LatencyTracker::new(Duration::from_secs(10)),
             }),
         }
     }
@@ -190,14 +198,17 @@ where
     } else {
         policy.max_attempts.max(TRANSPARENT_ATTEMPTS)
     };
-    let hedge_delay = policy.hedge_delay.filter(|_| {
-        !upgrade
-            && policy.max_attempts > 1
-            && parts
-                .extensions
-                .get::<Hedgeable>()
-                .map_or(method_allows, |h| h.0)
-    });
+    let hedgeable = !upgrade
+        && policy.max_attempts > 1
+        && parts
+            .extensions
+            .get::<Hedgeable>()
+            .map_or(method_allows, |h| h.0);
+    let hedge_delay = match policy.hedge_delay {
+        Some(HedgeDelay::Fixed(delay)) if hedgeable => Some(delay),
+        Some(HedgeDelay::Percentile(p)) if hedgeable => shared.latencies.quantile(p),
+        _ => None,
+    };
     let body = ReplayBody::new(body, if upgrade { 0 } else { policy.replay_buffer });
     let plan = Plan {
         deadline: parts.extensions.get::<Deadline>().copied(),
@@ -378,6 +389,7 @@ where
         request.extensions_mut().insert(tried);
     }
     let call = inner.oneshot(request);
+    let started = Instant::now();
     let outcome = match shared.policy.per_try_timeout {
         Some(per_try) => match tokio::time::timeout(per_try, call).await {
             Ok(result) => result.map_err(Into::into),
@@ -392,6 +404,9 @@ where
         Err(e) if e.is::<PerTryTimeout>() => shared.classifier.error(ErrorKind::PerTryTimeout),
         Err(e) => shared.classifier.error((shared.error_kind)(e)),
     };
+    if class == Class::Success {
+        shared.latencies.record(started.elapsed());
+    }
     let outcome_word = match class {
         Class::Success => "success",
         Class::Failure => "failure",

@@ -178,8 +178,8 @@ pub struct RetryPolicy {
     pub replay_buffer: usize,
     /// Time allowed for one attempt; `None` for no limit beyond the deadline.
     pub per_try_timeout: Option<Duration>,
-    /// Delay before a hedged second attempt; `None` turns hedging off.
-    pub hedge_delay: Option<Duration>,
+    /// When a hedged second attempt starts; `None` turns hedging off.
+    pub hedge_delay: Option<HedgeDelay>,
 }
 
 impl Default for RetryPolicy {
@@ -196,6 +196,33 @@ impl Default for RetryPolicy {
             hedge_delay: None,
         }
     }
+}
+
+/// When a hedge starts: after a fixed delay, or once the first attempt has taken
+/// longer than a percentile of the service's recent attempts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    /// A fixed delay.
+    Fixed(Duration),
+    /// A quantile (0.95 for `p95`) of the latencies of recent attempts (the last
+    /// 10 to 20 s); no hedge until 50 attempts were seen.
+    Percentile(f64),
+}
+
+/// Parses `HEDGE_DELAY`: `off`, a duration, or a percentile `p50`..`p99.9`.
+pub fn parse_hedge_delay(s: &str) -> Result<Option<HedgeDelay>, &'static str> {
+    const EXPECTED: &str =
+        "a duration such as 50ms, a latency percentile such as p95 (p50 to p99.9), or `off`";
+    let s = s.trim();
+    if let Some(p) = s.strip_prefix('p') {
+        return match p.parse::<f64>() {
+            Ok(p) if (50.0..=99.9).contains(&p) => Ok(Some(HedgeDelay::Percentile(p / 100.0))),
+            _ => Err(EXPECTED),
+        };
+    }
+    crate::config::value::optional_duration(s)
+        .map(|d| d.map(HedgeDelay::Fixed))
+        .map_err(|_| EXPECTED)
 }
 
 /// Parses a max-attempts value: 1 to [`MAX_ATTEMPTS_CAP`].
@@ -239,6 +266,18 @@ mod tests {
         assert!(!on.contains(RetryOn::UNAVAILABLE_503));
         assert!("503,teapot".parse::<RetryOn>().is_err());
         assert_eq!(parse_max_attempts("5"), Ok(5));
+        assert_eq!(
+            parse_hedge_delay("p95"),
+            Ok(Some(HedgeDelay::Percentile(0.95)))
+        );
+        assert_eq!(
+            parse_hedge_delay("40ms"),
+            Ok(Some(HedgeDelay::Fixed(Duration::from_millis(40))))
+        );
+        assert_eq!(parse_hedge_delay("off"), Ok(None));
+        for bad in ["p100", "p10", "px", "soon", "-5ms"] {
+            assert!(parse_hedge_delay(bad).is_err(), "{bad}");
+        }
         assert!(parse_max_attempts("0").is_err());
         assert!(parse_max_attempts("6").is_err());
     }

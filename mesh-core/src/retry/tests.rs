@@ -215,7 +215,7 @@ async fn unsent_attempts_are_retried_at_once_whatever_the_method() {
 #[tokio::test(start_paused = true)]
 async fn hedge_starts_after_the_delay_and_the_first_good_answer_wins() {
     let policy = RetryPolicy {
-        hedge_delay: Some(Duration::from_millis(100)),
+        hedge_delay: Some(HedgeDelay::Fixed(Duration::from_millis(100))),
         ..RetryPolicy::default()
     };
     let cancelled = Arc::new(AtomicU32::new(0));
@@ -266,7 +266,7 @@ async fn hedge_starts_after_the_delay_and_the_first_good_answer_wins() {
 #[tokio::test(start_paused = true)]
 async fn fast_answer_means_no_hedge_and_hedges_draw_on_the_budget() {
     let policy = RetryPolicy {
-        hedge_delay: Some(Duration::from_millis(100)),
+        hedge_delay: Some(HedgeDelay::Fixed(Duration::from_millis(100))),
         ..RetryPolicy::default()
     };
     let (svc, attempts) = stack(policy.clone(), roomy_budget(), |_, _| async {
@@ -284,6 +284,44 @@ async fn fast_answer_means_no_hedge_and_hedges_draw_on_the_budget() {
     svc.oneshot(get()).await.unwrap();
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
     assert_eq!(empty.stats().exhausted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn percentile_hedge_waits_for_samples_then_fires_at_the_recent_p90() {
+    let policy = RetryPolicy {
+        hedge_delay: Some(HedgeDelay::Percentile(0.9)),
+        ..RetryPolicy::default()
+    };
+    // Attempt 0..60 answer in 20 ms; the one after is slow, its hedge fast.
+    let (mut svc, attempts) = stack(policy, roomy_budget(), |n, _| async move {
+        let delay = match n {
+            0..60 => Duration::from_millis(20),
+            60 => Duration::from_secs(5),
+            _ => Duration::ZERO,
+        };
+        tokio::time::sleep(delay).await;
+        status(200)
+    });
+    for _ in 0..60 {
+        (&mut svc).oneshot(get()).await.unwrap();
+    }
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        60,
+        "no hedges before samples"
+    );
+    let began = Instant::now();
+    svc.oneshot(get()).await.unwrap();
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        62,
+        "the slow request was hedged"
+    );
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(20) && waited <= Duration::from_millis(24),
+        "hedged after {waited:?}, p90 is 20 ms"
+    );
 }
 
 /// Counts futures dropped before completing.
