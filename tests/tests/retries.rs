@@ -107,6 +107,10 @@ async fn one_backend_failing_30_percent_is_hidden_by_retries_within_the_budget()
     let ok = load(&client, requests).await;
     let attempts = served(&backends);
     let stats = client.retry_stats("svc").unwrap();
+    println!(
+        "one of three failing 30%: ok {ok}/{requests}, attempts/request {:.3}, {stats:?}",
+        attempts as f64 / requests as f64
+    );
     assert!(
         ok as f64 / requests as f64 >= 0.999,
         "ok {ok}/{requests}, {stats:?}"
@@ -139,6 +143,10 @@ async fn every_backend_failing_keeps_retries_within_a_20_percent_budget() {
     assert_eq!(ok, 0);
     let attempts = served(&backends);
     let stats = client.retry_stats("svc").unwrap();
+    println!(
+        "all failing: attempts/request {:.3}, {stats:?}",
+        attempts as f64 / requests as f64
+    );
     assert!(
         attempts as f64 / requests as f64 <= 1.25,
         "attempts {attempts} for {requests} requests: {stats:?}"
@@ -291,4 +299,44 @@ async fn deadline_runs_down_a_chain_and_c_sees_its_request_cancelled() {
         .expect("signalled by its drop");
     let given = c_timeout.lock().expect("C received a deadline");
     assert!(given <= 500, "C was given {given} ms, more than A's 500 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedge_goes_to_another_backend_and_the_fast_answer_wins() {
+    // One backend never answers in time (a minute); the other at once.
+    let slow = TestBackend::start_with(Router::new().route(
+        "/work",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "slow"
+        }),
+    ))
+    .await;
+    let fast =
+        TestBackend::start_with(Router::new().route("/work", get(|| async { "fast" }))).await;
+    let client = client(&[
+        (
+            "MESH_SERVICE_SVC_ENDPOINTS",
+            format!("{},{}", slow.addr(), fast.addr()),
+        ),
+        ("MESH_SERVICE_SVC_BALANCER", "round-robin".into()),
+        ("MESH_SERVICE_SVC_HEDGE_DELAY", "50ms".into()),
+    ]);
+    client.ready().await;
+    for _ in 0..10 {
+        let request = Request::get("http://svc/work").body(empty()).unwrap();
+        let response = client.send(request).await.expect("answered");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "fast");
+    }
+    // Round robin sends about half the first attempts to the slow backend; each of
+    // those was hedged, to the fast one.
+    let stats = client.retry_stats("svc").unwrap();
+    assert!(slow.served() >= 1, "the slow backend got first attempts");
+    assert_eq!(
+        stats.retries,
+        slow.served(),
+        "one hedge per slow first attempt"
+    );
+    assert_eq!(fast.served(), 10, "every answer came from the fast backend");
 }
