@@ -89,7 +89,8 @@ pub struct RetryLayer {
 
 #[derive(Debug)]
 struct Shared {
-    service: String,
+    /// Shared so each metric label is a reference count, not an allocation.
+    service: Arc<str>,
     policy: RetryPolicy,
     classifier: Classifier,
     budget: Arc<RetryBudget>,
@@ -109,7 +110,7 @@ impl RetryLayer {
     ) -> Self {
         RetryLayer {
             shared: Arc::new(Shared {
-                service: service.into(),
+                service: Arc::from(service.into()),
                 classifier: Classifier::new(policy.retry_on),
                 policy,
                 budget,

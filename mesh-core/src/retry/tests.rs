@@ -111,6 +111,23 @@ async fn post_is_retried_only_when_marked_retryable_and_replayed_identically() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn upgrades_and_requests_marked_not_retryable_are_never_retried() {
+    let mut upgrade = get();
+    upgrade
+        .headers_mut()
+        .insert(http::header::UPGRADE, "websocket".parse().unwrap());
+    let mut marked = get();
+    marked.extensions_mut().insert(Retryable(false));
+    for request in [upgrade, marked] {
+        let (svc, attempts) = stack(RetryPolicy::default(), roomy_budget(), |_, _| async {
+            status(503)
+        });
+        assert_eq!(svc.oneshot(request).await.unwrap().status(), 503);
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn spent_budget_stops_retries() {
     let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(10)));
     let (svc, attempts) = stack(RetryPolicy::default(), budget.clone(), |_, _| async {
