@@ -1,9 +1,12 @@
 //! Quickstart: three local backends behind the mesh client.
 //!
-//! Starts three small axum backends on loopback (one slow, one failing a small
-//! share of requests as slowly as it succeeds), configures a `MeshClient` through
-//! `MESH_` variables, sends a few thousand requests, and prints a summary and, as
-//! its last line, one JSON object. Variables in the environment override the
+//! Starts three small axum backends on loopback (one slow, one failing a fifth of
+//! its requests with 503 as slowly as it succeeds), configures a `MeshClient`
+//! through `MESH_` variables, sends a few thousand requests, and prints a summary
+//! and, as its last line, one JSON object. The mesh retries the failures on
+//! another endpoint within its retry budget, so the caller sees almost none; the
+//! JSON line counts the attempts the backends served, the retries and the retries
+//! the budget refused. Variables in the environment override the
 //! quickstart's own, so `MESH_DEFAULT_BALANCER=round-robin cargo run --release
 //! --example quickstart` shows the difference a balancer makes; a bad variable
 //! makes it exit non-zero with the error.
@@ -29,7 +32,7 @@ const REQUESTS: usize = 4000;
 const CONCURRENCY: usize = 16;
 const WORK: Duration = Duration::from_millis(2);
 const SLOW_WORK: Duration = Duration::from_millis(25);
-const FAILURE_EVERY: u64 = 50; // 2%
+const FAILURE_EVERY: u64 = 5; // 20%
 
 /// One backend: how long it works per request, how often it fails, what it served.
 struct Backend {
@@ -48,10 +51,10 @@ async fn start_backend(work: Duration, fail_every: Option<u64>) -> std::io::Resu
             let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
             async move {
                 tokio::time::sleep(work).await;
-                // Failures take as long as successes, so only the balancer's
-                // failure accounting (not latency) could tell them apart.
+                // Failures take as long as successes, so latency does not steer
+                // traffic away from the failing backend: retries must hide them.
                 match fail_every {
-                    Some(every) if n % every == 0 => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+                    Some(every) if n % every == 0 => (StatusCode::SERVICE_UNAVAILABLE, "failed"),
                     _ => (StatusCode::OK, "done"),
                 }
             }
@@ -143,7 +146,7 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
         "  ok {ok} / {requests} ({:.2}%), p50 {p50:.2} ms, p99 {p99:.2} ms",
         100.0 * ok as f64 / requests as f64
     );
-    let names = ["fast", "slow (25 ms)", "failing (2%)"];
+    let names = ["fast", "slow (25 ms)", "failing (20%)"];
     for (backend, name) in backends.iter().zip(names) {
         let served = backend.served.load(Ordering::Relaxed);
         println!(
@@ -154,6 +157,17 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
             100.0 * served as f64 / requests as f64
         );
     }
+    let stats = client.retry_stats("backend").unwrap_or_default();
+    let attempts: u64 = backends
+        .iter()
+        .map(|b| b.served.load(Ordering::Relaxed))
+        .sum();
+    println!(
+        "  attempts {attempts} ({:.3} per request), retries {}, refused by the retry budget {}",
+        attempts as f64 / requests as f64,
+        stats.retries,
+        stats.exhausted
+    );
     let per_endpoint: serde_json::Map<String, serde_json::Value> = backends
         .iter()
         .map(|b| (b.addr.to_string(), b.served.load(Ordering::Relaxed).into()))
@@ -164,6 +178,9 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
         "failed": requests - ok,
         "p50_ms": (p50 * 1000.0).round() / 1000.0,
         "p99_ms": (p99 * 1000.0).round() / 1000.0,
+        "attempts": attempts,
+        "retries": stats.retries,
+        "budget_exhausted": stats.exhausted,
         "per_endpoint": per_endpoint,
         "slow_endpoint": slow.addr.to_string(),
         "failing_endpoint": failing.addr.to_string(),

@@ -3,15 +3,21 @@
 //! Everything here is independent of hyper and tonic: configuration read from
 //! `MESH_` environment variables ([`config`]), service discovery that publishes
 //! endpoint snapshots ([`discovery`]), our own load balancer that picks from those
-//! snapshots ([`balance`]), and the names of every metric the mesh emits
-//! ([`metric_names`]).
+//! snapshots ([`balance`]), one classification of outcomes ([`classify`]),
+//! retries, hedging and their budget ([`retry`]) over replayable bodies
+//! ([`replay`]), deadlines carried from inbound to outbound calls ([`deadline`]),
+//! and the names of every metric the mesh emits ([`metric_names`]).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod balance;
+pub mod classify;
 pub mod config;
+pub mod deadline;
 pub mod discovery;
 pub mod extensions;
 pub mod identity;
 pub mod metric_names;
+pub mod replay;
+pub mod retry;
 pub mod tls;

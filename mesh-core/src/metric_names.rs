@@ -171,6 +171,22 @@ metrics! {
     EGRESS_REQUESTS = "mesh.egress.requests", Counter, Unit::Count,
         [SERVER_ADDRESS, OUTCOME],
         "Requests to hosts the mesh does not know (egress), by outcome";
+    /// Attempts of outbound requests by how they were classified.
+    RETRY_ATTEMPTS = "mesh.retry.attempts", Counter, Unit::Count,
+        [SERVICE, OUTCOME],
+        "Attempts of outbound requests (first tries, retries and hedges) by outcome: success, failure, retryable";
+    /// Retries made, by why the previous attempt was retried.
+    RETRIES = "mesh.retry.retries", Counter, Unit::Count,
+        [SERVICE, REASON],
+        "Retries of outbound requests by reason (connect_failure, refused_stream, status, reset, per_try_timeout, unavailable)";
+    /// Hedged second attempts started.
+    HEDGES = "mesh.retry.hedges", Counter, Unit::Count,
+        [SERVICE],
+        "Hedged attempts started because the first had not answered within the hedge delay";
+    /// Retries and hedges not made because the retry budget was spent.
+    RETRY_BUDGET_EXHAUSTED = "mesh.retry.budget_exhausted", Counter, Unit::Count,
+        [SERVICE],
+        "Retries and hedges refused because the service's retry budget was spent";
     /// Configuration reloads by outcome.
     CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
         [SOURCE, OUTCOME],

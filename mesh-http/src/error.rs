@@ -63,6 +63,10 @@ impl Error {
                 kind: Kind::Timeout,
                 source: None,
             },
+            Err(other) if other.is::<mesh_core::deadline::DeadlineExceeded>() => Error {
+                kind: Kind::Timeout,
+                source: Some(other),
+            },
             Err(other) => Error {
                 kind: Kind::Layer,
                 source: Some(other),
@@ -97,9 +101,32 @@ impl Error {
         matches!(self.kind, Kind::Connect(_))
     }
 
-    /// The request timed out.
+    /// The request timed out: its deadline (the service's timeout, the caller's
+    /// [`RequestTimeout`](mesh_core::deadline::RequestTimeout), or a deadline
+    /// inherited from an inbound request) passed, or its last attempt ran out of
+    /// the per-try timeout.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, Kind::Timeout)
+        matches!(self.kind, Kind::Timeout) || self.source_is::<mesh_core::retry::PerTryTimeout>()
+    }
+
+    /// The request body had to be sent again but was larger than the replay buffer
+    /// (`MESH_SERVICE_<NAME>_REPLAY_BUFFER`).
+    pub fn is_body_not_replayable(&self) -> bool {
+        self.source_is::<mesh_core::replay::NotReplayable>()
+    }
+
+    fn source_is<E: std::error::Error + 'static>(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(e) = cause {
+            if e.is::<E>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
     }
 }
 

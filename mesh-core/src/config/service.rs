@@ -10,6 +10,10 @@ use super::value;
 use crate::balance::{BalancerKind, BalancerSettings};
 use crate::discovery::{DiscoverySource, HostPort};
 use crate::identity::ExpectedIdentity;
+use crate::retry::{
+    parse_hedge_delay, parse_max_attempts, MethodSet, RetryBackoff, RetryBudgetSettings, RetryOn,
+    RetryPolicy,
+};
 
 /// Which HTTP version the mesh speaks to a service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +68,10 @@ pub struct ServiceConfig {
     /// The SPIFFE ID (or trust domain) the service's servers must present over
     /// mTLS; `None` accepts any ID of our own trust domain.
     pub identity: Option<ExpectedIdentity>,
+    /// Retries, hedging, replay buffer and per-try timeout.
+    pub retry: RetryPolicy,
+    /// The retry budget shared by every clone of a client for this service.
+    pub retry_budget: RetryBudgetSettings,
 }
 
 impl ServiceConfig {
@@ -190,6 +198,15 @@ pub(crate) fn resolve(
         v.parse::<ExpectedIdentity>()
             .map_err(|e| format!("a SPIFFE ID such as spiffe://example.org/api, or a trust domain such as example.org ({e})"))
     });
+    let per_try_timeout = l.get("PER_TRY_TIMEOUT", value::optional_duration);
+    let budget_ratio = l.get("RETRY_BUDGET", value::percent);
+    let budget_window = l.get("RETRY_WINDOW", value::duration);
+    let min_per_second = l.get("RETRY_MIN_PER_SECOND", value::count);
+    let max_attempts = l.get("RETRY_MAX_ATTEMPTS", parse_max_attempts);
+    let retry_on = l.get("RETRY_ON", str::parse::<RetryOn>);
+    let methods = l.get("RETRY_METHODS", str::parse::<MethodSet>);
+    let replay_buffer = l.get("REPLAY_BUFFER", value::size);
+    let hedge_delay = l.get("HEDGE_DELAY", parse_hedge_delay);
     if problems.len() > before {
         return None;
     }
@@ -212,6 +229,20 @@ pub(crate) fn resolve(
         max_connections: max_connections?,
         http2_keepalive: http2_keepalive?,
         identity: identity?,
+        retry: RetryPolicy {
+            max_attempts: max_attempts?,
+            retry_on: retry_on?,
+            methods: methods?,
+            backoff: RetryBackoff::default(),
+            replay_buffer: usize::try_from(replay_buffer?).unwrap_or(usize::MAX),
+            per_try_timeout: per_try_timeout?,
+            hedge_delay: hedge_delay?,
+        },
+        retry_budget: RetryBudgetSettings {
+            ratio: budget_ratio?,
+            min_per_second: min_per_second?,
+            window: budget_window?,
+        },
     })
 }
 

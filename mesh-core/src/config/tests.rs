@@ -163,9 +163,9 @@ fn kubernetes_variables_for_a_service_named_mesh_are_accepted() {
 fn planned_settings_fail_clearly_instead_of_being_ignored() {
     let e = err(&[
         ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
-        ("MESH_SERVICE_API_PER_TRY_TIMEOUT", "1s"),
+        ("MESH_SERVICE_API_OUTLIER_INTERVAL", "1s"),
     ]);
-    assert!(e.names_variable("MESH_SERVICE_API_PER_TRY_TIMEOUT"));
+    assert!(e.names_variable("MESH_SERVICE_API_OUTLIER_INTERVAL"));
     assert!(
         matches!(e.problems()[0].kind(), ProblemKind::NotSupportedYet),
         "{e}"
@@ -339,5 +339,97 @@ fn identity_settings_without_mtls_or_with_bad_values_are_refused() {
     ] {
         let e = with(bad);
         assert!(e.names_variable(bad.0), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn retry_settings_have_documented_defaults_and_can_be_set() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_A_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_B_ENDPOINTS", "127.0.0.1:2"),
+        ("MESH_SERVICE_B_RETRY_BUDGET", "50%"),
+        ("MESH_SERVICE_B_RETRY_MIN_PER_SECOND", "0"),
+        ("MESH_SERVICE_B_RETRY_WINDOW", "30s"),
+        ("MESH_SERVICE_B_RETRY_MAX_ATTEMPTS", "5"),
+        ("MESH_SERVICE_B_RETRY_ON", "5xx,reset"),
+        ("MESH_SERVICE_B_RETRY_METHODS", "GET,POST"),
+        ("MESH_SERVICE_B_REPLAY_BUFFER", "1MiB"),
+        ("MESH_SERVICE_B_PER_TRY_TIMEOUT", "300ms"),
+        ("MESH_SERVICE_B_HEDGE_DELAY", "50ms"),
+    ])
+    .unwrap();
+    let a = config.service_for_host("a").unwrap();
+    assert_eq!(a.retry, crate::retry::RetryPolicy::default());
+    assert_eq!(a.retry_budget, crate::retry::RetryBudgetSettings::default());
+    let b = config.service_for_host("b").unwrap();
+    assert_eq!(b.retry_budget.ratio, 0.5);
+    assert_eq!(b.retry_budget.min_per_second, 0);
+    assert_eq!(b.retry_budget.window, Duration::from_secs(30));
+    assert_eq!(b.retry.max_attempts, 5);
+    assert!(b.retry.methods.contains(&http::Method::POST));
+    assert!(b
+        .retry
+        .retry_on
+        .contains(crate::retry::RetryOn::SERVER_ERROR));
+    assert_eq!(b.retry.replay_buffer, 1 << 20);
+    assert_eq!(b.retry.per_try_timeout, Some(Duration::from_millis(300)));
+    assert_eq!(
+        b.retry.hedge_delay,
+        Some(crate::retry::HedgeDelay::Fixed(Duration::from_millis(50)))
+    );
+    let c = MeshConfig::from_source(&[
+        ("MESH_SERVICE_C_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_C_HEDGE_DELAY", "p95"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.services()[0].retry.hedge_delay,
+        Some(crate::retry::HedgeDelay::Percentile(0.95))
+    );
+}
+
+#[test]
+fn bad_retry_settings_are_start_up_errors_naming_the_variable() {
+    let cases = [
+        ("MESH_SERVICE_API_RETRY_BUDGET", "150%", "percentage"),
+        ("MESH_SERVICE_API_RETRY_BUDGET", "20", "percentage"),
+        ("MESH_SERVICE_API_PER_TRY_TIMEOUT", "-1s", "duration"),
+        ("MESH_SERVICE_API_HEDGE_DELAY", "soon", "duration"),
+        ("MESH_SERVICE_API_HEDGE_DELAY", "p100", "percentile"),
+        ("MESH_SERVICE_API_RETRY_WINDOW", "ten", "duration"),
+        (
+            "MESH_SERVICE_API_RETRY_MAX_ATTEMPTS",
+            "0",
+            "1 (no retries) to 5",
+        ),
+        (
+            "MESH_SERVICE_API_RETRY_MAX_ATTEMPTS",
+            "6",
+            "1 (no retries) to 5",
+        ),
+        (
+            "MESH_SERVICE_API_RETRY_METHODS",
+            "GET,FETCH",
+            "HTTP methods",
+        ),
+        ("MESH_SERVICE_API_RETRY_ON", "503,teapot", "5xx"),
+        (
+            "MESH_SERVICE_API_RETRY_MIN_PER_SECOND",
+            "-3",
+            "whole number",
+        ),
+        ("MESH_SERVICE_API_REPLAY_BUFFER", "64kb", "64KiB"),
+        (
+            "MESH_DEFAULT_RETRY_MAX_ATTEMPTS",
+            "9",
+            "1 (no retries) to 5",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let e = err(&[("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"), (name, value)]);
+        assert!(e.names_variable(name), "{name}={value}: {e}");
+        let text = e.to_string();
+        assert!(text.contains(value), "{name}={value}: {text}");
+        assert!(text.contains(expected), "{name}={value}: {text}");
     }
 }

@@ -61,6 +61,13 @@ pub fn positive_count(s: &str) -> Result<usize, &'static str> {
     }
 }
 
+/// A whole number, zero included.
+pub fn count(s: &str) -> Result<u32, &'static str> {
+    s.trim()
+        .parse::<u32>()
+        .map_err(|_| "a whole number (0 or more)")
+}
+
 /// A positive whole number, or `unlimited`.
 pub fn optional_limit(s: &str) -> Result<Option<usize>, &'static str> {
     match s.trim() {

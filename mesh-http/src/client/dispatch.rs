@@ -13,21 +13,24 @@ use http::{HeaderValue, Request, Response};
 use mesh_core::balance::{Balancer, Picked};
 use mesh_core::config::Protocol;
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
+use mesh_core::retry::AttemptLog;
 use tokio::time::Instant;
 
 use crate::body::{Lease, RequestBody, ResponseBody};
 use crate::error::{BoxError, Error};
 use crate::pool::{give_back, Conn, EndpointPool, Http1Conn, PoolInner};
 
-/// Distinct endpoints tried when connections cannot be opened. Nothing was sent on
-/// a failed connect, so moving to another endpoint is always safe.
-const CONNECT_ATTEMPTS: usize = 3;
 /// Times a request is moved off a pooled connection that closed before the request
 /// was written to it.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// Sends each request to one endpoint the balancer picks, avoiding those named in
-/// the request's [`TriedEndpoints`]; the response carries [`ServedBy`].
+/// the request's [`TriedEndpoints`], and records the pick in the request's
+/// [`AttemptLog`]; the response carries [`ServedBy`].
+///
+/// A connection that cannot be opened fails the attempt with a connect error: the
+/// retry layer above moves the request to another endpoint (a transparent retry,
+/// drawn from the budget), so there is one retry mechanism, not two.
 #[derive(Clone)]
 pub(crate) struct EndpointDispatch {
     inner: Arc<DispatchInner>,
@@ -78,41 +81,27 @@ impl DispatchInner {
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, Error> {
         let mut request = into_wire_form(request, self.protocol)?;
-        // Endpoints to avoid: those earlier attempts used, then those that refused
-        // a connection just now.
-        let mut avoid: Vec<SocketAddr> = request
+        // Endpoints earlier attempts used, avoided when others are ready.
+        let avoid: Vec<SocketAddr> = request
             .extensions()
             .get::<TriedEndpoints>()
             .map(|t| t.0.clone())
             .unwrap_or_default();
-        let mut failed_connects = 0;
-        let mut last_connect_error = None;
+        let log = request.extensions_mut().remove::<AttemptLog>();
         let mut stale = 0;
         loop {
-            // After a failed connect, move on only to an endpoint that is ready now;
-            // otherwise the connect error (say, an unexpected server identity) is
-            // the answer the caller needs, not a wait for the queue timeout.
-            let picked = match last_connect_error.take() {
-                None => self
-                    .balancer
-                    .pick(&avoid)
-                    .await
-                    .map_err(|e| Error::no_endpoint(&self.service, e))?,
-                Some(error) => match self.balancer.try_pick(&avoid) {
-                    Ok(picked) if !avoid.contains(&picked.addr()) => picked,
-                    _ => return Err(error),
-                },
-            };
-            let conn = match picked.endpoint().checkout().await {
-                Ok(conn) => conn,
-                Err(e) if e.is_connect() && failed_connects + 1 < CONNECT_ATTEMPTS => {
-                    failed_connects += 1;
-                    avoid.push(picked.addr());
-                    last_connect_error = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            // A first attempt may wait (bounded) for an endpoint to become ready; a
+            // retry takes what is ready now, so it fails fast when nothing is.
+            let picked = if avoid.is_empty() {
+                self.balancer.pick(&avoid).await
+            } else {
+                self.balancer.try_pick(&avoid)
+            }
+            .map_err(|e| Error::no_endpoint(&self.service, e))?;
+            if let Some(log) = &log {
+                log.record(picked.addr());
+            }
+            let conn = picked.endpoint().checkout().await?;
             let started = Instant::now();
             let sent = match conn {
                 Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {

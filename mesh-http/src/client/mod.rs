@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod classify;
 mod dispatch;
 mod egress;
 mod service;
@@ -163,6 +164,14 @@ impl MeshClient {
         for svc in &self.inner.services {
             svc.initialized().await;
         }
+    }
+
+    /// What the retry budget of the service `host` names has counted: requests,
+    /// retries and hedges made, and those refused because the budget was spent.
+    /// `None` for a host that is not a configured service.
+    pub fn retry_stats(&self, host: &str) -> Option<mesh_core::retry::RetryStats> {
+        let i = self.inner.config.service_index(host)?;
+        Some(self.inner.services[i].retry_stats())
     }
 
     /// Sends a request whose body is already boxed.

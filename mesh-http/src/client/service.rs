@@ -7,6 +7,7 @@ use http::{Request, Response};
 use mesh_core::balance::Balancer;
 use mesh_core::config::ServiceConfig;
 use mesh_core::discovery::{Discovery, DnsSettings};
+use mesh_core::retry::{RetryBudget, RetryStats};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
@@ -23,6 +24,7 @@ pub(crate) type ServiceStack =
 
 pub(crate) struct ServiceClient {
     name: String,
+    budget: Arc<RetryBudget>,
     stack: ServiceStack,
     discovery: Discovery,
     follow: tokio::task::JoinHandle<()>,
@@ -66,12 +68,18 @@ impl ServiceClient {
         );
         let follow = balancer.follow(discovery.subscribe());
         let dispatch = EndpointDispatch::new(&config.name, config.protocol, balancer);
+        let budget = Arc::new(config.retry_budget.build());
         Ok(ServiceClient {
             name: config.name.clone(),
-            stack: stack::service_stack(config, dispatch),
+            stack: stack::service_stack(config, budget.clone(), dispatch),
+            budget,
             discovery,
             follow,
         })
+    }
+
+    pub(crate) fn retry_stats(&self) -> RetryStats {
+        self.budget.stats()
     }
 
     pub(crate) async fn initialized(&self) {

@@ -2,21 +2,48 @@
 //! knows the full stack.
 //!
 //! ```text
-//! request timeout ─▶ endpoint dispatch (balancer pick, pooled connection)
+//! deadline (service TIMEOUT, inherited deadline, per-request RequestTimeout;
+//!           writes x-mesh-timeout-ms / grpc-timeout)
+//!   ─▶ (route, breaker: later)
+//!   ─▶ retry / hedge (one budget per service; replay buffer; each attempt avoids
+//!                     the endpoints earlier ones used)
+//!   ─▶ endpoint dispatch (balancer pick, pooled connection)
 //! ```
-//! Retries, breakers and telemetry slot in above the dispatch as they arrive.
 
+use std::sync::Arc;
+
+use http::Request;
+use http_body_util::BodyExt;
 use mesh_core::config::ServiceConfig;
+use mesh_core::deadline::OutboundDeadlineLayer;
+use mesh_core::replay::ReplayBody;
+use mesh_core::retry::{RetryBudget, RetryLayer};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
+use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
+use crate::body::RequestBody;
 
-/// Builds the stack every request to the service `config` describes goes through.
-pub(crate) fn service_stack(config: &ServiceConfig, dispatch: EndpointDispatch) -> ServiceStack {
+/// Builds the stack every request to the service `config` describes goes through;
+/// `budget` is the service's retry budget, shared by every clone of the client.
+pub(crate) fn service_stack(
+    config: &ServiceConfig,
+    budget: Arc<RetryBudget>,
+    dispatch: EndpointDispatch,
+) -> ServiceStack {
     let stack = ServiceBuilder::new()
-        .option_layer(config.timeout.map(tower::timeout::TimeoutLayer::new))
+        .layer(OutboundDeadlineLayer::new(config.timeout))
+        .layer(RetryLayer::new(
+            config.name.clone(),
+            config.retry.clone(),
+            budget,
+            error_kind,
+        ))
+        .map_request(|request: Request<ReplayBody<RequestBody>>| {
+            request.map(|body| body.boxed_unsync())
+        })
         .service(dispatch);
     BoxCloneSyncService::new(stack.map_err(Into::into))
 }

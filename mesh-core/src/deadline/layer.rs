@@ -1,0 +1,176 @@
+//! The inbound and outbound deadline layers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+
+use super::{timeout_from_headers, write_headers, Deadline, DeadlineExceeded, RequestTimeout};
+use crate::replay::BoxError;
+
+/// Inbound: reads the caller's deadline from the request headers, runs the handler
+/// with it as the task's [`Deadline::current`] (and as a request extension), and
+/// answers `504 Gateway Timeout` when it passes, dropping the handler's future.
+///
+/// Works with any `tower::Service` over `http::Request`, such as an axum `Router`:
+/// `router.layer(DeadlineLayer::new())`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer {
+    max: Option<Duration>,
+}
+
+impl DeadlineLayer {
+    /// A layer honouring whatever deadline the caller sends.
+    pub fn new() -> Self {
+        DeadlineLayer { max: None }
+    }
+
+    /// Also bounds every request by `max`, whatever the caller sent (or when it
+    /// sent none).
+    pub fn with_max(max: Duration) -> Self {
+        DeadlineLayer { max: Some(max) }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService {
+            inner,
+            max: self.max,
+        }
+    }
+}
+
+/// The service [`DeadlineLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    max: Option<Duration>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for DeadlineService<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let timeout = match (timeout_from_headers(request.headers()), self.max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(timeout) = timeout else {
+            return Box::pin(self.inner.call(request));
+        };
+        let deadline = Deadline::after(timeout);
+        request.extensions_mut().insert(deadline);
+        let handler = deadline.scope(self.inner.call(request));
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline.0, handler).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let mut response = Response::new(RB::default());
+                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// Outbound: bounds a call by the earliest of the service's timeout, the request's
+/// [`RequestTimeout`], a [`Deadline`] extension and the task's current deadline
+/// (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundDeadlineLayer {
+    timeout: Option<Duration>,
+}
+
+impl OutboundDeadlineLayer {
+    /// Calls take at most `timeout` (`None`: only inherited or per-request
+    /// deadlines apply).
+    pub fn new(timeout: Option<Duration>) -> Self {
+        OutboundDeadlineLayer { timeout }
+    }
+}
+
+impl<S> tower::Layer<S> for OutboundDeadlineLayer {
+    type Service = OutboundDeadline<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OutboundDeadline {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service [`OutboundDeadlineLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct OutboundDeadline<S> {
+    inner: S,
+    timeout: Option<Duration>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for OutboundDeadline<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let own = request
+            .extensions()
+            .get::<RequestTimeout>()
+            .map(|t| t.0)
+            .or(self.timeout)
+            .map(Deadline::after);
+        let inherited = Deadline::earliest(
+            request.extensions().get::<Deadline>().copied(),
+            Deadline::current(),
+        );
+        let Some(deadline) = Deadline::earliest(own, inherited) else {
+            let call = self.inner.call(request);
+            return Box::pin(async move { call.await.map_err(Into::into) });
+        };
+        if deadline.remaining().is_zero() {
+            return Box::pin(async { Err(DeadlineExceeded.into()) });
+        }
+        request.extensions_mut().insert(deadline);
+        write_headers(request.headers_mut(), deadline);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline.0, call).await {
+                // The callee's own deadline (ours, passed on and rounded up) ran
+                // out as ours did: a 504 that arrives once ours has passed is our
+                // deadline error, whichever timer a busy runtime served first.
+                Ok(Ok(response))
+                    if response.status() == StatusCode::GATEWAY_TIMEOUT
+                        && deadline.remaining().is_zero() =>
+                {
+                    Err(DeadlineExceeded.into())
+                }
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(DeadlineExceeded.into()),
+            }
+        })
+    }
+}

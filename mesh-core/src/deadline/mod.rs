@@ -1,0 +1,183 @@
+//! Deadlines: how long a request (and everything done to answer it) may take.
+//!
+//! - Inbound, [`DeadlineLayer`] reads the caller's remaining time from
+//!   `grpc-timeout` or [`TIMEOUT_HEADER`], cancels the handler when it runs out
+//!   (answering 504), and makes it the [`Deadline::current`] of the handler's task.
+//! - Outbound, [`OutboundDeadlineLayer`] takes the earliest of the service's
+//!   timeout, a per-request [`RequestTimeout`], a [`Deadline`] request extension and
+//!   the current task's deadline; fails the call with [`DeadlineExceeded`] when it
+//!   passes; puts the [`Deadline`] in the request's extensions for the retry layer
+//!   (no retry or hedge starts when it cannot finish in time); and writes the
+//!   remaining time into the outgoing headers, so the next service knows it too.
+//! - [`inherit`] carries the current deadline into a task the handler spawns.
+//!
+//! A chain A → B → C thus never works past A's deadline.
+
+mod layer;
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+pub use layer::{DeadlineLayer, DeadlineService, OutboundDeadline, OutboundDeadlineLayer};
+
+/// The HTTP header carrying the caller's remaining time in whole milliseconds
+/// (`x-mesh-timeout-ms: 1500`). A relative time, so the two hosts' clocks need not
+/// agree. gRPC requests carry `grpc-timeout` as well.
+pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
+
+/// gRPC's own header for the caller's remaining time (`grpc-timeout: 1500m`).
+pub const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+/// The instant by which a request must be answered. As a request extension it
+/// tells the mesh's layers the request's deadline; as the task's current deadline
+/// it bounds every outbound call made while handling an inbound request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// The deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Deadline(Instant::now() + timeout)
+    }
+
+    /// The deadline of the inbound request this task is handling, if any.
+    pub fn current() -> Option<Deadline> {
+        CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether something taking `duration` from now would end past the deadline.
+    pub fn cannot_fit(&self, duration: Duration) -> bool {
+        Instant::now() + duration >= self.0
+    }
+
+    /// The earlier of two optional deadlines.
+    pub fn earliest(a: Option<Deadline>, b: Option<Deadline>) -> Option<Deadline> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs `future` with `self` as its task's current deadline.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+}
+
+/// Per-request control: the caller's own timeout for this request, overriding the
+/// service's (`MESH_SERVICE_<NAME>_TIMEOUT`); an inherited deadline still applies
+/// when it is earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimeout(pub Duration);
+
+/// The request ran out of its deadline (its own timeout, or its caller's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded: the request's timeout, or the deadline it inherited from its caller, ran out")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Wraps `future` so it runs with the current task's deadline (if any): use it for
+/// tasks a handler spawns, `tokio::spawn(mesh_core::deadline::inherit(work))`, so
+/// their outbound calls keep the inbound request's deadline.
+pub fn inherit<F>(future: F) -> impl Future<Output = F::Output>
+where
+    F: Future,
+{
+    let deadline = Deadline::current();
+    async move {
+        match deadline {
+            Some(d) => d.scope(future).await,
+            None => future.await,
+        }
+    }
+}
+
+/// The caller's remaining time from `grpc-timeout` or [`TIMEOUT_HEADER`] (the
+/// smaller when both are present); unparsable values are ignored.
+pub fn timeout_from_headers(headers: &HeaderMap) -> Option<Duration> {
+    let mesh = headers
+        .get(TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let grpc = headers
+        .get(GRPC_TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    match (mesh, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit, `H M S m u n`.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encodes `timeout` as `grpc-timeout` (milliseconds, rounded up, or a coarser
+/// unit when it would not fit in 8 digits).
+pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
+    let ms = timeout.as_nanos().div_ceil(1_000_000);
+    let text = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
+    };
+    HeaderValue::from_str(&text).expect("digits and a unit are a valid header")
+}
+
+/// Writes the remaining time of `deadline` into `headers` ([`TIMEOUT_HEADER`], and
+/// `grpc-timeout` for gRPC requests).
+pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
+    let remaining = deadline.remaining();
+    // Rounded up, so the callee's deadline never falls before ours: the caller
+    // times out first and sees its own deadline error, not the callee's 504.
+    let ms = remaining
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .min(u128::from(u64::MAX)) as u64;
+    headers.insert(TIMEOUT_HEADER, HeaderValue::from(ms));
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout_value(remaining));
+    }
+}
+
+#[cfg(test)]
+mod tests;

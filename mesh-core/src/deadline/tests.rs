@@ -1,0 +1,105 @@
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use tower::{Layer, ServiceExt};
+
+use super::*;
+
+#[test]
+fn grpc_timeout_round_trips_and_bad_values_are_ignored() {
+    assert_eq!(
+        parse_grpc_timeout("1500m"),
+        Some(Duration::from_millis(1500))
+    );
+    assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+    assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_grpc_timeout("10"), None);
+    assert_eq!(parse_grpc_timeout("123456789m"), None);
+    assert_eq!(grpc_timeout_value(Duration::from_micros(1500)), "2m");
+    let mut headers = HeaderMap::new();
+    headers.insert(TIMEOUT_HEADER, "800".parse().unwrap());
+    headers.insert(GRPC_TIMEOUT_HEADER, "1S".parse().unwrap());
+    assert_eq!(
+        timeout_from_headers(&headers),
+        Some(Duration::from_millis(800))
+    );
+}
+
+type Echo = Response<String>;
+
+fn echo_deadline_header(
+) -> impl tower::Service<Request<()>, Response = Echo, Error = BoxErr, Future = impl Send + 'static>
+       + Clone {
+    tower::service_fn(|req: Request<()>| async move {
+        let header = req
+            .headers()
+            .get(TIMEOUT_HEADER)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        Ok::<_, BoxErr>(Response::new(header))
+    })
+}
+
+type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::test(start_paused = true)]
+async fn outbound_deadline_is_clipped_to_the_inherited_one() {
+    let svc =
+        OutboundDeadlineLayer::new(Some(Duration::from_secs(10))).layer(echo_deadline_header());
+    // No inbound deadline: the service's own 10 s.
+    let r = svc.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(r.body(), "10000");
+    // Inside a handler with 1.5 s left: clipped to it.
+    let inherited = Deadline::after(Duration::from_millis(1500));
+    let r = inherited
+        .scope(svc.clone().oneshot(Request::new(())))
+        .await
+        .unwrap();
+    assert_eq!(r.body(), "1500");
+    // A per-request timeout shorter than both wins.
+    let mut req = Request::new(());
+    req.extensions_mut()
+        .insert(RequestTimeout(Duration::from_millis(200)));
+    let r = inherited.scope(svc.oneshot(req)).await.unwrap();
+    assert_eq!(r.body(), "200");
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_call_fails_when_the_deadline_passes() {
+    let slow = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, BoxErr>(Response::new(String::new()))
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(slow);
+    let began = tokio::time::Instant::now();
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "{err}");
+    assert_eq!(began.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn inbound_layer_sets_the_handlers_deadline_and_answers_504_when_it_passes() {
+    let handler = tower::service_fn(|_req: Request<()>| async {
+        let left = Deadline::current().expect("deadline set").remaining();
+        // A spawned task keeps the deadline through `inherit`.
+        let spawned = tokio::spawn(inherit(async { Deadline::current() }))
+            .await
+            .unwrap();
+        assert!(spawned.is_some());
+        if left > Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        Ok::<_, BoxErr>(Response::new(format!("{}", left.as_millis())))
+    });
+    let svc = DeadlineLayer::new().layer(handler);
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(TIMEOUT_HEADER, "500".parse().unwrap());
+    let r = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(r.body(), "500");
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(GRPC_TIMEOUT_HEADER, "3S".parse().unwrap());
+    let r = svc.oneshot(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+}

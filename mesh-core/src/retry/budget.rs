@@ -1,0 +1,244 @@
+//! The retry budget: retries (and hedges) as a share of requests over a sliding
+//! window, plus a small per-second floor so a quiet service can still retry.
+//!
+//! Unlike `tower::retry::budget::TpsBudget`, the floor does not accumulate over the
+//! window: a retry is allowed while the window's withdrawals stay within the
+//! ratio of its deposits, or while the last second saw fewer than `min_per_second`
+//! withdrawals. An all-failing burst thus gets the percentage, or the floor's few
+//! retries per second, never `min_per_second × window` at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// Slots the window is divided into (one per second of the default 10 s window).
+const SLOTS: usize = 10;
+
+/// A retry budget shared by every clone of a client for one service: each request
+/// deposits, each retry or hedge withdraws.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_second: u32,
+    slot_len: Duration,
+    started: Instant,
+    slots: Mutex<[Slot; SLOTS]>,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    exhausted: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Which slot of time (counted from `started`) the counts belong to.
+    epoch: u64,
+    deposits: u64,
+    withdrawals: u64,
+}
+
+/// How a service's [`RetryBudget`] is sized (`RETRY_BUDGET`, `RETRY_MIN_PER_SECOND`,
+/// `RETRY_WINDOW`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetSettings {
+    /// Retries as a share of requests (0.2 for 20%).
+    pub ratio: f64,
+    /// Retries allowed in any one second whatever the ratio.
+    pub min_per_second: u32,
+    /// Window over which requests and retries are counted.
+    pub window: Duration,
+}
+
+impl Default for RetryBudgetSettings {
+    /// 20%, 10 per second, over 10 s.
+    fn default() -> Self {
+        RetryBudgetSettings {
+            ratio: 0.2,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryBudgetSettings {
+    /// A budget of this size, starting empty now.
+    pub fn build(&self) -> RetryBudget {
+        RetryBudget::new(self.ratio, self.min_per_second, self.window)
+    }
+}
+
+/// Counts a budget has kept since it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryStats {
+    /// Requests that deposited.
+    pub requests: u64,
+    /// Retries and hedges the budget allowed.
+    pub retries: u64,
+    /// Retries and hedges refused because the budget was spent.
+    pub exhausted: u64,
+}
+
+impl RetryBudget {
+    /// Retries up to `ratio` (0.2 for 20%) of the requests of the last `window`,
+    /// plus `min_per_second` in any one second whatever the ratio.
+    pub fn new(ratio: f64, min_per_second: u32, window: Duration) -> Self {
+        let window = window.max(Duration::from_millis(SLOTS as u64));
+        RetryBudget {
+            ratio: ratio.clamp(0.0, 1.0),
+            min_per_second,
+            slot_len: window / SLOTS as u32,
+            started: Instant::now(),
+            slots: Mutex::new([Slot::default(); SLOTS]),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            exhausted: AtomicU64::new(0),
+        }
+    }
+
+    fn epoch_now(&self) -> u64 {
+        (self.started.elapsed().as_nanos() / self.slot_len.as_nanos().max(1)) as u64
+    }
+
+    /// Records a request.
+    pub fn deposit(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch_now();
+        let mut slots = self.slots.lock();
+        current(&mut slots, epoch).deposits += 1;
+    }
+
+    /// Takes one retry from the budget; `false` when it is spent (the retry must
+    /// not be made).
+    pub fn withdraw(&self) -> bool {
+        let epoch = self.epoch_now();
+        let allowed = {
+            let mut slots = self.slots.lock();
+            let (mut deposits, mut withdrawals) = (0u64, 0u64);
+            for slot in slots.iter().filter(|s| s.epoch + SLOTS as u64 > epoch) {
+                deposits += slot.deposits;
+                withdrawals += slot.withdrawals;
+            }
+            // The floor is per second: the withdrawals of the slots making up the
+            // last second.
+            let per_second_slots =
+                (Duration::from_secs(1).as_nanos() / self.slot_len.as_nanos().max(1)).max(1) as u64;
+            let last_second: u64 = slots
+                .iter()
+                .filter(|s| s.epoch + per_second_slots > epoch)
+                .map(|s| s.withdrawals)
+                .sum();
+            let by_ratio = (withdrawals + 1) as f64 <= self.ratio * deposits as f64;
+            let by_floor = last_second < u64::from(self.min_per_second);
+            let allowed = by_ratio || by_floor;
+            if allowed {
+                current(&mut slots, epoch).withdrawals += 1;
+            }
+            allowed
+        };
+        let counter = if allowed {
+            &self.retries
+        } else {
+            &self.exhausted
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        allowed
+    }
+
+    /// What the budget has counted so far.
+    pub fn stats(&self) -> RetryStats {
+        RetryStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            exhausted: self.exhausted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn current(slots: &mut [Slot; SLOTS], epoch: u64) -> &mut Slot {
+    let slot = &mut slots[(epoch % SLOTS as u64) as usize];
+    if slot.epoch != epoch {
+        *slot = Slot {
+            epoch,
+            ..Slot::default()
+        };
+    }
+    slot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(budget: &RetryBudget) -> usize {
+        (0..10_000).take_while(|_| budget.withdraw()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_allows_its_share_of_deposits_in_the_window() {
+        let budget = RetryBudget::new(0.2, 0, Duration::from_secs(10));
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        assert_eq!(drain(&budget), 20);
+        let stats = budget.stats();
+        assert_eq!((stats.requests, stats.retries), (100, 20));
+        assert!(stats.exhausted >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_expire_when_they_leave_the_window() {
+        let budget = RetryBudget::new(0.2, 0, Duration::from_secs(10));
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_millis(5500)).await;
+        // The first 50 are out of the window; the second 50 remain.
+        assert_eq!(drain(&budget), 10);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(drain(&budget), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn withdrawals_count_against_the_window_until_they_expire() {
+        let budget = RetryBudget::new(0.5, 0, Duration::from_secs(10));
+        for _ in 0..20 {
+            budget.deposit();
+        }
+        assert_eq!(drain(&budget), 10);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for _ in 0..20 {
+            budget.deposit();
+        }
+        // 40 deposits allow 20 withdrawals; 10 are already spent.
+        assert_eq!(drain(&budget), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn floor_allows_min_per_second_and_does_not_accumulate() {
+        let budget = RetryBudget::new(0.2, 10, Duration::from_secs(10));
+        // No requests at all: only the floor.
+        assert_eq!(drain(&budget), 10);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(drain(&budget), 0, "the floor is per second, not per slot");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(drain(&budget), 10);
+        // Ten quiet seconds do not save up a hundred retries.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(drain(&budget), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn floor_is_a_minimum_not_an_addition() {
+        let budget = RetryBudget::new(0.2, 10, Duration::from_secs(10));
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        // 200 from the ratio; this second already saw more than the floor's 10.
+        assert_eq!(drain(&budget), 200);
+    }
+}

@@ -1,0 +1,46 @@
+//! Request extensions through which a caller, and the layers below the retry layer,
+//! take part in retries and hedging.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Per-request control: `Retryable(true)` lets the retry layer retry this request
+/// even though its method is not in the service's retry methods (a POST the caller
+/// knows to be idempotent, say); `Retryable(false)` forbids retries (connect
+/// failures, where nothing was sent, are still retried). The body must still fit
+/// the replay buffer to be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retryable(pub bool);
+
+/// Per-request control: `Hedgeable(true)` hedges this request when the service has
+/// a hedge delay, whatever its method; `Hedgeable(false)` never hedges it. Without
+/// it, requests whose method is in the retry methods are hedged when a delay is
+/// set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hedgeable(pub bool);
+
+/// Shared by every attempt of one request (a request extension the retry layer
+/// sets): the endpoint dispatch records each endpoint it picks here, so a hedge
+/// started while the first attempt is still in flight knows which endpoint to
+/// avoid.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLog {
+    picked: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl AttemptLog {
+    /// Records that an attempt went to `addr`.
+    pub fn record(&self, addr: SocketAddr) {
+        let mut picked = self.picked.lock();
+        if !picked.contains(&addr) {
+            picked.push(addr);
+        }
+    }
+
+    /// Endpoints attempts went to so far.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.picked.lock().clone()
+    }
+}

@@ -1,0 +1,468 @@
+//! Retries and hedging, with one budget for both.
+//!
+//! [`RetryLayer`] wraps a service taking `Request<ReplayBody<B>>` and gives one
+//! taking `Request<B>`. For each request it:
+//!
+//! - deposits in the service's [`RetryBudget`] (shared by every clone);
+//! - keeps the body in a [`ReplayBody`] up to the replay buffer;
+//! - classifies each attempt's outcome with the one [`Classifier`];
+//! - retries what is [`Class::Retryable`] when the method allows it (or the caller
+//!   marked the request [`Retryable`]), the body can be sent again, attempts are
+//!   left, the budget allows it and the wait plus an attempt fits the deadline.
+//!   Attempts nothing was sent for (connect failures, HTTP/2 refused streams) are
+//!   retried at once whatever the method ("transparent" retries, still drawn from
+//!   the budget); others wait a backoff with full jitter, or the response's
+//!   `Retry-After` when longer;
+//! - hedges requests when the policy has a delay (fixed, or a percentile of the
+//!   service's recent successful attempts): a second attempt to another endpoint
+//!   if the first has not answered in time; the first good answer wins
+//!   and the other is cancelled (dropped);
+//! - tells the dispatch which endpoints earlier attempts used ([`TriedEndpoints`]),
+//!   and lets it record its picks in an [`AttemptLog`].
+//!
+//! Upgrades (WebSocket, `CONNECT`) are never retried, and nothing is retried once
+//! a response was handed to the caller: the decision is made on the status and
+//! headers, before the body streams.
+
+mod budget;
+mod control;
+mod latency;
+mod policy;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+pub use budget::{RetryBudget, RetryBudgetSettings, RetryStats};
+pub use control::{AttemptLog, Hedgeable, Retryable};
+pub use policy::{
+    parse_hedge_delay, parse_max_attempts, HedgeDelay, MethodSet, RetryBackoff, RetryOn,
+    RetryPolicy, MAX_ATTEMPTS_CAP,
+};
+
+use latency::LatencyTracker;
+
+use crate::classify::{Class, Classifier, ErrorKind};
+use crate::deadline::Deadline;
+use crate::extensions::TriedEndpoints;
+use crate::metric_names::{self, label};
+use crate::replay::{BoxError, ReplayBody};
+
+/// Attempts allowed for requests nothing was sent for, even when the policy allows
+/// fewer (connect failures move to another endpoint, as they always did).
+const TRANSPARENT_ATTEMPTS: u32 = 3;
+
+/// Longest `Retry-After` honoured by waiting; a server asking for more is not
+/// retried.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Tells the retry layer what kind of error a transport returned.
+pub type ErrorClassifier = fn(&BoxError) -> ErrorKind;
+
+/// One attempt ran out of its per-try timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerTryTimeout;
+
+impl std::fmt::Display for PerTryTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the attempt ran out of its per-try timeout (MESH_SERVICE_<NAME>_PER_TRY_TIMEOUT)",
+        )
+    }
+}
+
+impl std::error::Error for PerTryTimeout {}
+
+/// Adds retries and hedging to a service (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Shared so each metric label is a reference count, not an allocation.
+    service: Arc<str>,
+    policy: RetryPolicy,
+    classifier: Classifier,
+    budget: Arc<RetryBudget>,
+    error_kind: ErrorClassifier,
+    /// Recent attempt latencies, for hedging at a percentile.
+    latencies: LatencyTracker,
+}
+
+impl RetryLayer {
+    /// Retries for the service named `service` (for metrics) under `policy`,
+    /// drawing on `budget`; `error_kind` says what the inner service's errors are.
+    pub fn new(
+        service: impl Into<String>,
+        policy: RetryPolicy,
+        budget: Arc<RetryBudget>,
+        error_kind: ErrorClassifier,
+    ) -> Self {
+        RetryLayer {
+            shared: Arc::new(Shared {
+                service: Arc::from(service.into()),
+                classifier: Classifier::new(policy.retry_on),
+                policy,
+                budget,
+                error_kind,
+                latencies: LatencyTracker::new(Duration::from_secs(10)),
+            }),
+        }
+    }
+
+    /// The budget this layer draws on.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        &self.shared.budget
+    }
+}
+
+impl<S> tower::Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Retry<S>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, BoxError>> + Send>>;
+
+    /// Readiness is checked per attempt, on a clone of the inner service.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        let inner = self.inner.clone();
+        Box::pin(run(shared, inner, request))
+    }
+}
+
+type Outcome<RB> = Result<Response<RB>, BoxError>;
+
+/// What is fixed for all attempts of one request.
+struct Plan {
+    parts: http::request::Parts,
+    max_attempts: u32,
+    method_allows: bool,
+    hedge_delay: Option<Duration>,
+    deadline: Option<Deadline>,
+    log: AttemptLog,
+}
+
+async fn run<S, B, RB>(shared: Arc<Shared>, inner: S, request: Request<B>) -> Outcome<RB>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut first_unsent = None;
+    let outcome = run_attempts(shared, inner, request, &mut first_unsent).await;
+    // When no attempt got a response, the first failure says most about the cause
+    // (an endpoint refusing us, a server with the wrong identity); what later
+    // attempts found (say, no endpoint left to try) says less.
+    match (outcome, first_unsent) {
+        (Err(_), Some(first)) => Err(first),
+        (outcome, _) => outcome,
+    }
+}
+
+async fn run_attempts<S, B, RB>(
+    shared: Arc<Shared>,
+    inner: S,
+    request: Request<B>,
+    first_unsent: &mut Option<BoxError>,
+) -> Outcome<RB>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let policy = &shared.policy;
+    shared.budget.deposit();
+    let (parts, body) = request.into_parts();
+    let upgrade =
+        parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE);
+    let marked = parts.extensions.get::<Retryable>().map(|r| r.0);
+    let method_allows =
+        !upgrade && marked.unwrap_or_else(|| policy.methods.contains(&parts.method));
+    let max_attempts = if upgrade {
+        1
+    } else {
+        policy.max_attempts.max(TRANSPARENT_ATTEMPTS)
+    };
+    let hedgeable = !upgrade
+        && policy.max_attempts > 1
+        && parts
+            .extensions
+            .get::<Hedgeable>()
+            .map_or(method_allows, |h| h.0);
+    let hedge_delay = match policy.hedge_delay {
+        Some(HedgeDelay::Fixed(delay)) if hedgeable => Some(delay),
+        Some(HedgeDelay::Percentile(p)) if hedgeable => shared.latencies.quantile(p),
+        _ => None,
+    };
+    let body = ReplayBody::new(body, if upgrade { 0 } else { policy.replay_buffer });
+    let plan = Plan {
+        deadline: parts.extensions.get::<Deadline>().copied(),
+        parts,
+        max_attempts,
+        method_allows,
+        hedge_delay,
+        log: AttemptLog::default(),
+    };
+
+    let mut attempts = 0u32;
+    let mut waits = 0u32;
+    loop {
+        let started = Instant::now();
+        let (outcome, class, used) = round(&shared, inner.clone(), &plan, &body, attempts).await;
+        attempts += used;
+        let Class::Retryable(reason) = class else {
+            return outcome;
+        };
+        // The policy's limit applies to retries after something was sent;
+        // transparent ones may go up to TRANSPARENT_ATTEMPTS.
+        let limit = if reason.nothing_sent() {
+            plan.max_attempts
+        } else {
+            shared.policy.max_attempts
+        };
+        if attempts >= limit
+            || !(reason.nothing_sent() || plan.method_allows)
+            || !body.is_replayable()
+        {
+            return outcome;
+        }
+        let wait = if reason.nothing_sent() {
+            Duration::ZERO
+        } else {
+            let backoff = shared.policy.backoff.delay(waits);
+            match outcome.as_ref().ok().and_then(|r| retry_after(r.headers())) {
+                Some(after) if after > MAX_RETRY_AFTER => return outcome,
+                Some(after) => after.max(backoff),
+                None => backoff,
+            }
+        };
+        // No retry starts when it cannot finish in time: the wait plus what the
+        // last attempt took (or the per-try timeout, when shorter) must fit.
+        if let Some(deadline) = plan.deadline {
+            let mut need = started.elapsed();
+            if let Some(per_try) = shared.policy.per_try_timeout {
+                need = need.min(per_try);
+            }
+            if deadline.cannot_fit(wait + need) {
+                return outcome;
+            }
+        }
+        if !shared.budget.withdraw() {
+            count(&shared, &metric_names::RETRY_BUDGET_EXHAUSTED, None);
+            return outcome;
+        }
+        count(&shared, &metric_names::RETRIES, Some(reason.as_str()));
+        // Release the failed attempt (and its connection) before waiting; keep the
+        // first error of an attempt nothing was sent for.
+        match outcome {
+            Err(error) if reason.nothing_sent() && first_unsent.is_none() => {
+                *first_unsent = Some(error);
+            }
+            other => drop(other),
+        }
+        if !wait.is_zero() {
+            waits += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One attempt, or two when the request is hedged. Returns the winning outcome,
+/// its class and the attempts made.
+async fn round<S, B, RB>(
+    shared: &Shared,
+    inner: S,
+    plan: &Plan,
+    body: &ReplayBody<B>,
+    attempts_before: u32,
+) -> (Outcome<RB>, Class, u32)
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let Some(first_body) = body.try_clone() else {
+        // Only reachable if the body failed between the check and now.
+        return (Err(crate::replay::NotReplayable.into()), Class::Failure, 1);
+    };
+    let mut first = Box::pin(attempt(
+        shared,
+        inner.clone(),
+        plan,
+        first_body,
+        attempts_before,
+    ));
+    let hedge_at = plan
+        .hedge_delay
+        .filter(|_| attempts_before + 2 <= shared.policy.max_attempts);
+    let Some(delay) = hedge_at else {
+        let (outcome, class) = first.await;
+        return (outcome, class, 1);
+    };
+    tokio::select! {
+        (outcome, class) = &mut first => return (outcome, class, 1),
+        () = tokio::time::sleep(delay) => {}
+    }
+    let can_hedge = plan.deadline.is_none_or(|d| !d.remaining().is_zero()) && body.is_replayable();
+    let second_body = match body.try_clone() {
+        Some(b) if can_hedge && shared.budget.withdraw() => b,
+        Some(_) if can_hedge => {
+            count(shared, &metric_names::RETRY_BUDGET_EXHAUSTED, None);
+            let (outcome, class) = first.await;
+            return (outcome, class, 1);
+        }
+        _ => {
+            let (outcome, class) = first.await;
+            return (outcome, class, 1);
+        }
+    };
+    count(shared, &metric_names::HEDGES, None);
+    let mut second = Box::pin(attempt(
+        shared,
+        inner,
+        plan,
+        second_body,
+        attempts_before + 1,
+    ));
+    // The first answer that is not retryable wins; dropping the other cancels it.
+    tokio::select! {
+        (outcome, class) = &mut first => {
+            if matches!(class, Class::Retryable(_)) {
+                let (outcome, class) = second.await;
+                (outcome, class, 2)
+            } else {
+                (outcome, class, 2)
+            }
+        }
+        (outcome, class) = &mut second => {
+            if matches!(class, Class::Retryable(_)) {
+                let (outcome, class) = first.await;
+                (outcome, class, 2)
+            } else {
+                (outcome, class, 2)
+            }
+        }
+    }
+}
+
+/// Sends one attempt and classifies its outcome.
+async fn attempt<S, B, RB>(
+    shared: &Shared,
+    inner: S,
+    plan: &Plan,
+    body: ReplayBody<B>,
+    number: u32,
+) -> (Outcome<RB>, Class)
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let parts = &plan.parts;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request.extensions_mut().insert(plan.log.clone());
+    if number > 0 {
+        let mut tried = parts
+            .extensions
+            .get::<TriedEndpoints>()
+            .cloned()
+            .unwrap_or_default();
+        for addr in plan.log.endpoints() {
+            if !tried.0.contains(&addr) {
+                tried.0.push(addr);
+            }
+        }
+        request.extensions_mut().insert(tried);
+    }
+    let call = inner.oneshot(request);
+    let started = Instant::now();
+    let outcome = match shared.policy.per_try_timeout {
+        Some(per_try) => match tokio::time::timeout(per_try, call).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(PerTryTimeout.into()),
+        },
+        None => call.await.map_err(Into::into),
+    };
+    let class = match &outcome {
+        Ok(response) => shared
+            .classifier
+            .response(response.status(), response.headers()),
+        Err(e) if e.is::<PerTryTimeout>() => shared.classifier.error(ErrorKind::PerTryTimeout),
+        Err(e) => shared.classifier.error((shared.error_kind)(e)),
+    };
+    if class == Class::Success {
+        shared.latencies.record(started.elapsed());
+    }
+    let outcome_word = match class {
+        Class::Success => "success",
+        Class::Failure => "failure",
+        Class::Retryable(_) => "retryable",
+    };
+    count(shared, &metric_names::RETRY_ATTEMPTS, Some(outcome_word));
+    (outcome, class)
+}
+
+/// `Retry-After` as delta-seconds (an HTTP date is not honoured: clocks differ).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn count(shared: &Shared, def: &metric_names::MetricDef, word: Option<&'static str>) {
+    let service = shared.service.clone();
+    match (def.name, word) {
+        (name, Some(word)) if def.labels.contains(&label::OUTCOME) => {
+            metrics::counter!(name, label::SERVICE => service, label::OUTCOME => word).increment(1)
+        }
+        (name, Some(word)) => {
+            metrics::counter!(name, label::SERVICE => service, label::REASON => word).increment(1)
+        }
+        (name, None) => metrics::counter!(name, label::SERVICE => service).increment(1),
+    }
+}
+
+#[cfg(test)]
+mod tests;
