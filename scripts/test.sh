@@ -20,5 +20,7 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+# The quickstart tests run the example binary as a user would: build it first.
+cargo build --workspace --examples
 cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -14,12 +14,37 @@ fn quickstart_binary() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
     let binary = profile_dir.join("examples").join("quickstart");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test --workspace --all-targets` (as scripts/test.sh does), which builds the examples",
-        binary.display()
-    );
+    let build = "run `cargo build --workspace --examples` first (scripts/test.sh does)";
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {build}", binary.display()));
+    // A binary older than the code it is built from would test old behaviour.
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["examples", "mesh-core/src", "mesh-http/src"] {
+        if let Some(newest) = newest_file(&workspace.join(dir)) {
+            assert!(
+                newest <= built,
+                "{} is older than the sources in {dir}: {build}",
+                binary.display()
+            );
+        }
+    }
     binary
+}
+
+fn newest_file(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            if meta.is_dir() {
+                newest_file(&entry.path())
+            } else {
+                meta.modified().ok()
+            }
+        })
+        .max()
 }
 
 fn run(vars: &[(&str, &str)]) -> Output {
