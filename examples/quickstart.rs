@@ -146,22 +146,22 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
         "  ok {ok} / {requests} ({:.2}%), p50 {p50:.2} ms, p99 {p99:.2} ms",
         100.0 * ok as f64 / requests as f64
     );
-    let names = ["fast", "slow (25 ms)", "failing (20%)"];
-    for (backend, name) in backends.iter().zip(names) {
-        let served = backend.served.load(Ordering::Relaxed);
-        println!(
-            "  {:<22} {:<14} served {:>5} ({:.1}%)",
-            backend.addr,
-            name,
-            served,
-            100.0 * served as f64 / requests as f64
-        );
-    }
     let stats = client.retry_stats("backend").unwrap_or_default();
     let attempts: u64 = backends
         .iter()
         .map(|b| b.served.load(Ordering::Relaxed))
         .sum();
+    let names = ["fast", "slow (25 ms)", "failing (20%)"];
+    for (backend, name) in backends.iter().zip(names) {
+        let served = backend.served.load(Ordering::Relaxed);
+        println!(
+            "  {:<22} {:<14} served {:>5} ({:.1}% of attempts)",
+            backend.addr,
+            name,
+            served,
+            100.0 * served as f64 / attempts.max(1) as f64
+        );
+    }
     println!(
         "  attempts {attempts} ({:.3} per request), retries {}, refused by the retry budget {}",
         attempts as f64 / requests as f64,

@@ -97,9 +97,18 @@ impl Classifier {
         Classifier { retry_on }
     }
 
-    /// Classifies a response by its status (headers are for pushback and, in the
-    /// gRPC work, `grpc-status`).
-    pub fn response(&self, status: StatusCode, _headers: &HeaderMap) -> Class {
+    /// Classifies a response by its status and, for a gRPC "trailers-only"
+    /// answer, the `grpc-status` in its headers (`UNAVAILABLE` is retryable when
+    /// the conditions name `unavailable`). A `grpc-status` that only arrives in
+    /// trailers is classified by the gRPC layer through [`Classifier::grpc_status`].
+    pub fn response(&self, status: StatusCode, headers: &HeaderMap) -> Class {
+        if let Some(code) = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        {
+            return self.grpc_status(code);
+        }
         let code = status.as_u16();
         let r = self.retry_on;
         let retryable = (code == 503 && r.contains(RetryOn::UNAVAILABLE_503))
@@ -111,6 +120,21 @@ impl Classifier {
             Class::Failure
         } else {
             Class::Success
+        }
+    }
+
+    /// Classifies a gRPC status code: 0 is success, 14 (`UNAVAILABLE`) retryable
+    /// when the conditions say so; the codes Envoy and gRPC count as server
+    /// failures (`UNKNOWN`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`,
+    /// `UNAVAILABLE`, `DATA_LOSS`) are failures; the rest are the caller's business.
+    pub fn grpc_status(&self, code: u32) -> Class {
+        match code {
+            0 => Class::Success,
+            14 if self.retry_on.contains(RetryOn::GRPC_UNAVAILABLE) => {
+                Class::Retryable(RetryReason::Unavailable)
+            }
+            2 | 4 | 8 | 13 | 14 | 15 => Class::Failure,
+            _ => Class::Success,
         }
     }
 
@@ -162,6 +186,23 @@ mod tests {
         );
         assert_eq!(c.error(ErrorKind::Reset), Class::Failure);
         assert_eq!(c.error(ErrorKind::Other), Class::Failure);
+    }
+
+    #[test]
+    fn grpc_status_in_headers_decides_over_the_http_status() {
+        let c = Classifier::new(RetryOn::default());
+        let mut h = HeaderMap::new();
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(
+            c.response(StatusCode::OK, &h),
+            Class::Retryable(RetryReason::Unavailable)
+        );
+        h.insert("grpc-status", "13".parse().unwrap());
+        assert_eq!(c.response(StatusCode::OK, &h), Class::Failure);
+        h.insert("grpc-status", "5".parse().unwrap());
+        assert_eq!(c.response(StatusCode::OK, &h), Class::Success);
+        let no_unavailable = Classifier::new(RetryOn::UNAVAILABLE_503);
+        assert_eq!(no_unavailable.grpc_status(14), Class::Failure);
     }
 
     #[test]
