@@ -92,12 +92,15 @@ impl Mesh {
 
     /// Serves `service` (an axum `Router`, say) on the inbound listener until
     /// SIGTERM or Ctrl-C, then drains in-flight requests within the grace period.
+    /// Each request's deadline (`grpc-timeout` or `x-mesh-timeout-ms`) bounds its
+    /// handler and every outbound call the handler makes
+    /// ([`DeadlineLayer`](mesh_core::deadline::DeadlineLayer)).
     pub async fn serve<S, B>(&self, service: S) -> Result<(), BoxError>
     where
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
+        B: http_body::Body + Default + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
@@ -114,11 +117,12 @@ impl Mesh {
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
+        B: http_body::Body + Default + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
+        let service = tower::Layer::layer(&mesh_core::deadline::DeadlineLayer::new(), service);
         self.inbound().await?.serve(service, shutdown).await;
         Ok(())
     }
