@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mesh_core::identity::IdentityFiles;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -123,6 +124,23 @@ impl PkiFiles {
     /// The client key.
     pub fn client_key(&self) -> PathBuf {
         self.dir.join("client.key")
+    }
+
+    /// The server's files as the mesh's identity files (`MESH_TLS_*`).
+    pub fn server_identity(&self) -> IdentityFiles {
+        IdentityFiles::new(self.server_cert(), self.server_key(), self.ca())
+    }
+
+    /// The client's files as `MESH_TLS_CERT`, `MESH_TLS_KEY`, `MESH_TLS_BUNDLE`.
+    pub fn client_tls_vars(&self) -> Vec<(String, String)> {
+        [
+            ("MESH_TLS_CERT", self.client_cert()),
+            ("MESH_TLS_KEY", self.client_key()),
+            ("MESH_TLS_BUNDLE", self.ca()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect()
     }
 
     fn roots(&self) -> io::Result<RootCertStore> {

@@ -1,7 +1,8 @@
 //! The one handler every configuration reaches: reads the request body and
-//! answers 200 with a fixed 1 KiB body. Served over HTTP/1.1, behind mTLS
-//! (raw and mesh clients) or in plain text (behind haproxy, which terminates
-//! mTLS for the sidecar path).
+//! answers 200 with a fixed 1 KiB body. Served over HTTP/1.1 behind plain
+//! hyper + tokio-rustls mTLS (raw), behind the mesh's inbound server
+//! ([`serve_mesh`]), or in plain text (behind haproxy, which terminates mTLS
+//! for the sidecar path).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ pub fn payload() -> Bytes {
 }
 
 /// The handler: drain the request body, answer with the payload.
-async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // A client that goes away mid-body is not the server's problem here.
     let _ = request.into_body().collect().await;
     Ok(Response::new(Full::new(payload())))
@@ -67,4 +68,12 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
                 .await;
         });
     }
+}
+
+/// Serves the same handler behind the mesh's inbound stack (`InboundServer`
+/// with the SPIFFE-verifying server configuration) until the task is dropped.
+pub async fn serve_mesh(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    mesh_http::server::InboundServer::from_listener(listener, tls)
+        .serve(tower::service_fn(handle), std::future::pending())
+        .await;
 }

@@ -137,3 +137,31 @@ async fn closed_loop_counts_only_successes_as_throughput() {
     assert_eq!(result.throughput, 0.0);
     assert!(result.errors > 0);
 }
+
+#[tokio::test]
+async fn mesh_client_from_variables_reaches_the_mesh_inbound_server_over_spiffe_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiFiles::generate(dir.path()).unwrap();
+    let identity = mesh_core::identity::IdentitySource::from_files(pki.server_identity()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve_mesh(
+        listener,
+        mesh_core::tls::server_config(&identity, []),
+    ));
+
+    let mut vars = pki.client_tls_vars();
+    vars.push(("MESH_SERVICE_NAME".into(), "bench-client".into()));
+    vars.push(("MESH_SERVICE_BENCH_ENDPOINTS".into(), addr.to_string()));
+    let vars: std::collections::BTreeMap<String, String> = vars.into_iter().collect();
+    let config = mesh_core::config::MeshConfig::from_source(&vars).unwrap();
+    let mesh = mesh_http::Mesh::new(config).unwrap();
+    assert!(mesh.identity().is_some(), "MESH_TLS_* turn mTLS on");
+    let client = mesh.client();
+    client.ready().await;
+    let target = mesh_benches::target::MeshTarget::new(client);
+    target
+        .call()
+        .await
+        .expect("mesh → inbound server over mTLS");
+}

@@ -12,4 +12,6 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod extensions;
+pub mod identity;
 pub mod metric_names;
+pub mod tls;

@@ -97,6 +97,8 @@ pub mod label {
     pub const REASON: &str = "mesh.reason";
     /// Outcome word: `ok`, `error`, `rejected`.
     pub const OUTCOME: &str = "mesh.outcome";
+    /// Our own SPIFFE ID (one per process, so bounded).
+    pub const IDENTITY: &str = "mesh.identity";
 }
 
 use label::*;
@@ -173,6 +175,16 @@ metrics! {
     CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
         [SOURCE, OUTCOME],
         "Configuration reloads by outcome";
+    /// When our own certificate expires, as a Unix timestamp.
+    TLS_CERTIFICATE_EXPIRATION = "mesh.tls.certificate.expiration", Gauge, Unit::Seconds,
+        [IDENTITY],
+        "Expiry of the workload's own X.509 SVID as a Unix timestamp";
+    /// TLS handshakes that failed, by reason: `expired`, `unknown_issuer`,
+    /// `untrusted_domain`, `wrong_identity`, `bad_certificate`,
+    /// `no_client_certificate`, `timeout`, `other`.
+    TLS_HANDSHAKE_FAILURES = "mesh.tls.handshake.failures", Counter, Unit::Count,
+        [REASON, SERVICE],
+        "TLS handshakes that failed, by reason (outbound ones also by service)";
 }
 
 /// Describes every metric to the installed `metrics` recorder, so exporters print

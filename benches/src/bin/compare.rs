@@ -31,7 +31,8 @@ use mesh_benches::server;
 use mesh_benches::sidecar::Sidecars;
 use mesh_benches::target::{BoxError, MeshTarget, RawTarget, Target, TcpConnect, TlsConnect};
 use mesh_core::config::{Env, Layered, MeshConfig};
-use mesh_http::MeshClient;
+use mesh_core::identity::IdentitySource;
+use mesh_http::{Mesh, MeshClient};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -125,15 +126,26 @@ fn serve(dir: &Path) -> Result<(), BoxError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let (tls_addr, plain_addr) = runtime.block_on(async {
-        let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let plain_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addrs = (tls_listener.local_addr()?, plain_listener.local_addr()?);
+    let identity = IdentitySource::from_files(pki.server_identity())?;
+    let mesh_tls = mesh_core::tls::server_config(&identity, []);
+    let (tls_addr, plain_addr, mesh_addr) = runtime.block_on(async {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (tls_listener, plain_listener, mesh_listener) =
+            (bind().await?, bind().await?, bind().await?);
+        let addrs = (
+            tls_listener.local_addr()?,
+            plain_listener.local_addr()?,
+            mesh_listener.local_addr()?,
+        );
         tokio::spawn(server::serve_tls(tls_listener, tls));
         tokio::spawn(server::serve_plain(plain_listener));
+        tokio::spawn(server::serve_mesh(mesh_listener, mesh_tls));
         Ok::<_, std::io::Error>(addrs)
     })?;
-    println!("{}", json!({"tls": tls_addr, "plain": plain_addr}));
+    println!(
+        "{}",
+        json!({"tls": tls_addr, "plain": plain_addr, "mesh": mesh_addr})
+    );
     std::io::stdout().flush()?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
@@ -147,15 +159,18 @@ fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let pki = PkiFiles::existing(dir);
-        let connect = TlsConnect::new(pki.client_config()?);
         let target: Arc<dyn Target> = match kind {
-            "raw" => Arc::new(RawTarget::new(addr.parse()?, SERVER_NAME, connect, 1)),
+            "raw" => {
+                let pki = PkiFiles::existing(dir);
+                let connect = TlsConnect::new(pki.client_config()?);
+                Arc::new(RawTarget::new(addr.parse()?, SERVER_NAME, connect, 1))
+            }
             "mesh" => {
-                let client = MeshClient::builder(MeshConfig::from_env()?)
-                    .connector(connect)
-                    .build()?;
+                let mesh = Mesh::from_env()?;
+                let client = mesh.client();
                 client.ready().await;
+                // The handle owns the identity watch; it lives as long as the process.
+                std::mem::forget(mesh);
                 Arc::new(MeshTarget::new(client))
             }
             _ => return Err(format!("unknown cold-start kind `{kind}`").into()),
@@ -214,8 +229,12 @@ fn endpoint_bytes() -> Result<(), BoxError> {
 /// of its standard input closes).
 struct ServerProcess {
     child: Child,
+    /// hyper + tokio-rustls mTLS (raw clients).
     tls: SocketAddr,
+    /// Plain HTTP (behind haproxy).
     plain: SocketAddr,
+    /// The mesh's inbound server (mesh clients).
+    mesh: SocketAddr,
 }
 
 impl ServerProcess {
@@ -236,6 +255,7 @@ impl ServerProcess {
         Ok(ServerProcess {
             tls: addr("tls")?,
             plain: addr("plain")?,
+            mesh: addr("mesh")?,
             child,
         })
     }
@@ -250,8 +270,8 @@ impl Drop for ServerProcess {
 
 /// Spawns one cold-start helper and times it from spawn to its `ok`.
 fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Duration, BoxError> {
-    let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .args(["cold", kind])
         .arg(pki.dir())
         .arg(addr.to_string())
@@ -260,8 +280,10 @@ fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Durat
             format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
             addr.to_string(),
         )
-        .stdout(Stdio::piped())
-        .spawn()?;
+        .envs(pki.client_tls_vars())
+        .stdout(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
     let elapsed = started.elapsed();
@@ -325,11 +347,11 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         .build()?;
     let client_tls = pki.client_config()?;
 
-    let mesh_vars: BTreeMap<String, String> = [
+    let mut mesh_vars: BTreeMap<String, String> = [
         ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
         (
             format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
-            server.tls.to_string(),
+            server.mesh.to_string(),
         ),
         (
             format!("MESH_SERVICE_{}_MAX_CONNECTIONS", SERVICE.to_uppercase()),
@@ -337,15 +359,14 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         ),
     ]
     .into();
+    mesh_vars.extend(pki.client_tls_vars());
     let mesh = runtime.block_on(async {
         // The process environment wins over the bench's own variables, so
         // `MESH_DEFAULT_…=… compare` measures another setting.
         let config = MeshConfig::from_source(&Layered::new(Env, mesh_vars))?;
-        let client = MeshClient::builder(config)
-            .connector(TlsConnect::new(client_tls.clone()))
-            .build()?;
-        client.ready().await;
-        Ok::<_, BoxError>(client)
+        let mesh = Mesh::new(config)?;
+        mesh.client().ready().await;
+        Ok::<_, BoxError>(mesh)
     })?;
 
     let me = Proc::new("client", std::process::id());
@@ -377,7 +398,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         },
         Config {
             name: "mesh",
-            target: Arc::new(MeshTarget::new(mesh)),
+            target: Arc::new(MeshTarget::new(mesh.client())),
             procs: base.clone(),
             rounds: Vec::new(),
         },
@@ -453,7 +474,12 @@ fn run(plan: Plan) -> Result<(), BoxError> {
             ["mesh", "raw"]
         };
         for kind in order {
-            let ms = time_cold_start(kind, &pki, server.tls)?.as_secs_f64() * 1e3;
+            let addr = if kind == "raw" {
+                server.tls
+            } else {
+                server.mesh
+            };
+            let ms = time_cold_start(kind, &pki, addr)?.as_secs_f64() * 1e3;
             match kind {
                 "raw" => cold_raw.push(ms),
                 _ => cold_mesh.push(ms),
@@ -630,7 +656,7 @@ fn summarise(
         "generator: worst release lag p99 {lag_p99:.1} µs; at {:.0}/s its p50 is {check:.2}× the sequential p50 (should be ≈ 1)",
         plan.check_rate
     );
-    println!("mesh transport: MeshClient over the bench's rustls mTLS connector (webpki, not yet the SPIFFE verifier) → the raw hyper mTLS server (the mesh inbound server is not on main yet)");
+    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS) → InboundServer; outbound stack as on main: timeout + endpoint dispatch (retry budget, breaker, outlier detection, metrics recorder not on main yet)");
 
     let summary = json!({
         "mode": plan.name,
@@ -650,8 +676,9 @@ fn summarise(
         "mesh_base_bytes": memory["base_bytes"],
         "generator_lag_p99_us_max": round3(lag_p99),
         "generator_low_rate_p50_over_sequential_p50": round3(check),
-        "mesh_transport": "bench-rustls-connector",
-        "mesh_inbound": "raw-hyper-server",
+        "mesh_transport": "mtls-spiffe",
+        "mesh_inbound": "InboundServer",
+        "mesh_stack": "timeout+dispatch",
         "configs": per_config,
     });
     println!("{summary}");

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use super::endpoint::{LazyNow, Slot};
+use super::endpoint::{EndpointState, LazyNow};
 use super::rng;
 use super::table::Table;
 
@@ -34,8 +34,7 @@ impl<'a> Filter<'a> {
     }
 
     /// Eligible on the fast path: in rotation and not excluded.
-    pub(crate) fn accepts<E>(&mut self, slot: &Slot<E>) -> bool {
-        let state = slot.handle.state();
+    pub(crate) fn accepts(&mut self, state: &EndpointState) -> bool {
         (self.exclude.is_empty() || !self.exclude.contains(&state.addr()))
             && state.is_eligible(self.honour_ejections, &mut self.now)
     }
@@ -50,7 +49,7 @@ impl<'a> Filter<'a> {
         let mut best = Vec::new();
         for offset in 0..len {
             let index = (start + offset) % len;
-            let state = table.slot(index).handle.state();
+            let state = table.state(index);
             if !state.is_eligible(self.honour_ejections, &mut self.now) {
                 continue;
             }

@@ -34,12 +34,18 @@ pub(crate) mod state {
 }
 
 /// Shared state of one endpoint.
+///
+/// Laid out with everything a pick reads of a candidate (state word, in-flight
+/// count, EWMA) first, right after the `Arc` counts, so that judging a candidate
+/// usually costs one cache line: with 10,000 endpoints a candidate is rarely cached.
+/// (Aligning it to 64 bytes cost 64 more bytes per endpoint and measured no faster.)
+#[repr(C)]
 pub(crate) struct EndpointState {
-    endpoint: Endpoint,
     word: AtomicU64,
     in_flight: AtomicUsize,
     ewma: PeakEwma,
     shared: Arc<Shared>,
+    endpoint: Endpoint,
 }
 
 impl EndpointState {
@@ -91,6 +97,12 @@ impl EndpointState {
             self.shared.on_transition(word, cleared);
         }
         true
+    }
+
+    /// True while the ejection flag is set (expired or not).
+    #[cfg(test)]
+    pub(crate) fn is_flagged_ejected(&self) -> bool {
+        self.word.load(Ordering::Acquire) & state::EJECTED != 0
     }
 
     /// Takes the endpoint out of the balancer's accounting for good.

@@ -167,7 +167,8 @@ pub struct BalancerStats {
 impl<E: Send + Sync + 'static> Balancer<E> {
     /// A balancer with no endpoints. `make_endpoint` builds the per-endpoint value
     /// lazily, on the endpoint's first pick, so a known but never-picked endpoint
-    /// costs only its slot.
+    /// costs only its slot. It runs on the picking thread (once per endpoint, even
+    /// when picks race), so it should only set things up, not connect.
     pub fn new(
         service: impl Into<Arc<str>>,
         settings: BalancerSettings,
@@ -209,7 +210,7 @@ impl<E: Send + Sync + 'static> Balancer<E> {
 
     /// Spawns a task applying every snapshot discovery publishes, starting with the
     /// current one. The task holds only a weak reference and ends when the balancer
-    /// or the discovery sender is gone.
+    /// or the discovery sender is gone. Must be called inside a tokio runtime.
     pub fn follow(
         self: &Arc<Self>,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -291,9 +292,9 @@ impl<E: Send + Sync + 'static> Balancer<E> {
     pub fn stats(&self) -> BalancerStats {
         let table = self.table.load();
         let mut now = LazyNow::new(&self.shared);
-        for slot in table.slots() {
+        for handle in table.handles() {
             // Clears expired ejections as a side effect.
-            slot.handle.state().is_eligible(true, &mut now);
+            handle.state().is_eligible(true, &mut now);
         }
         let known = table.len();
         BalancerStats {

@@ -7,7 +7,7 @@
 //! O(n) scan it needs, while still steering away from slow or busy endpoints.
 
 use super::candidates::{weighted_choice, Filter, PROBES};
-use super::endpoint::Slot;
+use super::endpoint::EndpointState;
 use super::rng;
 use super::table::Table;
 
@@ -21,8 +21,7 @@ pub(crate) enum Cost {
 }
 
 impl Cost {
-    fn of<E>(self, slot: &Slot<E>, filter: &mut Filter<'_>) -> f64 {
-        let state = slot.handle.state();
+    fn of(self, state: &EndpointState, filter: &mut Filter<'_>) -> f64 {
         match self {
             Cost::PeakEwma => state.ewma_cost(&mut filter.now),
             Cost::InFlight => state.in_flight() as f64,
@@ -53,13 +52,14 @@ pub(crate) fn choose<E>(table: &Table<E>, filter: &mut Filter<'_>, cost: Cost) -
 
 /// A sampled eligible endpoint other than `not`, within the probe budget.
 fn probe<E>(table: &Table<E>, filter: &mut Filter<'_>, not: Option<usize>) -> Option<usize> {
-    if not.is_some() && table.len() < 2 {
+    let sampler = table.sampler();
+    if not.is_some() && sampler.distinct_outcomes() < 2 {
+        // Only one endpoint has weight: a second sample could only repeat it.
         return None;
     }
-    let sampler = table.sampler();
     (0..PROBES)
         .map(|_| sampler.sample(rng::next_u64()))
-        .find(|&i| Some(i) != not && filter.accepts(table.slot(i)))
+        .find(|&i| Some(i) != not && filter.accepts(table.state(i)))
 }
 
 /// `a` unless `b` costs strictly less (ties keep the first random choice).
@@ -67,7 +67,7 @@ fn cheaper<E>(table: &Table<E>, filter: &mut Filter<'_>, cost: Cost, a: usize, b
     if a == b {
         return a;
     }
-    if cost.of(table.slot(b), filter) < cost.of(table.slot(a), filter) {
+    if cost.of(table.state(b), filter) < cost.of(table.state(a), filter) {
         b
     } else {
         a

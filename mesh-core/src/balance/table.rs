@@ -10,20 +10,27 @@ use std::sync::Arc;
 
 use crate::discovery::Snapshot;
 
-use super::endpoint::{EndpointHandle, Slot};
+use super::endpoint::{EndpointHandle, EndpointState, Slot};
 use super::shared::Shared;
 
 /// Endpoints sorted by address, their current weights, and a sampler over them.
 pub(crate) struct Table<E> {
-    slots: Vec<Arc<Slot<E>>>,
+    /// Each endpoint's state (read for every candidate) next to its slot (touched
+    /// only once chosen), so judging a candidate costs one pointer hop.
+    entries: Vec<Entry<E>>,
     weights: Vec<u32>,
     sampler: Sampler,
+}
+
+struct Entry<E> {
+    handle: EndpointHandle,
+    slot: Arc<Slot<E>>,
 }
 
 impl<E> Table<E> {
     pub(crate) fn empty() -> Self {
         Table {
-            slots: Vec::new(),
+            entries: Vec::new(),
             weights: Vec::new(),
             sampler: Sampler::build(&[]),
         }
@@ -37,10 +44,10 @@ impl<E> Table<E> {
         shared: &Arc<Shared>,
     ) -> (Self, Vec<Arc<Slot<E>>>) {
         let endpoints = snapshot.endpoints();
-        let mut slots = Vec::with_capacity(endpoints.len());
+        let mut entries = Vec::with_capacity(endpoints.len());
         let mut weights = Vec::with_capacity(endpoints.len());
         let mut removed = Vec::new();
-        let mut old = self.slots.iter().peekable();
+        let mut old = self.entries.iter().map(|e| &e.slot).peekable();
         for endpoint in endpoints {
             // Everything before this address in the old table has left.
             while let Some(slot) = old.next_if(|s| s.handle.addr() < endpoint.addr) {
@@ -61,14 +68,17 @@ impl<E> Table<E> {
                     )))
                 }
             };
-            slots.push(slot);
+            entries.push(Entry {
+                handle: slot.handle.clone(),
+                slot,
+            });
             weights.push(endpoint.weight);
         }
         removed.extend(old.cloned());
         let sampler = Sampler::build(&weights);
         (
             Table {
-                slots,
+                entries,
                 weights,
                 sampler,
             },
@@ -77,19 +87,26 @@ impl<E> Table<E> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.entries.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.entries.is_empty()
     }
 
+    /// The state of endpoint `index`, for judging it as a candidate.
+    pub(crate) fn state(&self, index: usize) -> &EndpointState {
+        self.entries[index].handle.state()
+    }
+
+    /// The slot of endpoint `index`, once chosen.
     pub(crate) fn slot(&self, index: usize) -> &Arc<Slot<E>> {
-        &self.slots[index]
+        &self.entries[index].slot
     }
 
-    pub(crate) fn slots(&self) -> &[Arc<Slot<E>>] {
-        &self.slots
+    /// Every endpoint's handle, in address order.
+    pub(crate) fn handles(&self) -> impl Iterator<Item = &EndpointHandle> {
+        self.entries.iter().map(|e| &e.handle)
     }
 
     pub(crate) fn weight(&self, index: usize) -> u32 {
@@ -115,6 +132,16 @@ impl<E> Table<E> {
 pub(crate) struct Sampler {
     kind: SamplerKind,
     zero_weight_is_normal: bool,
+}
+
+impl Sampler {
+    /// How many distinct indexes `sample` can return.
+    pub(crate) fn distinct_outcomes(&self) -> usize {
+        match &self.kind {
+            SamplerKind::Uniform { len } => *len,
+            SamplerKind::Alias { columns } => columns.len(),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -51,9 +51,8 @@ fn balancer(kind: BalancerKind, weights: &[u32]) -> Arc<Balancer<EndpointHandle>
 fn handles<E>(b: &Balancer<E>) -> HashMap<SocketAddr, EndpointHandle> {
     b.table
         .load()
-        .slots()
-        .iter()
-        .map(|slot| (slot.handle.addr(), slot.handle.clone()))
+        .handles()
+        .map(|handle| (handle.addr(), handle.clone()))
         .collect()
 }
 
@@ -570,4 +569,207 @@ async fn p2c_gives_unmeasured_endpoints_a_fair_share_among_fast_measured_ones() 
             "{counts:?}"
         );
     }
+}
+
+/// Captures the balancer's metrics on the current thread.
+mod recorder {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
+    };
+    use parking_lot::Mutex;
+
+    /// Last value of each metric, keyed `name{label=value,...}` (labels sorted).
+    #[derive(Debug, Default, Clone)]
+    pub(super) struct TestRecorder {
+        values: Arc<Mutex<BTreeMap<String, f64>>>,
+    }
+
+    impl TestRecorder {
+        pub(super) fn get(&self, key: &str) -> Option<f64> {
+            self.values.lock().get(key).copied()
+        }
+
+        fn cell(&self, key: &Key) -> Arc<Cell> {
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            Arc::new(Cell {
+                key: format!("{}{{{}}}", key.name(), labels.join(",")),
+                values: Arc::clone(&self.values),
+            })
+        }
+    }
+
+    struct Cell {
+        key: String,
+        values: Arc<Mutex<BTreeMap<String, f64>>>,
+    }
+
+    impl Cell {
+        fn apply(&self, f: impl FnOnce(f64) -> f64) {
+            let mut values = self.values.lock();
+            let value = values.entry(self.key.clone()).or_default();
+            *value = f(*value);
+        }
+    }
+
+    impl CounterFn for Cell {
+        fn increment(&self, v: u64) {
+            self.apply(|x| x + v as f64);
+        }
+        fn absolute(&self, v: u64) {
+            self.apply(|_| v as f64);
+        }
+    }
+
+    impl GaugeFn for Cell {
+        fn increment(&self, v: f64) {
+            self.apply(|x| x + v);
+        }
+        fn decrement(&self, v: f64) {
+            self.apply(|x| x - v);
+        }
+        fn set(&self, v: f64) {
+            self.apply(|_| v);
+        }
+    }
+
+    impl Recorder for TestRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.cell(key))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.cell(key))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+}
+
+#[test]
+fn endpoint_gauges_follow_table_and_state_changes() {
+    let recorder = recorder::TestRecorder::default();
+    metrics::with_local_recorder(&recorder, || {
+        let gauge = |state: &str| {
+            recorder.get(&format!(
+                "mesh.endpoints{{mesh.service=svc,mesh.state={state}}}"
+            ))
+        };
+        let b = balancer(BalancerKind::P2cPeakEwma, &[1, 1, 1, 1]);
+        let h = handles(&b);
+        assert_eq!(
+            (gauge("known"), gauge("ready"), gauge("ejected")),
+            (Some(4.0), Some(4.0), Some(0.0))
+        );
+        h[&addr(0)].eject_until(Instant::now() + Duration::from_secs(30));
+        h[&addr(1)].set_reachable(false);
+        assert_eq!((gauge("ready"), gauge("ejected")), (Some(2.0), Some(1.0)));
+        b.update(&snapshot(&[1, 1]));
+        // addr(2) and addr(3) left; addr(0) is ejected and addr(1) unreachable.
+        assert_eq!(
+            (gauge("known"), gauge("ready"), gauge("ejected")),
+            (Some(2.0), Some(0.0), Some(1.0))
+        );
+    });
+}
+
+#[test]
+fn failed_picks_are_counted_by_reason() {
+    let recorder = recorder::TestRecorder::default();
+    metrics::with_local_recorder(&recorder, || {
+        let counter = |reason: &str| {
+            recorder.get(&format!(
+                "mesh.balancer.no_endpoint{{mesh.reason={reason},mesh.service=svc}}"
+            ))
+        };
+        let mut s = settings(BalancerKind::RoundRobin);
+        s.max_pending = 0;
+        let b = Balancer::new("svc", s, |_, handle| handle);
+        assert!(b.try_pick(&[]).is_err());
+        assert_eq!(counter("no_endpoints"), Some(1.0));
+        b.update(&snapshot(&[1]));
+        handles(&b)[&addr(0)].set_reachable(false);
+        assert!(b.try_pick(&[]).is_err());
+        assert!(b.try_pick(&[]).is_err());
+        assert_eq!(counter("none_ready"), Some(2.0));
+        let err = tokio_test::block_on(b.pick(&[])).unwrap_err();
+        assert!(err.is_too_many_pending());
+        assert_eq!(counter("too_many_pending"), Some(1.0));
+        assert_eq!(
+            counter("none_ready"),
+            Some(2.0),
+            "the queued attempt counts once, as its final error"
+        );
+    });
+}
+
+#[test]
+fn counts_stay_consistent_under_concurrent_picks_state_changes_and_updates() {
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1; 64]);
+    let a = snapshot(&[1; 64]);
+    let shifted = Snapshot::new((16..80).map(|i| Endpoint::new(addr(i))).collect());
+    std::thread::scope(|scope| {
+        for t in 0..2u16 {
+            let b = &b;
+            scope.spawn(move || {
+                for i in 0..20_000u32 {
+                    if let Ok(picked) = b.try_pick(&[]) {
+                        // Flip reachability of some endpoints while others pick them.
+                        picked.handle().set_reachable(i % 3 != u32::from(t));
+                        if i % 7 == 0 {
+                            picked
+                                .handle()
+                                .eject_until(Instant::now() + Duration::from_secs(60));
+                        } else if i % 5 == 0 {
+                            picked.handle().restore();
+                        }
+                    }
+                }
+            });
+        }
+        scope.spawn(|| {
+            for i in 0..200 {
+                b.update(if i % 2 == 0 { &shifted } else { &a });
+            }
+        });
+    });
+    // Every pick was dropped, and the counters match a fresh count of the table.
+    let h = handles(&b);
+    assert!(h.values().all(|h| h.in_flight() == 0));
+    let ready = h.values().filter(|h| h.is_in_rotation()).count();
+    let ejected = h
+        .values()
+        .filter(|h| h.state().is_flagged_ejected())
+        .count();
+    assert!(ejected > 0, "the run should leave some endpoints ejected");
+    assert_eq!(
+        b.stats(),
+        BalancerStats {
+            known: 64,
+            ready,
+            ejected
+        }
+    );
+}
+
+#[test]
+fn balancer_and_pick_future_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let b = balancer(BalancerKind::P2cPeakEwma, &[1]);
+    send_sync(&b);
+    send_sync(&b.try_pick(&[]).unwrap());
+    send_sync(&handles(&b)[&addr(0)]);
+    // Callers hold the pick future inside tower services spawned on a runtime.
+    send(b.pick(&[]));
 }

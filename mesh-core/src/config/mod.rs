@@ -49,6 +49,7 @@ pub use service::{Protocol, ServiceConfig};
 pub use source::{Env, Layered, Source};
 
 use crate::discovery::DnsSettings;
+use crate::identity::{parse_federated_bundles, IdentityFiles};
 use raw::{Entry, RawSettings};
 
 /// What happens to a request for a host the mesh does not know.
@@ -61,10 +62,21 @@ pub enum Egress {
     Allow,
 }
 
+/// How the inbound listener treats connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InboundMode {
+    /// Every connection must complete mTLS with an accepted SPIFFE identity.
+    #[default]
+    Strict,
+}
+
 /// The whole mesh configuration, parsed and validated once at start-up.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
     service_name: String,
+    identity: Option<IdentityFiles>,
+    inbound_addr: Option<SocketAddr>,
+    inbound_mode: InboundMode,
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
@@ -149,6 +161,24 @@ impl MeshConfig {
             ));
         }
 
+        let identity = identity_files(&raw.global, problems);
+        let inbound_addr = typed(global("INBOUND_ADDR"), problems, |v| {
+            v.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| "an ip:port to listen on, e.g. 0.0.0.0:8443")
+        });
+        let inbound_mode = typed(global("INBOUND_MODE"), problems, |v| match v.trim() {
+            "strict" => Ok(InboundMode::Strict),
+            _ => Err("`strict` (permissive mode is not supported yet)"),
+        })
+        .unwrap_or_default();
+        if let (Some(entry), None) = (global("INBOUND_ADDR"), &identity) {
+            problems.push(Problem::other(
+                entry.origin.clone(),
+                "the inbound listener is strict mTLS and needs an identity: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE",
+            ));
+        }
+
         // Defaults are checked even when no service uses them yet.
         let placeholder = raw::RawService {
             name: "(defaults)".into(),
@@ -162,8 +192,25 @@ impl MeshConfig {
             .filter_map(|svc| service::resolve(svc, &raw.defaults, None, problems))
             .collect();
 
+        if identity.is_none() {
+            for svc in raw.services.values() {
+                if let Some(entry) = svc
+                    .settings
+                    .get("IDENTITY")
+                    .or_else(|| raw.defaults.get("IDENTITY"))
+                {
+                    problems.push(Problem::other(
+                        entry.origin.clone(),
+                        format!("service `{}` expects a server identity, but mTLS is off: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE", svc.name),
+                    ));
+                }
+            }
+        }
         let mut builder = MeshConfig::builder(service_name).egress(egress).dns(dns);
         builder.zone = zone;
+        builder.identity = identity;
+        builder.inbound_addr = inbound_addr;
+        builder.inbound_mode = inbound_mode;
         builder.services = services;
         match builder.build() {
             Ok(config) => Some(config),
@@ -178,6 +225,9 @@ impl MeshConfig {
     pub fn builder(service_name: impl Into<String>) -> MeshConfigBuilder {
         MeshConfigBuilder {
             service_name: service_name.into(),
+            identity: None,
+            inbound_addr: None,
+            inbound_mode: InboundMode::Strict,
             zone: None,
             egress: Egress::Deny,
             dns: DnsSettings::default(),
@@ -188,6 +238,21 @@ impl MeshConfig {
     /// This service's own name.
     pub fn service_name(&self) -> &str {
         &self.service_name
+    }
+
+    /// The files of this workload's SPIFFE identity, when mTLS is on.
+    pub fn identity(&self) -> Option<&IdentityFiles> {
+        self.identity.as_ref()
+    }
+
+    /// Where the inbound mTLS listener binds, if configured.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound_addr
+    }
+
+    /// How the inbound listener treats connections.
+    pub fn inbound_mode(&self) -> InboundMode {
+        self.inbound_mode
     }
 
     /// This instance's zone, if configured.
@@ -232,6 +297,54 @@ impl MeshConfig {
     }
 }
 
+/// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_BUNDLE` go together (plus any
+/// federated bundles); a partial set is an error naming what is missing.
+fn identity_files(
+    global: &HashMap<&'static str, Entry>,
+    problems: &mut Vec<Problem>,
+) -> Option<IdentityFiles> {
+    const PARTS: [&str; 3] = ["TLS_CERT", "TLS_KEY", "TLS_BUNDLE"];
+    let present: Vec<&Entry> = PARTS.iter().filter_map(|p| global.get(p)).collect();
+    let federated = global.get("TLS_FEDERATED_BUNDLES");
+    if present.is_empty() {
+        if let Some(entry) = federated {
+            problems.push(Problem::other(entry.origin.clone(), "federated bundles need our own identity: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE"));
+        }
+        return None;
+    }
+    if present.len() < PARTS.len() {
+        let missing: Vec<String> = PARTS
+            .iter()
+            .filter(|p| !global.contains_key(*p))
+            .map(|p| format!("MESH_{p}"))
+            .collect();
+        problems.push(Problem::other(
+            present[0].origin.clone(),
+            format!(
+                "mTLS needs MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE together; missing {}",
+                missing.join(", ")
+            ),
+        ));
+        return None;
+    }
+    let path = |p: &str| global[p].value.trim().to_string();
+    let mut files = IdentityFiles::new(path("TLS_CERT"), path("TLS_KEY"), path("TLS_BUNDLE"));
+    if let Some(entry) = federated {
+        match parse_federated_bundles(&entry.value) {
+            Ok(list) => files.federated = list,
+            Err(e) => {
+                problems.push(Problem::invalid(
+                    entry.origin.clone(),
+                    &entry.value,
+                    format!("`trust-domain=path,…` ({e})"),
+                ));
+                return None;
+            }
+        }
+    }
+    Some(files)
+}
+
 /// Parses a global setting if it is set; records a problem when it does not parse.
 fn typed<T>(
     entry: Option<&Entry>,
@@ -254,6 +367,9 @@ fn typed<T>(
 #[derive(Debug, Clone)]
 pub struct MeshConfigBuilder {
     service_name: String,
+    identity: Option<IdentityFiles>,
+    inbound_addr: Option<SocketAddr>,
+    inbound_mode: InboundMode,
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
@@ -261,6 +377,18 @@ pub struct MeshConfigBuilder {
 }
 
 impl MeshConfigBuilder {
+    /// Turns on mTLS with the SPIFFE identity in these files.
+    pub fn identity(mut self, files: IdentityFiles) -> Self {
+        self.identity = Some(files);
+        self
+    }
+
+    /// Where the inbound mTLS listener binds.
+    pub fn inbound_addr(mut self, addr: SocketAddr) -> Self {
+        self.inbound_addr = Some(addr);
+        self
+    }
+
     /// This instance's locality.
     pub fn zone(mut self, zone: impl Into<String>) -> Self {
         self.zone = Some(zone.into());
@@ -306,6 +434,9 @@ impl MeshConfigBuilder {
         }
         Ok(MeshConfig {
             service_name: self.service_name,
+            identity: self.identity,
+            inbound_addr: self.inbound_addr,
+            inbound_mode: self.inbound_mode,
             zone: self.zone,
             egress: self.egress,
             dns: self.dns,

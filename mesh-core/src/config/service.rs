@@ -9,6 +9,7 @@ use super::settings::{self, Scope};
 use super::value;
 use crate::balance::{BalancerKind, BalancerSettings};
 use crate::discovery::{DiscoverySource, HostPort};
+use crate::identity::ExpectedIdentity;
 
 /// Which HTTP version the mesh speaks to a service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +61,9 @@ pub struct ServiceConfig {
     pub max_connections: Option<usize>,
     /// Interval of HTTP/2 PINGs; `None` for none.
     pub http2_keepalive: Option<Duration>,
+    /// The SPIFFE ID (or trust domain) the service's servers must present over
+    /// mTLS; `None` accepts any ID of our own trust domain.
+    pub identity: Option<ExpectedIdentity>,
 }
 
 impl ServiceConfig {
@@ -93,6 +97,33 @@ struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    /// A setting with no built-in default: `None` when nobody set it.
+    fn optional<T, E: std::fmt::Display>(
+        &mut self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Option<Option<T>> {
+        let Some(entry) = self
+            .service
+            .settings
+            .get(name)
+            .or_else(|| self.defaults.get(name))
+        else {
+            return Some(None);
+        };
+        match parse(entry.value.trim()) {
+            Ok(v) => Some(Some(v)),
+            Err(e) => {
+                self.problems.push(Problem::invalid(
+                    entry.origin.clone(),
+                    &entry.value,
+                    e.to_string(),
+                ));
+                None
+            }
+        }
+    }
+
     fn get<T, E: std::fmt::Display>(
         &mut self,
         name: &'static str,
@@ -155,6 +186,10 @@ pub(crate) fn resolve(
     let panic_threshold = l.get("PANIC_THRESHOLD", value::percent);
     let default_rtt = l.get("EWMA_DEFAULT_RTT", value::duration);
     let decay = l.get("EWMA_DECAY", value::duration);
+    let identity = l.optional("IDENTITY", |v| {
+        v.parse::<ExpectedIdentity>()
+            .map_err(|e| format!("a SPIFFE ID such as spiffe://example.org/api, or a trust domain such as example.org ({e})"))
+    });
     if problems.len() > before {
         return None;
     }
@@ -176,6 +211,7 @@ pub(crate) fn resolve(
         max_connection_age: max_connection_age?,
         max_connections: max_connections?,
         http2_keepalive: http2_keepalive?,
+        identity: identity?,
     })
 }
 

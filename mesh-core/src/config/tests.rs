@@ -270,3 +270,74 @@ fn builder_rejects_services_that_normalize_alike() {
         Some(Duration::from_millis(100))
     );
 }
+
+#[test]
+fn tls_files_turn_on_mtls_together_or_not_at_all() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_TLS_CERT", "/run/svid.pem"),
+        ("MESH_TLS_KEY", "/run/svid.key"),
+        ("MESH_TLS_BUNDLE", "/run/bundle.pem"),
+        ("MESH_TLS_FEDERATED_BUNDLES", "partner.org=/run/partner.pem"),
+        ("MESH_INBOUND_ADDR", "127.0.0.1:8443"),
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_IDENTITY", "spiffe://example.org/api"),
+        ("MESH_SERVICE_WEB_ENDPOINTS", "127.0.0.1:2"),
+    ])
+    .unwrap();
+    let files = config.identity().expect("mTLS on");
+    assert_eq!(files.cert, std::path::PathBuf::from("/run/svid.pem"));
+    assert_eq!(files.federated.len(), 1);
+    assert_eq!(
+        config.inbound_addr(),
+        Some("127.0.0.1:8443".parse().unwrap())
+    );
+    let api = config.service_for_host("api").unwrap();
+    assert_eq!(
+        api.identity,
+        Some("spiffe://example.org/api".parse().unwrap())
+    );
+    assert_eq!(config.service_for_host("web").unwrap().identity, None);
+
+    let e = err(&[
+        ("MESH_TLS_CERT", "/run/svid.pem"),
+        ("MESH_TLS_BUNDLE", "/b.pem"),
+    ]);
+    assert!(e.names_variable("MESH_TLS_CERT"), "{e}");
+    assert!(e.to_string().contains("missing MESH_TLS_KEY"), "{e}");
+}
+
+#[test]
+fn identity_settings_without_mtls_or_with_bad_values_are_refused() {
+    let e = err(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_IDENTITY", "spiffe://example.org/api"),
+    ]);
+    assert!(e.names_variable("MESH_SERVICE_API_IDENTITY"), "{e}");
+    assert!(e.to_string().contains("mTLS is off"), "{e}");
+
+    let e = err(&[("MESH_INBOUND_ADDR", "127.0.0.1:8443")]);
+    assert!(e.names_variable("MESH_INBOUND_ADDR"), "{e}");
+    assert!(e.to_string().contains("needs an identity"), "{e}");
+
+    let tls = [
+        ("MESH_TLS_CERT", "/c"),
+        ("MESH_TLS_KEY", "/k"),
+        ("MESH_TLS_BUNDLE", "/b"),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut env = tls.to_vec();
+        env.push(("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"));
+        env.push(extra);
+        MeshConfig::from_source(env.as_slice()).unwrap_err()
+    };
+    for bad in [
+        ("MESH_SERVICE_API_IDENTITY", "spiffe://Example.org/api"),
+        ("MESH_SERVICE_API_IDENTITY", "spiffe://example.org/../api"),
+        ("MESH_TLS_FEDERATED_BUNDLES", "partner.org"),
+        ("MESH_INBOUND_ADDR", "everywhere"),
+        ("MESH_INBOUND_MODE", "permissive"),
+    ] {
+        let e = with(bad);
+        assert!(e.names_variable(bad.0), "{bad:?}: {e}");
+    }
+}

@@ -86,18 +86,29 @@ impl DispatchInner {
             .map(|t| t.0.clone())
             .unwrap_or_default();
         let mut failed_connects = 0;
+        let mut last_connect_error = None;
         let mut stale = 0;
         loop {
-            let picked = self
-                .balancer
-                .pick(&avoid)
-                .await
-                .map_err(|e| Error::no_endpoint(&self.service, e))?;
+            // After a failed connect, move on only to an endpoint that is ready now;
+            // otherwise the connect error (say, an unexpected server identity) is
+            // the answer the caller needs, not a wait for the queue timeout.
+            let picked = match last_connect_error.take() {
+                None => self
+                    .balancer
+                    .pick(&avoid)
+                    .await
+                    .map_err(|e| Error::no_endpoint(&self.service, e))?,
+                Some(error) => match self.balancer.try_pick(&avoid) {
+                    Ok(picked) if !avoid.contains(&picked.addr()) => picked,
+                    _ => return Err(error),
+                },
+            };
             let conn = match picked.endpoint().checkout().await {
                 Ok(conn) => conn,
                 Err(e) if e.is_connect() && failed_connects + 1 < CONNECT_ATTEMPTS => {
                     failed_connects += 1;
                     avoid.push(picked.addr());
+                    last_connect_error = Some(e);
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -27,10 +27,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use mesh_core::config::{Egress, MeshConfig};
+use mesh_core::config::{Egress, MeshConfig, ServiceConfig};
+use mesh_core::identity::{ExpectedIdentity, IdentitySource, IdentityWatch};
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::connect::{Connect, TcpConnector};
+use crate::connect::{Connect, MtlsConnector, TcpConnector};
 use crate::error::{BoxError, Error};
 use egress::EgressClients;
 use service::ServiceClient;
@@ -51,6 +52,8 @@ pub struct MeshClient {
 #[derive(Debug)]
 struct ClientInner {
     config: Arc<MeshConfig>,
+    /// Keeps the identity files watched when this client loaded them itself.
+    _identity_watch: Option<IdentityWatch>,
     /// One per configured service, in the order of `config.services()`.
     services: Vec<ServiceClient>,
     egress: Option<EgressClients>,
@@ -61,6 +64,7 @@ struct ClientInner {
 pub struct MeshClientBuilder {
     config: MeshConfig,
     connector: Option<Arc<dyn Connect>>,
+    identity: Option<IdentitySource>,
 }
 
 impl std::fmt::Debug for dyn Connect {
@@ -76,20 +80,51 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Uses this identity for mTLS instead of loading the configured files (to
+    /// share one identity, and its rotation, with the inbound server).
+    pub fn identity(mut self, identity: IdentitySource) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Starts discovery for every configured service. Needs a tokio runtime.
+    ///
+    /// With an identity (given, or configured with `MESH_TLS_*`), connections to
+    /// mesh services are mTLS; without one they are plaintext.
     pub fn build(self) -> Result<MeshClient, BoxError> {
-        let connector = self.connector.unwrap_or_else(|| Arc::new(TcpConnector));
+        let (identity, watch) = match (self.identity, self.config.identity()) {
+            (Some(identity), _) => (Some(identity), None),
+            (None, Some(files)) => {
+                let identity = IdentitySource::from_files(files.clone())?;
+                let watch = identity.watch()?;
+                (Some(identity), Some(watch))
+            }
+            (None, None) => (None, None),
+        };
         let config = Arc::new(self.config);
+        let connector_for = |svc: &ServiceConfig| -> Arc<dyn Connect> {
+            match (&self.connector, &identity) {
+                (Some(connector), _) => connector.clone(),
+                (None, Some(identity)) => {
+                    let expected = svc.identity.clone().unwrap_or_else(|| {
+                        ExpectedIdentity::TrustDomain(identity.own_trust_domain())
+                    });
+                    Arc::new(MtlsConnector::new(identity, expected, &svc.name))
+                }
+                (None, None) => Arc::new(TcpConnector),
+            }
+        };
         let services = config
             .services()
             .iter()
-            .map(|svc| ServiceClient::spawn(svc, config.dns(), connector.clone()))
+            .map(|svc| ServiceClient::spawn(svc, config.dns(), connector_for(svc)))
             .collect::<Result<Vec<_>, _>>()?;
         let egress =
             (config.egress() == Egress::Allow).then(|| EgressClients::new(config.dns().clone()));
         Ok(MeshClient {
             inner: Arc::new(ClientInner {
                 config,
+                _identity_watch: watch,
                 services,
                 egress,
             }),
@@ -103,7 +138,8 @@ impl MeshClient {
         Self::new(MeshConfig::from_env()?)
     }
 
-    /// Starts a client for `config` over plain TCP. Needs a tokio runtime.
+    /// Starts a client for `config`: mTLS when it configures an identity, plain
+    /// TCP otherwise. Needs a tokio runtime.
     pub fn new(config: MeshConfig) -> Result<Self, BoxError> {
         Self::builder(config).build()
     }
@@ -113,6 +149,7 @@ impl MeshClient {
         MeshClientBuilder {
             config,
             connector: None,
+            identity: None,
         }
     }
 

@@ -1,0 +1,174 @@
+//! Load balancer benchmarks: pick cost at 10, 1,000 and 10,000 endpoints for each
+//! kind, applying 1% churn to 10,000 endpoints, and bytes per known endpoint.
+//!
+//! `cargo bench -p mesh-benches --bench balance` (add `-- --quick` for a short run).
+//! After criterion's groups it measures pick(10k)/pick(10) again with the two sizes
+//! interleaved (A B A B …) over several rounds, prints the medians, and ends with one
+//! JSON line.
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cap::Cap;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use mesh_core::balance::{Balancer, BalancerKind, BalancerSettings};
+use mesh_core::discovery::{Endpoint, Snapshot};
+use tokio::time::Instant;
+
+/// Counts live heap bytes, for bytes per endpoint (RSS would hide them).
+#[global_allocator]
+static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
+
+const KINDS: [BalancerKind; 3] = [
+    BalancerKind::P2cPeakEwma,
+    BalancerKind::LeastRequest,
+    BalancerKind::RoundRobin,
+];
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080))
+}
+
+fn snapshot(range: std::ops::Range<usize>) -> Snapshot {
+    Snapshot::new(range.map(|i| Endpoint::new(addr(i))).collect())
+}
+
+/// A balancer over `n` endpoints, each picked once and given an RTT sample so that
+/// picks read real EWMA state.
+fn warmed(kind: BalancerKind, n: usize) -> Arc<Balancer<()>> {
+    let settings = BalancerSettings {
+        kind,
+        ..BalancerSettings::default()
+    };
+    let balancer = Balancer::new("bench", settings, |_, _| ());
+    balancer.update(&snapshot(0..n));
+    let mut seen = 0;
+    while seen < n * 4 {
+        let picked = balancer.try_pick(&[]).expect("pick");
+        let micros = 500 + (picked.addr().port() as u64 + seen as u64 * 7) % 1_000;
+        picked.record_rtt(Duration::from_micros(micros));
+        seen += 1;
+    }
+    balancer
+}
+
+fn bench_pick(c: &mut Criterion) {
+    for kind in KINDS {
+        let mut group = c.benchmark_group(format!("balance/pick/{kind}"));
+        group.throughput(Throughput::Elements(1));
+        for n in SIZES {
+            let balancer = warmed(kind, n);
+            group.bench_with_input(BenchmarkId::from_parameter(n), &balancer, |b, balancer| {
+                b.iter(|| black_box(balancer.try_pick(black_box(&[])).expect("pick")))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn bench_churn(c: &mut Criterion) {
+    // 100 of 10,000 endpoints leave and 100 new ones join on every update.
+    let a = snapshot(0..10_000);
+    let b = snapshot(100..10_100);
+    let balancer = warmed(BalancerKind::P2cPeakEwma, 10_000);
+    let mut group = c.benchmark_group("balance/update");
+    let mut flip = false;
+    group.bench_function("churn_1pct_of_10000", |bench| {
+        bench.iter(|| {
+            flip = !flip;
+            balancer.update(if flip { &b } else { &a });
+        })
+    });
+    group.finish();
+}
+
+/// Heap bytes a balancer holds per known, never-picked endpoint.
+fn bytes_per_known_endpoint(n: usize) -> f64 {
+    let snapshot = snapshot(0..n);
+    let before = ALLOCATOR.allocated();
+    let balancer = Balancer::new("bench", BalancerSettings::default(), |_, _| ());
+    balancer.update(&snapshot);
+    let after = ALLOCATOR.allocated();
+    drop(balancer);
+    (after - before) as f64 / n as f64
+}
+
+/// Nanoseconds per pick over a batch.
+fn time_picks(balancer: &Balancer<()>, picks: u32) -> f64 {
+    let start = Instant::now();
+    for _ in 0..picks {
+        black_box(balancer.try_pick(black_box(&[])).expect("pick"));
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(picks)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// pick(10k)/pick(10) per kind, with the sizes interleaved within each round.
+fn interleaved_ratios(rounds: usize, picks: u32) -> Vec<(BalancerKind, f64, f64, f64)> {
+    KINDS
+        .iter()
+        .map(|&kind| {
+            let small = warmed(kind, 10);
+            let large = warmed(kind, 10_000);
+            let (mut s, mut l) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                s.push(time_picks(&small, picks));
+                l.push(time_picks(&large, picks));
+            }
+            let (s, l) = (median(s), median(l));
+            (kind, s, l, l / s)
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` runs this binary without `--bench`: keep that quick.
+    let benching = args.iter().any(|a| a == "--bench");
+    let quick = args.iter().any(|a| a == "--quick");
+
+    let bytes = bytes_per_known_endpoint(10_000);
+    println!("balance: {bytes:.0} bytes per known endpoint (10,000 endpoints, counting allocator)");
+
+    let mut criterion = Criterion::default().configure_from_args();
+    bench_pick(&mut criterion);
+    bench_churn(&mut criterion);
+    criterion.final_summary();
+
+    if !benching {
+        return;
+    }
+    let (rounds, picks) = if quick { (41, 20_000) } else { (201, 50_000) };
+    println!("\npick(10k)/pick(10), {rounds} interleaved rounds of {picks} picks, medians:");
+    println!(
+        "{:<14} {:>10} {:>10} {:>7}",
+        "kind", "10 (ns)", "10k (ns)", "ratio"
+    );
+    let ratios = interleaved_ratios(rounds, picks);
+    for (kind, small, large, ratio) in &ratios {
+        println!(
+            "{:<14} {small:>10.1} {large:>10.1} {ratio:>7.2}",
+            kind.to_string()
+        );
+    }
+    let fields: Vec<String> = ratios
+        .iter()
+        .map(|(kind, small, large, ratio)| {
+            format!(
+                "\"{kind}\":{{\"pick_10_ns\":{small:.1},\"pick_10k_ns\":{large:.1},\"ratio\":{ratio:.3}}}"
+            )
+        })
+        .collect();
+    println!(
+        "{{\"bench\":\"balance\",\"bytes_per_known_endpoint\":{bytes:.0},\"rounds\":{rounds},{}}}",
+        fields.join(",")
+    );
+}

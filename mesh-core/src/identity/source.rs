@@ -1,0 +1,235 @@
+//! The current identity, swapped atomically on rotation.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use super::snapshot::Identity;
+use super::{IdentityError, IdentityFiles, TrustDomain};
+use crate::metric_names::{self, label};
+
+/// How long the files must stay quiet before a reload: writers (cert-manager,
+/// `cp`, editors) touch the cert, key and bundle one after another.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Re-read the files this often even without a change event: inotify misses
+/// changes on some volumes (NFS, some container mounts). A re-read of unchanged
+/// files is cheap and changes nothing.
+const POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Holds the current [`Identity`] and swaps in a new one when its files change.
+///
+/// Cloning is cheap and every clone sees the same identity. Readers
+/// ([`current`](Self::current)) never block; a reload validates the whole new
+/// set first and keeps the last good identity when the new one is bad, so a
+/// half-written file never reaches a handshake.
+#[derive(Debug, Clone)]
+pub struct IdentitySource {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    current: ArcSwap<Identity>,
+    files: Option<IdentityFiles>,
+    generation: watch::Sender<u64>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The files held a new identity, now current.
+    Rotated,
+    /// The files hold what is already loaded; nothing changed.
+    Unchanged,
+}
+
+impl IdentitySource {
+    /// Loads the identity from its files now; an error here is a start-up error.
+    pub fn from_files(files: IdentityFiles) -> Result<Self, IdentityError> {
+        let identity = files.load()?;
+        Ok(Self::build(identity, Some(files)))
+    }
+
+    /// A source holding a fixed identity (for identities obtained elsewhere).
+    pub fn from_identity(identity: Identity) -> Self {
+        Self::build(identity, None)
+    }
+
+    fn build(identity: Identity, files: Option<IdentityFiles>) -> Self {
+        record_expiry(&identity);
+        Self {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(identity),
+                files,
+                generation: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The identity in force now. Cheap; take it once per handshake.
+    pub fn current(&self) -> Arc<Identity> {
+        self.inner.current.load_full()
+    }
+
+    /// Our own trust domain (the default expectation for peers when no
+    /// identity is configured for a service).
+    pub fn own_trust_domain(&self) -> TrustDomain {
+        self.inner.current.load().trust_domain()
+    }
+
+    /// How many times the identity was rotated since start.
+    pub fn generation(&self) -> u64 {
+        *self.inner.generation.borrow()
+    }
+
+    /// A receiver that changes on each rotation, so connection pools can retire
+    /// connections made with the old certificate.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Makes `identity` current (for sources that push identities).
+    pub fn replace(&self, identity: Identity) {
+        record_expiry(&identity);
+        self.inner.current.store(Arc::new(identity));
+        self.inner.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Re-reads the files. A bad set is rejected (and counted) and the current
+    /// identity stays; a source without files is always unchanged.
+    pub fn reload(&self) -> Result<Reload, IdentityError> {
+        let Some(files) = &self.inner.files else {
+            return Ok(Reload::Unchanged);
+        };
+        let outcome = match files.load() {
+            Ok(new) if new.same_material(&self.inner.current.load()) => Ok(Reload::Unchanged),
+            Ok(new) => {
+                tracing::info!(
+                    spiffe_id = %new.spiffe_id(),
+                    serial = new.serial(),
+                    "identity rotated"
+                );
+                self.replace(new);
+                Ok(Reload::Rotated)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "identity reload rejected; keeping the last good identity");
+                Err(error)
+            }
+        };
+        if !matches!(outcome, Ok(Reload::Unchanged)) {
+            let word = if outcome.is_ok() { "ok" } else { "error" };
+            metrics::counter!(
+                metric_names::CONFIG_RELOADS.name,
+                label::SOURCE => "identity",
+                label::OUTCOME => word
+            )
+            .increment(1);
+        }
+        outcome
+    }
+
+    /// Watches the files' directories and reloads after changes settle, and
+    /// re-reads them every minute in case a change event was missed.
+    ///
+    /// Must be called inside a tokio runtime. Watching stops when the returned
+    /// handle is dropped. Without files (see [`from_identity`](Self::from_identity))
+    /// the handle watches nothing.
+    pub fn watch(&self) -> Result<IdentityWatch, IdentityError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Our own reads raise access events; only writes matter.
+                let relevant = match event {
+                    Ok(event) => is_write(&event.kind),
+                    Err(_) => true,
+                };
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|source| IdentityError::Watch {
+                path: ".".into(),
+                source,
+            })?;
+        if let Some(files) = &self.inner.files {
+            for dir in files.directories() {
+                watcher
+                    .watch(&dir, RecursiveMode::NonRecursive)
+                    .map_err(|source| IdentityError::Watch { path: dir, source })?;
+            }
+        }
+        let task = tokio::spawn(reload_on_change(self.clone(), rx));
+        Ok(IdentityWatch {
+            _watcher: watcher,
+            task,
+        })
+    }
+}
+
+fn is_write(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+async fn reload_on_change(source: IdentitySource, mut changes: mpsc::UnboundedReceiver<()>) {
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await; // the first tick is immediate; the files were just loaded
+    loop {
+        tokio::select! {
+            change = changes.recv() => {
+                if change.is_none() {
+                    return;
+                }
+                // Debounce: wait until no change arrived for DEBOUNCE.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_quiet) => break,
+                    }
+                }
+            }
+            _ = poll.tick() => {}
+        }
+        // File reads block; keep them off the runtime's worker threads. Errors
+        // are logged and counted inside; the last good identity stays.
+        let source = source.clone();
+        let _ = tokio::task::spawn_blocking(move || source.reload()).await;
+    }
+}
+
+/// Keeps an identity's files watched; dropping it stops watching.
+#[derive(Debug)]
+pub struct IdentityWatch {
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for IdentityWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn record_expiry(identity: &Identity) {
+    let secs = identity
+        .not_after()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    metrics::gauge!(
+        metric_names::TLS_CERTIFICATE_EXPIRATION.name,
+        label::IDENTITY => identity.spiffe_id().to_string()
+    )
+    .set(secs);
+}

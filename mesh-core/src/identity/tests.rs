@@ -1,0 +1,232 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::dev::{DevCa, SvidOptions};
+use super::*;
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::new(s).unwrap()
+}
+
+fn files_in(dir: &Path, ca: &DevCa, sid: &str) -> IdentityFiles {
+    ca.write_identity(dir, "svid", &id(sid)).unwrap()
+}
+
+#[test]
+fn good_files_load_into_identity_with_id_serial_and_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let other = DevCa::new("other.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    let svid = ca.issue(&id("spiffe://example.org/web")).unwrap();
+    svid.write(&files.cert, &files.key).unwrap();
+    other.write_bundle(&dir.path().join("other.pem")).unwrap();
+    let files = files.with_federated(
+        TrustDomain::new("other.org").unwrap(),
+        dir.path().join("other.pem"),
+    );
+
+    let identity = files.load().unwrap();
+    assert_eq!(identity.spiffe_id().as_str(), "spiffe://example.org/web");
+    assert_eq!(identity.serial(), svid.serial);
+    let mut domains: Vec<_> = identity.trust_domains().map(|t| t.to_string()).collect();
+    domains.sort();
+    assert_eq!(domains, ["example.org", "other.org"]);
+    assert!(identity.not_after() > std::time::SystemTime::now());
+}
+
+#[test]
+fn malformed_pem_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    // A write cut off half-way: BEGIN without END.
+    let pem = std::fs::read_to_string(&files.cert).unwrap();
+    std::fs::write(&files.cert, &pem[..pem.len() / 2]).unwrap();
+    let err = files.load().unwrap_err();
+    assert!(matches!(err, IdentityError::MalformedPem { .. }), "{err:?}");
+    assert_eq!(err.path(), Some(files.cert.as_path()));
+    assert!(err.to_string().contains(&files.cert.display().to_string()));
+}
+
+#[test]
+fn a_key_of_another_certificate_is_a_mismatch_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    let stranger = ca.issue(&id("spiffe://example.org/web")).unwrap();
+    std::fs::write(&files.key, stranger.key_pem).unwrap();
+    let err = files.load().unwrap_err();
+    assert!(matches!(err, IdentityError::KeyMismatch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&files.key.display().to_string()), "{msg}");
+    assert!(msg.contains(&files.cert.display().to_string()), "{msg}");
+}
+
+#[test]
+fn an_empty_bundle_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    std::fs::write(&files.bundle, "").unwrap();
+    let err = files.load().unwrap_err();
+    assert!(matches!(err, IdentityError::EmptyBundle { .. }), "{err:?}");
+    assert_eq!(err.path(), Some(files.bundle.as_path()));
+}
+
+#[test]
+fn missing_key_and_missing_certificate_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    std::fs::write(&files.key, "").unwrap();
+    assert!(matches!(
+        files.load().unwrap_err(),
+        IdentityError::NoPrivateKey { .. }
+    ));
+    std::fs::write(&files.cert, "").unwrap();
+    assert!(matches!(
+        files.load().unwrap_err(),
+        IdentityError::NoCertificate { .. }
+    ));
+    let gone = IdentityFiles::new(dir.path().join("nope.pem"), &files.key, &files.bundle);
+    let err = gone.load().unwrap_err();
+    assert!(matches!(err, IdentityError::Read { .. }), "{err:?}");
+    assert!(err.to_string().contains("nope.pem"));
+}
+
+#[test]
+fn a_certificate_without_a_valid_spiffe_id_is_not_an_svid() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    type IsExpected = fn(&SvidError) -> bool;
+    let cases: [(Vec<&str>, IsExpected); 3] = [
+        (vec![], |e| matches!(e, SvidError::NoSpiffeId)),
+        (vec!["spiffe://example.org/a/../b"], |e| {
+            matches!(e, SvidError::InvalidId(_))
+        }),
+        (
+            vec!["spiffe://example.org/a", "spiffe://example.org/b"],
+            |e| matches!(e, SvidError::MultipleUris(2)),
+        ),
+    ];
+    for (uris, expected) in cases {
+        let mut options = SvidOptions::new("unused").dns_name("web.example.org");
+        options.uris = uris.iter().map(|u| u.to_string()).collect();
+        ca.issue_with(options)
+            .unwrap()
+            .write(&files.cert, &files.key)
+            .unwrap();
+        match files.load() {
+            Err(IdentityError::NotAnSvid { path, source }) => {
+                assert_eq!(path, files.cert);
+                assert!(expected(&source), "{uris:?}: {source:?}");
+            }
+            other => panic!("{uris:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_svid_not_issued_by_our_bundle_or_expired_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+
+    let impostor = DevCa::new("example.org").unwrap();
+    impostor
+        .issue(&id("spiffe://example.org/web"))
+        .unwrap()
+        .write(&files.cert, &files.key)
+        .unwrap();
+    let err = files.load().unwrap_err();
+    assert!(matches!(err, IdentityError::Untrusted { .. }), "{err:?}");
+    assert!(err.to_string().contains("not issued by a CA"), "{err}");
+
+    ca.issue_with(SvidOptions::new("spiffe://example.org/web").expired())
+        .unwrap()
+        .write(&files.cert, &files.key)
+        .unwrap();
+    let err = files.load().unwrap_err();
+    assert!(matches!(err, IdentityError::Untrusted { .. }), "{err:?}");
+    assert!(err.to_string().contains("it expired"), "{err}");
+}
+
+#[test]
+fn a_trust_domain_with_two_bundles_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    let dup = files.bundle.clone();
+    let files = files.with_federated(TrustDomain::new("example.org").unwrap(), dup);
+    assert!(matches!(
+        files.load().unwrap_err(),
+        IdentityError::DuplicateTrustDomain { .. }
+    ));
+}
+
+#[test]
+fn reload_keeps_the_last_good_identity_when_the_new_files_are_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    let source = IdentitySource::from_files(files.clone()).unwrap();
+    let first = source.current().serial().to_owned();
+    assert_eq!(source.reload().unwrap(), Reload::Unchanged);
+
+    // Half a rotation: the new certificate is written, the key is still the old one.
+    let next = ca.issue(&id("spiffe://example.org/web")).unwrap();
+    std::fs::write(&files.cert, &next.cert_pem).unwrap();
+    assert!(source.reload().is_err());
+    assert_eq!(source.current().serial(), first);
+    assert_eq!(source.generation(), 0);
+
+    std::fs::write(&files.key, &next.key_pem).unwrap();
+    assert_eq!(source.reload().unwrap(), Reload::Rotated);
+    assert_eq!(source.current().serial(), next.serial);
+    assert_eq!(source.generation(), 1);
+}
+
+#[tokio::test]
+async fn watch_picks_up_rewritten_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    let source = IdentitySource::from_files(files.clone()).unwrap();
+    let mut rotations = source.subscribe();
+    let _watch = source.watch().unwrap();
+
+    let next = ca.issue(&id("spiffe://example.org/web")).unwrap();
+    next.write(&files.cert, &files.key).unwrap();
+    // Wide bound: the watcher reacts within the debounce (200 ms).
+    tokio::time::timeout(Duration::from_secs(20), rotations.changed())
+        .await
+        .expect("the identity was not reloaded")
+        .unwrap();
+    assert_eq!(source.current().serial(), next.serial);
+}
+
+#[test]
+fn federated_bundle_lists_parse_into_domain_path_pairs() {
+    let parsed = parse_federated_bundles(" other.org=/b/other.pem, partner.io=b.pem ,").unwrap();
+    assert_eq!(
+        parsed,
+        [
+            (
+                TrustDomain::new("other.org").unwrap(),
+                "/b/other.pem".into()
+            ),
+            (TrustDomain::new("partner.io").unwrap(), "b.pem".into()),
+        ]
+    );
+    assert_eq!(parse_federated_bundles("").unwrap(), []);
+    assert!(matches!(
+        parse_federated_bundles("other.org"),
+        Err(FederatedBundlesError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_federated_bundles("Other.org=/x.pem"),
+        Err(FederatedBundlesError::TrustDomain(_))
+    ));
+}

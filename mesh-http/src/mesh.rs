@@ -1,0 +1,125 @@
+//! One handle for everything the mesh runs in a service, built from one
+//! configuration: the workload identity (loaded and watched once, shared by both
+//! directions), the outbound [`MeshClient`], and the inbound mTLS server.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh_http::BoxError> {
+//! let mesh = mesh_http::Mesh::from_env()?; // MESH_TLS_*, MESH_INBOUND_ADDR, MESH_SERVICE_*
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .with_state(mesh.client());
+//! mesh.serve(app).await // until SIGTERM or Ctrl-C, then drains
+//! # }
+//! ```
+
+use std::future::Future;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh_core::config::MeshConfig;
+use mesh_core::identity::{IdentitySource, IdentityWatch};
+
+use crate::client::MeshClient;
+use crate::error::BoxError;
+use crate::server::{shutdown_signal, InboundServer};
+
+/// The mesh inside one service.
+#[derive(Debug)]
+pub struct Mesh {
+    identity: Option<IdentitySource>,
+    _watch: Option<IdentityWatch>,
+    client: MeshClient,
+}
+
+impl Mesh {
+    /// Reads `MESH_` variables (and `MESH_CONFIG_FILE`) and starts the mesh.
+    pub fn from_env() -> Result<Self, BoxError> {
+        Self::new(MeshConfig::from_env()?)
+    }
+
+    /// Loads the identity, if `config` has one (an unreadable or invalid file is an
+    /// error naming it), starts watching its files, and starts the client. Needs a
+    /// tokio runtime.
+    pub fn new(config: MeshConfig) -> Result<Self, BoxError> {
+        let (identity, watch) = match config.identity() {
+            Some(files) => {
+                let identity = IdentitySource::from_files(files.clone())?;
+                let watch = identity.watch()?;
+                (Some(identity), Some(watch))
+            }
+            None => (None, None),
+        };
+        let mut client = MeshClient::builder(config);
+        if let Some(identity) = &identity {
+            client = client.identity(identity.clone());
+        }
+        Ok(Mesh {
+            client: client.build()?,
+            identity,
+            _watch: watch,
+        })
+    }
+
+    /// The outbound client (cheap to clone).
+    pub fn client(&self) -> MeshClient {
+        self.client.clone()
+    }
+
+    /// The configuration the mesh runs with.
+    pub fn config(&self) -> &MeshConfig {
+        self.client.config()
+    }
+
+    /// The workload identity, when mTLS is on.
+    pub fn identity(&self) -> Option<&IdentitySource> {
+        self.identity.as_ref()
+    }
+
+    /// Binds the inbound mTLS listener on `MESH_INBOUND_ADDR`. It accepts clients
+    /// of our own trust domain and of every federated one.
+    pub async fn inbound(&self) -> Result<InboundServer, BoxError> {
+        let addr = self
+            .config()
+            .inbound_addr()
+            .ok_or("MESH_INBOUND_ADDR is not set: the mesh has no inbound address to listen on")?;
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or("the inbound listener is strict mTLS: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE")?;
+        let tls = mesh_core::tls::server_config(identity, []);
+        Ok(InboundServer::bind(addr, tls).await?)
+    }
+
+    /// Serves `service` (an axum `Router`, say) on the inbound listener until
+    /// SIGTERM or Ctrl-C, then drains in-flight requests within the grace period.
+    pub async fn serve<S, B>(&self, service: S) -> Result<(), BoxError>
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.serve_with_shutdown(service, shutdown_signal()).await
+    }
+
+    /// Like [`serve`](Self::serve), stopping when `shutdown` completes.
+    pub async fn serve_with_shutdown<S, B, F>(
+        &self,
+        service: S,
+        shutdown: F,
+    ) -> Result<(), BoxError>
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        self.inbound().await?.serve(service, shutdown).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,233 @@
+//! The inbound server: terminates mTLS and serves an axum router (or any
+//! tower service) over HTTP/1.1 and HTTP/2.
+//!
+//! Why not `axum::serve` with a TLS listener: it awaits `accept()` serially, so
+//! a TLS handshake inside `accept()` makes every client wait for the slowest
+//! one. Here the accept loop only accepts; each connection's handshake runs in
+//! its own task under a timeout, so 200 idle connections that never send a
+//! ClientHello cost nothing but their own sockets.
+//!
+//! ```no_run
+//! # async fn run(tls: std::sync::Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+//! use axum::{routing::get, Router};
+//! use mesh_http::server::{InboundServer, PeerIdentity};
+//!
+//! let app = Router::new().route("/", get(|PeerIdentity(peer): PeerIdentity| async move {
+//!     format!("hello {peer}")
+//! }));
+//! let server = InboundServer::bind("127.0.0.1:8443".parse().unwrap(), tls).await?;
+//! server.serve(app, mesh_http::server::shutdown_signal()).await;
+//! # Ok(()) }
+//! ```
+
+mod connection;
+mod options;
+mod peer;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use mesh_core::backoff::ExponentialBackoff;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use options::InboundOptions;
+pub use peer::{MissingPeerIdentity, PeerIdentity};
+
+/// Wait after an accept error such as EMFILE, so a full file table does not
+/// turn the accept loop into a busy loop: 5 ms doubling up to one second.
+fn accept_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(5), Duration::from_secs(1), 0.1)
+}
+
+/// An mTLS listener serving HTTP/1.1 and HTTP/2 with the peer's SPIFFE ID on
+/// every request (see [`PeerIdentity`]).
+#[derive(Debug)]
+pub struct InboundServer {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    options: InboundOptions,
+}
+
+impl InboundServer {
+    /// Binds `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
+    /// `tls` is usually `mesh_core::tls::server_config(..)`.
+    pub async fn bind(addr: SocketAddr, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        Ok(Self::from_listener(TcpListener::bind(addr).await?, tls))
+    }
+
+    /// Serves on an already bound listener.
+    pub fn from_listener(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            listener,
+            tls,
+            options: InboundOptions::default(),
+        }
+    }
+
+    /// Replaces the edge limits and timeouts.
+    pub fn with_options(mut self, options: InboundOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `service` until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish within the grace period and closes what is
+    /// left. Returns when every connection is closed.
+    pub async fn serve<S, B, F>(self, service: S, shutdown: F)
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: Future<Output = ()>,
+    {
+        let Self {
+            listener,
+            tls,
+            options,
+        } = self;
+        let grace = options.grace_period;
+        let connections = Arc::new(Semaphore::new(options.max_connections));
+        let shared = Arc::new(connection::Shared {
+            acceptor: TlsAcceptor::from(tls),
+            http: http_builder(&options),
+            options,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut accept_errors = 0u32;
+        tokio::pin!(shutdown);
+
+        loop {
+            // At the connection cap, stop accepting until one closes.
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => {
+                    permit.expect("the semaphore is never closed")
+                }
+                () = &mut shutdown => break,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((tcp, remote)) => {
+                    accept_errors = 0;
+                    let _ = tcp.set_nodelay(true);
+                    tasks.spawn(connection::serve(
+                        shared.clone(),
+                        service.clone(),
+                        tcp,
+                        remote,
+                        stopped.clone(),
+                        permit,
+                    ));
+                }
+                // The peer gave up between SYN and accept: nothing to wait for.
+                Err(error) if is_per_connection(&error) => {}
+                Err(error) => {
+                    let wait = accept_backoff().delay(accept_errors);
+                    accept_errors = accept_errors.saturating_add(1);
+                    tracing::warn!(%error, ?wait, "inbound accept failed; backing off");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
+            }
+            // Reap finished connection tasks so the set stays small.
+            while tasks.try_join_next().is_some() {}
+        }
+
+        drop(listener);
+        stop.send_replace(true);
+        drain(tasks, grace).await;
+    }
+}
+
+/// Resolves when the process receives SIGTERM (what Kubernetes sends) or
+/// Ctrl-C: pass it to [`InboundServer::serve`] as the shutdown future.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received; draining inbound connections");
+}
+
+/// Waits for connections to finish, up to `grace`; then closes the rest.
+async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        tracing::warn!(
+            remaining = tasks.len(),
+            "grace period over; closing remaining inbound connections"
+        );
+        tasks.shutdown().await;
+    }
+}
+
+fn http_builder(options: &InboundOptions) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(options.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(options.h2_max_local_error_reset_streams)
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        // Pings find peers that vanished without a FIN, so they stop holding a
+        // connection slot.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Accept errors that concern one connection only, not the listener.
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,301 @@
+//! The inbound mTLS server against real foreign peers (curl, openssl s_client)
+//! and against idle connections that never start a handshake.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use mesh_core::identity::dev::SvidOptions;
+use mesh_core::identity::{IdentitySource, SpiffeId};
+use mesh_core::tls;
+use mesh_http::server::{InboundOptions, InboundServer, PeerIdentity};
+use mesh_tests::pki::{require_tool, spiffe_id, PemFiles, Pki, SERVER_DNS_NAME};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/api";
+const CLIENT_ID: &str = "spiffe://example.org/ns/prod/sa/web";
+
+/// An inbound server on loopback with a `/whoami` route that answers the
+/// caller's SPIFFE ID and counts its calls.
+struct Running {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(source: &IdentitySource, options: InboundOptions) -> Self {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let app = Router::new().route(
+            "/whoami",
+            get(move |PeerIdentity(peer): PeerIdentity| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { peer.to_string() }
+            }),
+        );
+        let server = InboundServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls::server_config(source, []),
+        )
+        .await
+        .unwrap()
+        .with_options(options);
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(app, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            calls,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the server did not shut down")
+            .unwrap();
+    }
+}
+
+struct CurlResult {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn curl(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    client: Option<&PemFiles>,
+    http: &str,
+) -> CurlResult {
+    let port = addr.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", http])
+        .arg("--resolve")
+        .arg(format!("{SERVER_DNS_NAME}:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-w", "\n%{http_code} %{http_version}"]);
+    if let Some(files) = client {
+        cmd.arg("--cert")
+            .arg(&files.cert)
+            .arg("--key")
+            .arg(&files.key);
+    }
+    cmd.arg(format!("https://{SERVER_DNS_NAME}:{port}/whoami"));
+    let out = cmd.output().await.expect("run curl");
+    CurlResult {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn curl_with_a_dev_ca_client_certificate_gets_200_and_the_handler_sees_its_id() {
+    require_tool("curl", "curl");
+    let pki = Pki::new("example.org");
+    let (_server_files, source) = pki.server_source("api", SERVER_ID);
+    let client = pki.client("web", CLIENT_ID);
+    let server = Running::start(&source, InboundOptions::default()).await;
+
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = curl(server.addr, &pki.bundle(), Some(&client), flag).await;
+        assert!(out.ok, "curl {flag} failed: {}", out.stderr);
+        assert_eq!(
+            out.stdout,
+            format!("{CLIENT_ID}\n200 {version}"),
+            "curl {flag}"
+        );
+    }
+    assert_eq!(server.calls.load(Ordering::SeqCst), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn curl_without_a_certificate_or_with_a_foreign_or_expired_one_is_refused() {
+    require_tool("curl", "curl");
+    let pki = Pki::new("example.org");
+    let foreign = Pki::new("other.org");
+    let (_server_files, source) = pki.server_source("api", SERVER_ID);
+    let server = Running::start(&source, InboundOptions::default()).await;
+
+    let stranger = foreign.client("stranger", "spiffe://other.org/ns/prod/sa/web");
+    let expired = pki.expired("old", CLIENT_ID);
+    // other.org's CA claims an ID in example.org: only example.org's bundle may vouch for it.
+    let forged = foreign.write(
+        "forged",
+        &foreign
+            .ca()
+            .issue_with(SvidOptions::new(CLIENT_ID))
+            .unwrap(),
+    );
+    // Each refusal arrives as the TLS alert that names its cause.
+    let cases = [
+        ("no certificate", None, "alert certificate required"),
+        (
+            "another trust domain",
+            Some(&stranger),
+            "alert certificate unknown",
+        ),
+        ("expired", Some(&expired), "alert certificate expired"),
+        (
+            "forged by another domain's CA",
+            Some(&forged),
+            "alert certificate unknown",
+        ),
+    ];
+    for (case, client, alert) in cases {
+        let out = curl(server.addr, &pki.bundle(), client, "--http1.1").await;
+        assert!(!out.ok, "{case}: curl succeeded: {}", out.stdout);
+        assert!(
+            !out.stdout.contains(CLIENT_ID),
+            "{case}: the handler answered: {}",
+            out.stdout
+        );
+        assert!(out.stderr.contains(alert), "{case}: {}", out.stderr);
+    }
+    assert_eq!(server.calls.load(Ordering::SeqCst), 0);
+    server.shutdown().await;
+}
+
+/// Runs `openssl s_client` with a client SVID; returns its output and the
+/// SPIFFE ID and serial of the certificate the server presented.
+async fn s_client(addr: SocketAddr, pki: &Pki, client: &PemFiles) -> (String, SpiffeId, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-tls1_3", "-showcerts", "-verify_return_error"])
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(["-servername", "api"])
+        .arg("-CAfile")
+        .arg(pki.bundle())
+        .arg("-cert")
+        .arg(&client.cert)
+        .arg("-key")
+        .arg(&client.key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run openssl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let leaf = CertificateDer::from_pem_slice(stdout.as_bytes())
+        .unwrap_or_else(|e| panic!("no certificate in s_client output ({e}): {stdout}"));
+    let id = mesh_core::identity::spiffe_id_of(&leaf).unwrap();
+    // Ask openssl itself for the serial of the certificate it received.
+    let start = stdout.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = stdout.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let presented = pki.dir().join("presented.pem");
+    std::fs::write(&presented, &stdout[start..end]).unwrap();
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&presented)
+        .output()
+        .await
+        .expect("run openssl x509");
+    let serial = String::from_utf8_lossy(&serial.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    (stdout, id, serial)
+}
+
+#[tokio::test]
+async fn openssl_sees_tls13_and_the_server_spiffe_id_and_the_rotated_serial() {
+    require_tool("openssl", "openssl");
+    let pki = Pki::new("example.org");
+    let (server_files, source) = pki.server_source("api", SERVER_ID);
+    let mut rotations = source.subscribe();
+    let _watch = source.watch().unwrap();
+    let client = pki.client("web", CLIENT_ID);
+    let server = Running::start(&source, InboundOptions::default()).await;
+
+    let (out, id, serial) = s_client(server.addr, &pki, &client).await;
+    assert!(out.contains("TLSv1.3"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert_eq!(id.as_str(), SERVER_ID);
+    assert_eq!(serial, server_files.serial);
+
+    // Rotate the server's files; the next handshake presents the new serial.
+    let rotated = pki.server("api", SERVER_ID);
+    tokio::time::timeout(Duration::from_secs(20), rotations.changed())
+        .await
+        .expect("the rotation was not picked up")
+        .unwrap();
+    let (_, id, serial) = s_client(server.addr, &pki, &client).await;
+    assert_eq!(id.as_str(), SERVER_ID);
+    assert_eq!(serial, rotated.serial);
+    assert_ne!(rotated.serial, server_files.serial);
+    server.shutdown().await;
+}
+
+/// One GET over mTLS with the mesh's client config; returns status and body.
+async fn mesh_get(addr: SocketAddr, client: &IdentitySource) -> (u16, String) {
+    let config = tls::client_config(client, spiffe_id(SERVER_ID).into());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("api").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("/whoami")
+        .header("host", "api")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn idle_connections_without_client_hello_do_not_delay_a_real_handshake() {
+    let pki = Pki::new("example.org");
+    let (_server_files, source) = pki.server_source("api", SERVER_ID);
+    let client_files = pki.client("web", CLIENT_ID);
+    let client = IdentitySource::from_files(client_files.identity_files()).unwrap();
+    let handshake_timeout = Duration::from_secs(30);
+    let server = Running::start(
+        &source,
+        InboundOptions::default().handshake_timeout(handshake_timeout),
+    )
+    .await;
+
+    // 200 connections that never send a ClientHello. A server that handshakes
+    // on its accept loop would make the real client wait the full 30 s.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+
+    let started = Instant::now();
+    let (status, body) = mesh_get(server.addr, &client).await;
+    let took = started.elapsed();
+    assert_eq!((status, body.as_str()), (200, CLIENT_ID));
+    assert!(
+        took < handshake_timeout / 3,
+        "the real handshake took {took:?}, with a 30 s handshake timeout"
+    );
+    drop(idle);
+    server.shutdown().await;
+}
