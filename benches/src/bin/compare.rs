@@ -1,0 +1,685 @@
+//! End-to-end comparison: raw hyper + rustls mTLS, the mesh, and an
+//! nginx → haproxy sidecar pair, interleaved over several rounds.
+//!
+//! ```text
+//! cargo run --release -p mesh-benches --bin compare -- --quick   # under a minute
+//! cargo run --release -p mesh-benches --bin compare -- --full
+//! ```
+//!
+//! Prints a table and, as its last line, one JSON object. The same binary is
+//! also the helper processes it spawns: `serve` (the server), `cold` (one
+//! cold-start client) and `endpoint-bytes` (memory per known endpoint, with
+//! the counting allocator below).
+
+use std::alloc::System;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cap::Cap;
+use mesh_benches::load::{self, Saturation};
+use mesh_benches::pki::{PkiFiles, SERVER_NAME};
+use mesh_benches::procstat::{self, Phase, Proc};
+use mesh_benches::report::{
+    median, median_of, paired_median, round3, OpenLoop, Percentiles, Round,
+};
+use mesh_benches::server;
+use mesh_benches::sidecar::Sidecars;
+use mesh_benches::target::{BoxError, MeshTarget, RawTarget, Target, TcpConnect, TlsConnect};
+use mesh_core::config::{Env, Layered, MeshConfig};
+use mesh_core::identity::IdentitySource;
+use mesh_http::{Mesh, MeshClient};
+use serde_json::json;
+use tokio::time::Instant;
+
+/// Counts live heap bytes for `endpoint-bytes`. Elsewhere it costs one
+/// relaxed atomic add per allocation, the same for every configuration.
+#[global_allocator]
+static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
+
+/// The logical service the mesh client is configured with.
+const SERVICE: &str = "bench";
+/// Closed-loop workers, and the connection cap of every client (HTTP/1.1:
+/// one request per connection), so every configuration uses the same number
+/// of connections.
+const CONCURRENCY: usize = 16;
+/// Known endpoints for the memory figure.
+const MANY_ENDPOINTS: usize = 10_000;
+
+/// How long and how often to measure.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    name: &'static str,
+    rounds: usize,
+    sequential: usize,
+    rates: [f64; 2],
+    open_for: Duration,
+    closed_for: Duration,
+    warmup: Duration,
+    check_rate: f64,
+    check_for: Duration,
+    cold_starts: usize,
+}
+
+const QUICK: Plan = Plan {
+    name: "quick",
+    rounds: 5,
+    sequential: 400,
+    rates: [1000.0, 5000.0],
+    open_for: Duration::from_millis(400),
+    closed_for: Duration::from_millis(500),
+    warmup: Duration::from_millis(300),
+    check_rate: 200.0,
+    check_for: Duration::from_millis(500),
+    cold_starts: 5,
+};
+
+const FULL: Plan = Plan {
+    name: "full",
+    rounds: 9,
+    sequential: 3000,
+    rates: [1000.0, 5000.0],
+    open_for: Duration::from_secs(3),
+    closed_for: Duration::from_secs(3),
+    warmup: Duration::from_secs(1),
+    check_rate: 200.0,
+    check_for: Duration::from_secs(3),
+    cold_starts: 15,
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve(Path::new(arg(&args, 1))),
+        Some("cold") => cold(arg(&args, 1), Path::new(arg(&args, 2)), arg(&args, 3)),
+        Some("endpoint-bytes") => endpoint_bytes(),
+        Some("--full") => run(FULL),
+        Some("--quick") | None => run(QUICK),
+        Some(other) => Err(format!("unknown argument `{other}`; use --quick or --full").into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn arg(args: &[String], i: usize) -> &str {
+    args.get(i).map(String::as_str).unwrap_or("")
+}
+
+// ---------------------------------------------------------------- helpers --
+
+/// The server: mTLS (raw and mesh clients) and plain (behind haproxy) on one
+/// single-worker runtime. Prints its ports as JSON, then serves until its
+/// standard input closes, so it never outlives the bench.
+fn serve(dir: &Path) -> Result<(), BoxError> {
+    let pki = PkiFiles::existing(dir);
+    let tls = pki.server_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let identity = IdentitySource::from_files(pki.server_identity())?;
+    let mesh_tls = mesh_core::tls::server_config(&identity, []);
+    let (tls_addr, plain_addr, mesh_addr) = runtime.block_on(async {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (tls_listener, plain_listener, mesh_listener) =
+            (bind().await?, bind().await?, bind().await?);
+        let addrs = (
+            tls_listener.local_addr()?,
+            plain_listener.local_addr()?,
+            mesh_listener.local_addr()?,
+        );
+        tokio::spawn(server::serve_tls(tls_listener, tls));
+        tokio::spawn(server::serve_plain(plain_listener));
+        tokio::spawn(server::serve_mesh(mesh_listener, mesh_tls));
+        Ok::<_, std::io::Error>(addrs)
+    })?;
+    println!(
+        "{}",
+        json!({"tls": tls_addr, "plain": plain_addr, "mesh": mesh_addr})
+    );
+    std::io::stdout().flush()?;
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    Ok(())
+}
+
+/// One cold start: a fresh process builds its client, sends one mTLS request
+/// to `addr`, prints `ok`. `mesh` reads its configuration from `MESH_`
+/// variables the parent set.
+fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let target: Arc<dyn Target> = match kind {
+            "raw" => {
+                let pki = PkiFiles::existing(dir);
+                let connect = TlsConnect::new(pki.client_config()?);
+                Arc::new(RawTarget::new(addr.parse()?, SERVER_NAME, connect, 1))
+            }
+            "mesh" => {
+                let mesh = Mesh::from_env()?;
+                let client = mesh.client();
+                client.ready().await;
+                // The handle owns the identity watch; it lives as long as the process.
+                std::mem::forget(mesh);
+                Arc::new(MeshTarget::new(client))
+            }
+            _ => return Err(format!("unknown cold-start kind `{kind}`").into()),
+        };
+        target.call().await?;
+        println!("ok");
+        Ok(())
+    })
+}
+
+/// Heap bytes a `MeshClient` holds for a service with `n` known endpoints,
+/// counted by the allocator (not RSS). The variables are built before
+/// counting starts: they are the user's environment, not the mesh's memory.
+fn client_bytes(runtime: &tokio::runtime::Runtime, n: usize) -> Result<usize, BoxError> {
+    let endpoints: Vec<String> = (1..=n)
+        .map(|i| format!("10.{}.{}.{}:8080", (i >> 16) & 255, (i >> 8) & 255, i & 255))
+        .collect();
+    let vars: BTreeMap<String, String> = [
+        ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
+        (
+            format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
+            endpoints.join(","),
+        ),
+    ]
+    .into();
+    let before = ALLOCATOR.allocated();
+    let client = runtime.block_on(async {
+        let client = MeshClient::new(MeshConfig::from_source(&vars)?)?;
+        client.ready().await;
+        // Let discovery and the balancer settle on the snapshot.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, BoxError>(client)
+    })?;
+    let after = ALLOCATOR.allocated();
+    drop(client);
+    Ok(after.saturating_sub(before))
+}
+
+fn endpoint_bytes() -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let base = client_bytes(&runtime, 1)?;
+    let few = client_bytes(&runtime, 10)?;
+    let many = client_bytes(&runtime, MANY_ENDPOINTS)?;
+    let per_endpoint = (many.saturating_sub(few)) as f64 / (MANY_ENDPOINTS - 10) as f64;
+    println!(
+        "{}",
+        json!({"base_bytes": base, "bytes_per_endpoint": round3(per_endpoint), "bytes_10": few, "bytes_10000": many})
+    );
+    Ok(())
+}
+
+/// The server process; killed on drop (and it exits by itself when our end
+/// of its standard input closes).
+struct ServerProcess {
+    child: Child,
+    /// hyper + tokio-rustls mTLS (raw clients).
+    tls: SocketAddr,
+    /// Plain HTTP (behind haproxy).
+    plain: SocketAddr,
+    /// The mesh's inbound server (mesh clients).
+    mesh: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start(pki: &PkiFiles) -> Result<Self, BoxError> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg(pki.dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().ok_or("no server stdout")?).read_line(&mut line)?;
+        let ports: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| format!("the server process did not report its ports ({e}): {line}"))?;
+        let addr = |key: &str| -> Result<SocketAddr, BoxError> {
+            Ok(ports[key].as_str().ok_or("missing port")?.parse()?)
+        };
+        Ok(ServerProcess {
+            tls: addr("tls")?,
+            plain: addr("plain")?,
+            mesh: addr("mesh")?,
+            child,
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns one cold-start helper and times it from spawn to its `ok`.
+fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Duration, BoxError> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["cold", kind])
+        .arg(pki.dir())
+        .arg(addr.to_string())
+        .env("MESH_SERVICE_NAME", "bench-cold")
+        .env(
+            format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
+            addr.to_string(),
+        )
+        .envs(pki.client_tls_vars())
+        .stdout(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let elapsed = started.elapsed();
+    let status = child.wait()?;
+    if line.trim() != "ok" || !status.success() {
+        return Err(format!("cold start `{kind}` failed ({status})").into());
+    }
+    Ok(elapsed)
+}
+
+// ------------------------------------------------------------------ bench --
+
+/// One configuration under test.
+struct Config {
+    name: &'static str,
+    target: Arc<dyn Target>,
+    procs: Vec<Proc>,
+    rounds: Vec<Round>,
+}
+
+fn measure(runtime: &tokio::runtime::Runtime, plan: &Plan, config: &Config) -> Round {
+    let target = &config.target;
+    let peaks = Phase::start(&config.procs);
+    let sequential = runtime.block_on(load::sequential(target, plan.sequential));
+    let open: Vec<OpenLoop> = plan
+        .rates
+        .iter()
+        .map(|&rate| {
+            let run = load::open_loop(runtime.handle(), target, rate, plan.open_for);
+            OpenLoop::new(rate, &run)
+        })
+        .collect();
+    // CPU per request is taken at saturation only: the open-loop pacer's
+    // spinning would otherwise be charged to the client.
+    let cpu = Phase::cpu_only(&config.procs);
+    let saturation = runtime.block_on(load::closed_loop(target, CONCURRENCY, plan.closed_for));
+    let cpu = cpu.finish();
+    let mut usage = peaks.finish();
+    for (u, c) in usage.iter_mut().zip(cpu) {
+        u.cpu_seconds = c.cpu_seconds;
+    }
+    Round {
+        sequential: Percentiles::of(&sequential.latency),
+        sequential_errors: sequential.errors,
+        open,
+        saturation,
+        requests: saturation.ok,
+        usage,
+    }
+}
+
+fn run(plan: Plan) -> Result<(), BoxError> {
+    let work = tempfile::tempdir()?;
+    let pki = PkiFiles::generate(work.path())?;
+    let server = ServerProcess::start(&pki)?;
+    let sidecars = Sidecars::start(&pki, work.path(), server.plain)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let client_tls = pki.client_config()?;
+
+    let mut mesh_vars: BTreeMap<String, String> = [
+        ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
+        (
+            format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
+            server.mesh.to_string(),
+        ),
+        (
+            format!("MESH_SERVICE_{}_MAX_CONNECTIONS", SERVICE.to_uppercase()),
+            CONCURRENCY.to_string(),
+        ),
+    ]
+    .into();
+    mesh_vars.extend(pki.client_tls_vars());
+    let mesh = runtime.block_on(async {
+        // The process environment wins over the bench's own variables, so
+        // `MESH_DEFAULT_…=… compare` measures another setting.
+        let config = MeshConfig::from_source(&Layered::new(Env, mesh_vars))?;
+        let mesh = Mesh::new(config)?;
+        mesh.client().ready().await;
+        Ok::<_, BoxError>(mesh)
+    })?;
+
+    let me = Proc::new("client", std::process::id());
+    let server_proc = Proc::new("server", server.child.id());
+    let base = vec![me, server_proc];
+    let mut sidecar_procs = base.clone();
+    sidecar_procs.push(Proc::new("nginx", sidecars.nginx_pid()));
+    for worker in procstat::children(sidecars.nginx_pid()) {
+        sidecar_procs.push(Proc::new("nginx", worker));
+    }
+    sidecar_procs.push(Proc::new("haproxy", sidecars.haproxy_pid()));
+
+    let raw_target = || {
+        Arc::new(RawTarget::new(
+            server.tls,
+            SERVER_NAME,
+            TlsConnect::new(client_tls.clone()),
+            CONCURRENCY,
+        )) as Arc<dyn Target>
+    };
+    // Hook: `mesh+otel` and the gRPC pair join this list once telemetry and
+    // `MeshChannel` exist (a `Target` each).
+    let mut configs = vec![
+        Config {
+            name: "raw",
+            target: raw_target(),
+            procs: base.clone(),
+            rounds: Vec::new(),
+        },
+        Config {
+            name: "mesh",
+            target: Arc::new(MeshTarget::new(mesh.client())),
+            procs: base.clone(),
+            rounds: Vec::new(),
+        },
+        Config {
+            name: "raw2",
+            target: raw_target(),
+            procs: base.clone(),
+            rounds: Vec::new(),
+        },
+        Config {
+            name: "sidecar",
+            target: Arc::new(RawTarget::new(
+                sidecars.listen,
+                SERVER_NAME,
+                TcpConnect,
+                CONCURRENCY,
+            )),
+            procs: sidecar_procs,
+            rounds: Vec::new(),
+        },
+    ];
+
+    eprintln!(
+        "compare ({}): {} rounds of {} configurations; warming up",
+        plan.name,
+        plan.rounds,
+        configs.len()
+    );
+    for config in &configs {
+        runtime
+            .block_on(config.target.call())
+            .map_err(|e| format!("{} cannot send a request: {e}", config.name))?;
+        let warm: Saturation =
+            runtime.block_on(load::closed_loop(&config.target, CONCURRENCY, plan.warmup));
+        if warm.errors > 0 {
+            return Err(format!("{}: {} errors while warming up", config.name, warm.errors).into());
+        }
+    }
+
+    // The generator checks itself: at a low rate, its p50 must match the
+    // sequential round trip of the same configuration.
+    let mut self_check = Vec::new();
+    for round in 0..plan.rounds {
+        let n = configs.len();
+        for i in 0..n {
+            // Rotate the order each round, so no configuration always runs
+            // right after the same neighbour.
+            let config = &configs[(i + round) % n];
+            let measured = measure(&runtime, &plan, config);
+            if config.name == "raw" {
+                let check = load::open_loop(
+                    runtime.handle(),
+                    &config.target,
+                    plan.check_rate,
+                    plan.check_for,
+                );
+                self_check
+                    .push(Percentiles::of(&check.latency).p50_us / measured.sequential.p50_us);
+            }
+            configs[(i + round) % n].rounds.push(measured);
+        }
+        eprintln!("  round {}/{} done", round + 1, plan.rounds);
+    }
+    drop(sidecars);
+
+    let mut cold_raw = Vec::new();
+    let mut cold_mesh = Vec::new();
+    for i in 0..plan.cold_starts {
+        // Alternate which goes first, so neither always follows the other.
+        let order = if i % 2 == 0 {
+            ["raw", "mesh"]
+        } else {
+            ["mesh", "raw"]
+        };
+        for kind in order {
+            let addr = if kind == "raw" {
+                server.tls
+            } else {
+                server.mesh
+            };
+            let ms = time_cold_start(kind, &pki, addr)?.as_secs_f64() * 1e3;
+            match kind {
+                "raw" => cold_raw.push(ms),
+                _ => cold_mesh.push(ms),
+            }
+        }
+    }
+    drop(server);
+
+    let memory: serde_json::Value = {
+        let out = Command::new(std::env::current_exe()?)
+            .arg("endpoint-bytes")
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "endpoint-bytes failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let text = String::from_utf8(out.stdout)?;
+        serde_json::from_str(text.lines().last().unwrap_or(""))?
+    };
+
+    summarise(&plan, &configs, &self_check, &cold_raw, &cold_mesh, &memory);
+    Ok(())
+}
+
+fn find<'a>(configs: &'a [Config], name: &str) -> &'a [Round] {
+    &configs
+        .iter()
+        .find(|c| c.name == name)
+        .expect("configured")
+        .rounds
+}
+
+fn summarise(
+    plan: &Plan,
+    configs: &[Config],
+    self_check: &[f64],
+    cold_raw: &[f64],
+    cold_mesh: &[f64],
+    memory: &serde_json::Value,
+) {
+    println!();
+    println!(
+        "End-to-end, {} mode: medians over {} interleaved rounds; latency in µs; 1 KiB bodies; HTTP/1.1; {CONCURRENCY} connections at saturation",
+        plan.name, plan.rounds
+    );
+    let rates: Vec<String> = plan
+        .rates
+        .iter()
+        .map(|r| format!("{:.0}/s p50/p99/p99.9", r))
+        .collect();
+    println!(
+        "{:<8} {:>22} {:>26} {:>26} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "config",
+        "sequential p50/p99/p99.9",
+        rates[0],
+        rates[1],
+        "sat req/s",
+        "cli µs/rq",
+        "srv µs/rq",
+        "side µs/rq",
+        "errors"
+    );
+    let fmt3 = |rounds: &[Round], f: &dyn Fn(&Round) -> Percentiles| {
+        format!(
+            "{:.0}/{:.0}/{:.0}",
+            median_of(rounds, |r| f(r).p50_us),
+            median_of(rounds, |r| f(r).p99_us),
+            median_of(rounds, |r| f(r).p999_us)
+        )
+    };
+    let mut per_config = serde_json::Map::new();
+    for config in configs {
+        let r = &config.rounds;
+        let has_sidecars = config.procs.iter().any(|p| p.name == "nginx");
+        let sidecar_cpu = median_of(r, |r| {
+            r.cpu_us_per_request("nginx") + r.cpu_us_per_request("haproxy")
+        });
+        let sidecar_cell = if has_sidecars {
+            format!("{sidecar_cpu:.1}")
+        } else {
+            "-".to_string()
+        };
+        println!(
+            "{:<8} {:>22} {:>26} {:>26} {:>10.0} {:>9.1} {:>9.1} {:>9} {:>8}",
+            config.name,
+            fmt3(r, &|r| r.sequential),
+            fmt3(r, &|r| r.open[0].latency),
+            fmt3(r, &|r| r.open[1].latency),
+            median_of(r, |r| r.saturation.throughput),
+            median_of(r, |r| r.cpu_us_per_request("client")),
+            median_of(r, |r| r.cpu_us_per_request("server")),
+            sidecar_cell,
+            r.iter().map(Round::errors).sum::<u64>(),
+        );
+        let mut rss = serde_json::Map::new();
+        for name in ["client", "server", "nginx", "haproxy"] {
+            let kib = median_of(r, |r| r.peak_rss_kib(name) as f64);
+            if kib > 0.0 {
+                rss.insert(name.into(), json!(kib));
+            }
+        }
+        per_config.insert(
+            config.name.into(),
+            json!({
+                "seq_p50_us": round3(median_of(r, |r| r.sequential.p50_us)),
+                "seq_p99_us": round3(median_of(r, |r| r.sequential.p99_us)),
+                "seq_p999_us": round3(median_of(r, |r| r.sequential.p999_us)),
+                "open": plan.rates.iter().enumerate().map(|(i, rate)| json!({
+                    "rate": rate,
+                    "p50_us": round3(median_of(r, |r| r.open[i].latency.p50_us)),
+                    "p99_us": round3(median_of(r, |r| r.open[i].latency.p99_us)),
+                    "p999_us": round3(median_of(r, |r| r.open[i].latency.p999_us)),
+                    "generator_lag_p99_us": round3(median_of(r, |r| r.open[i].lag.p99_us)),
+                })).collect::<Vec<_>>(),
+                "throughput": round3(median_of(r, |r| r.saturation.throughput)),
+                "cpu_us_per_request": {
+                    "client": round3(median_of(r, |r| r.cpu_us_per_request("client"))),
+                    "server": round3(median_of(r, |r| r.cpu_us_per_request("server"))),
+                    "sidecars": round3(sidecar_cpu),
+                },
+                "peak_rss_kib": rss,
+                "errors": r.iter().map(Round::errors).sum::<u64>(),
+            }),
+        );
+    }
+
+    let (raw, raw2, mesh, sidecar) = (
+        find(configs, "raw"),
+        find(configs, "raw2"),
+        find(configs, "mesh"),
+        find(configs, "sidecar"),
+    );
+    let tput = |r: &Round| r.saturation.throughput;
+    let raw_vs_raw = paired_median(raw2, raw, |a, b| tput(a) / tput(b));
+    let mesh_vs_raw = paired_median(mesh, raw, |a, b| tput(a) / tput(b));
+    let mesh_vs_sidecar = paired_median(mesh, sidecar, |a, b| tput(a) / tput(b));
+    let added = |x: &[Round], f: fn(&Percentiles) -> f64| {
+        paired_median(x, raw, |a, b| f(&a.sequential) - f(&b.sequential))
+    };
+    let mesh_p50 = added(mesh, |p| p.p50_us);
+    let mesh_p99 = added(mesh, |p| p.p99_us);
+    let raw2_p50 = added(raw2, |p| p.p50_us);
+    let sidecar_p50 = added(sidecar, |p| p.p50_us);
+    let cold_ratio = median(cold_mesh.to_vec()) / median(cold_raw.to_vec());
+    let lag_p99 = configs
+        .iter()
+        .flat_map(|c| c.rounds.iter())
+        .flat_map(|r| r.open.iter().map(|o| o.lag.p99_us))
+        .fold(0.0, f64::max);
+    let check = median(self_check.to_vec());
+
+    println!();
+    println!(
+        "raw2/raw throughput {raw_vs_raw:.3} (noise control); raw2 − raw p50 {raw2_p50:+.1} µs"
+    );
+    println!("mesh/raw throughput {mesh_vs_raw:.3} (target ≥ 0.90); mesh − raw p50 {mesh_p50:+.1} µs (target ≤ 5), p99 {mesh_p99:+.1} µs");
+    println!(
+        "mesh/sidecar throughput {mesh_vs_sidecar:.2} (target ≥ 3); sidecar − raw p50 {sidecar_p50:+.1} µs ({:.1}× the mesh's; target ≥ 4)",
+        sidecar_p50 / mesh_p50.max(f64::EPSILON)
+    );
+    println!(
+        "cold start (spawn → first mTLS response): raw {:.1} ms, mesh {:.1} ms, mesh/raw {cold_ratio:.3} (target ≤ 1.2)",
+        median(cold_raw.to_vec()),
+        median(cold_mesh.to_vec())
+    );
+    println!(
+        "memory: {} B per known endpoint (10,000 endpoints, counting allocator; target ≤ 1024), {} B for a client with one endpoint",
+        memory["bytes_per_endpoint"], memory["base_bytes"]
+    );
+    println!(
+        "generator: worst release lag p99 {lag_p99:.1} µs; at {:.0}/s its p50 is {check:.2}× the sequential p50 (should be ≈ 1)",
+        plan.check_rate
+    );
+    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS) → InboundServer; outbound stack as on main: timeout + endpoint dispatch (retry budget, breaker, outlier detection, metrics recorder not on main yet)");
+
+    let summary = json!({
+        "mode": plan.name,
+        "rounds": plan.rounds,
+        "raw_vs_raw_throughput": round3(raw_vs_raw),
+        "mesh_vs_raw_throughput": round3(mesh_vs_raw),
+        "mesh_added_p50_us": round3(mesh_p50),
+        "mesh_added_p99_us": round3(mesh_p99),
+        "raw2_added_p50_us": round3(raw2_p50),
+        "mesh_vs_sidecar_throughput": round3(mesh_vs_sidecar),
+        "sidecar_added_p50_us": round3(sidecar_p50),
+        "sidecar_added_over_mesh_added_p50": round3(sidecar_p50 / mesh_p50.max(f64::EPSILON)),
+        "cold_start_mesh_vs_raw": round3(cold_ratio),
+        "cold_start_raw_ms": round3(median(cold_raw.to_vec())),
+        "cold_start_mesh_ms": round3(median(cold_mesh.to_vec())),
+        "bytes_per_endpoint": memory["bytes_per_endpoint"],
+        "mesh_base_bytes": memory["base_bytes"],
+        "generator_lag_p99_us_max": round3(lag_p99),
+        "generator_low_rate_p50_over_sequential_p50": round3(check),
+        "mesh_transport": "mtls-spiffe",
+        "mesh_inbound": "InboundServer",
+        "mesh_stack": "timeout+dispatch",
+        "configs": per_config,
+    });
+    println!("{summary}");
+}
