@@ -13,3 +13,4 @@ pub mod config;
 pub mod discovery;
 pub mod extensions;
 pub mod metric_names;
+pub mod telemetry;

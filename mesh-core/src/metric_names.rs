@@ -97,6 +97,8 @@ pub mod label {
     pub const REASON: &str = "mesh.reason";
     /// Outcome word: `ok`, `error`, `rejected`.
     pub const OUTCOME: &str = "mesh.outcome";
+    /// `inbound` or `outbound`.
+    pub const DIRECTION: &str = "mesh.direction";
 }
 
 use label::*;
@@ -169,6 +171,62 @@ metrics! {
     EGRESS_REQUESTS = "mesh.egress.requests", Counter, Unit::Count,
         [SERVER_ADDRESS, OUTCOME],
         "Requests to hosts the mesh does not know (egress), by outcome";
+    /// Bytes of outbound request bodies.
+    HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size", Histogram, Unit::Bytes,
+        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT],
+        "Size of outbound HTTP request bodies";
+    /// Bytes of inbound request bodies.
+    HTTP_SERVER_REQUEST_BODY_SIZE = "http.server.request.body.size", Histogram, Unit::Bytes,
+        [HTTP_REQUEST_METHOD, HTTP_ROUTE, URL_SCHEME],
+        "Size of inbound HTTP request bodies";
+    /// Attempts sent to endpoints (first tries, retries and hedges alike).
+    ATTEMPTS = "mesh.client.attempts", Counter, Unit::Count,
+        [SERVICE, OUTCOME],
+        "Attempts sent to endpoints by outcome (first tries, retries and hedges)";
+    /// Retries by the failure that caused them.
+    RETRIES = "mesh.client.retries", Counter, Unit::Count,
+        [SERVICE, REASON],
+        "Retries sent, by the failure that caused them";
+    /// Hedged attempts sent.
+    HEDGES = "mesh.client.hedges", Counter, Unit::Count,
+        [SERVICE],
+        "Hedged attempts sent because the first was slow";
+    /// Retries or hedges the budget refused.
+    RETRY_BUDGET_EXHAUSTED = "mesh.client.retry_budget.exhausted", Counter, Unit::Count,
+        [SERVICE],
+        "Retries and hedges not sent because the retry budget was spent";
+    /// Breaker state per service: 1 for the current state, 0 for the others.
+    BREAKER_STATE = "mesh.breaker.state", Gauge, Unit::Count,
+        [SERVICE, STATE],
+        "Circuit breaker state (1 for the current one of closed, open, half_open)";
+    /// Breaker transitions, by the state entered.
+    BREAKER_TRANSITIONS = "mesh.breaker.transitions", Counter, Unit::Count,
+        [SERVICE, STATE],
+        "Circuit breaker transitions by the state entered";
+    /// Endpoints ejected by outlier detection.
+    OUTLIER_EJECTIONS = "mesh.outlier.ejections", Counter, Unit::Count,
+        [SERVICE, REASON],
+        "Endpoints ejected by outlier detection, by reason";
+    /// TLS handshakes by direction and outcome.
+    TLS_HANDSHAKES = "mesh.tls.handshakes", Counter, Unit::Count,
+        [DIRECTION, OUTCOME, REASON],
+        "mTLS handshakes by direction and outcome (reason on failure)";
+    /// TLS handshake duration (authentication latency).
+    TLS_HANDSHAKE_DURATION = "mesh.tls.handshake.duration", Histogram, Unit::Seconds,
+        [DIRECTION],
+        "Duration of mTLS handshakes";
+    /// When this workload's certificate expires, as a Unix timestamp.
+    CERTIFICATE_EXPIRATION = "mesh.tls.certificate.expiration_timestamp", Gauge, Unit::Seconds,
+        [],
+        "Expiry of this workload's certificate (Unix time, seconds)";
+    /// Authorization decisions.
+    AUTHZ_DECISIONS = "mesh.authz.decisions", Counter, Unit::Count,
+        [OUTCOME, REASON],
+        "Inbound authorization decisions (allow, deny, audit)";
+    /// Inbound requests refused by a rate or concurrency limit.
+    SERVER_REJECTED = "mesh.server.rejected", Counter, Unit::Count,
+        [REASON],
+        "Inbound requests rate-limited or shed, by reason";
     /// Configuration reloads by outcome.
     CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
         [SOURCE, OUTCOME],

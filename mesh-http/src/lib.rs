@@ -6,6 +6,7 @@ pub mod client;
 pub mod connect;
 pub mod error;
 mod pool;
+pub mod telemetry;
 
 pub use body::ResponseBody;
 pub use client::MeshClient;

@@ -2,7 +2,7 @@
 //! knows the full stack.
 //!
 //! ```text
-//! request timeout ─▶ endpoint dispatch (balancer pick, pooled connection)
+//! telemetry (call) ─▶ request timeout ─▶ telemetry (attempt) ─▶ endpoint dispatch
 //! ```
 //! Retries, breakers and telemetry slot in above the dispatch as they arrive.
 
@@ -12,11 +12,14 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
+use crate::telemetry::{AttemptSpanLayer, ClientTelemetryLayer};
 
 /// Builds the stack every request to the service `config` describes goes through.
 pub(crate) fn service_stack(config: &ServiceConfig, dispatch: EndpointDispatch) -> ServiceStack {
     let stack = ServiceBuilder::new()
+        .layer(ClientTelemetryLayer::new(&config.name))
         .option_layer(config.timeout.map(tower::timeout::TimeoutLayer::new))
+        .layer(AttemptSpanLayer::new())
         .service(dispatch);
     BoxCloneSyncService::new(stack.map_err(Into::into))
 }
