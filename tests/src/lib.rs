@@ -3,3 +3,5 @@
 
 pub mod backend;
 pub mod dnsmasq;
+pub mod otlp;
+pub mod prometheus;
