@@ -97,6 +97,9 @@ pub mod label {
     pub const REASON: &str = "mesh.reason";
     /// Outcome word: `ok`, `error`, `rejected`.
     pub const OUTCOME: &str = "mesh.outcome";
+    /// An endpoint's `ip:port`, as discovery published it (bounded by the
+    /// endpoint set, never taken from a peer).
+    pub const ENDPOINT: &str = "mesh.endpoint";
     /// `inbound` or `outbound`.
     pub const DIRECTION: &str = "mesh.direction";
 }
@@ -183,6 +186,10 @@ metrics! {
     ATTEMPTS = "mesh.client.attempts", Counter, Unit::Count,
         [SERVICE, OUTCOME],
         "Attempts sent to endpoints by outcome (first tries, retries and hedges)";
+    /// Duration of single attempts per endpoint, for per-endpoint latency.
+    ATTEMPT_DURATION = "mesh.client.attempt.duration", Histogram, Unit::Seconds,
+        [SERVICE, ENDPOINT],
+        "Duration of single attempts, by the endpoint that answered";
     /// Retries by the failure that caused them.
     RETRIES = "mesh.client.retries", Counter, Unit::Count,
         [SERVICE, REASON],

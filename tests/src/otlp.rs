@@ -1,5 +1,7 @@
-//! An OTLP/gRPC collector in the test: opentelemetry-proto's generated trace and
-//! metrics services on a loopback port, keeping every span and counting exports.
+//! An OTLP collector in the test: opentelemetry-proto's generated trace and
+//! metrics services over gRPC on one loopback port, and the same messages over
+//! HTTP/protobuf (`POST /v1/traces`, `/v1/metrics`) on another; it keeps every span
+//! and metric name and counts exports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
 use parking_lot::Mutex;
+use prost::Message;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -32,8 +35,10 @@ struct Received {
 #[derive(Debug)]
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    http_addr: SocketAddr,
     received: Arc<Received>,
     task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
 }
 
 struct Traces(Arc<Received>);
@@ -95,11 +100,49 @@ impl OtlpReceiver {
                 .await
                 .expect("OTLP receiver serves");
         });
+
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let http_addr = http_listener.local_addr().expect("local addr");
+        let (traces, metrics) = (received.clone(), received.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |body: bytes::Bytes| async move {
+                    let request = ExportTraceServiceRequest::decode(body).expect("protobuf");
+                    let _ =
+                        TraceService::export(&Traces(traces), tonic::Request::new(request)).await;
+                    protobuf_ok(ExportTraceServiceResponse::default())
+                }),
+            )
+            .route(
+                "/v1/metrics",
+                axum::routing::post(move |body: bytes::Bytes| async move {
+                    let request = ExportMetricsServiceRequest::decode(body).expect("protobuf");
+                    let _ = MetricsService::export(&Metrics(metrics), tonic::Request::new(request))
+                        .await;
+                    protobuf_ok(ExportMetricsServiceResponse::default())
+                }),
+            );
+        let http_task = tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .await
+                .expect("OTLP/HTTP serves");
+        });
         OtlpReceiver {
             addr,
+            http_addr,
             received,
             task,
+            http_task,
         }
+    }
+
+    /// `http://127.0.0.1:<port>` of the HTTP/protobuf side, for
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
     }
 
     /// `http://127.0.0.1:<port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -140,8 +183,16 @@ impl OtlpReceiver {
     }
 }
 
+fn protobuf_ok(message: impl Message) -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/x-protobuf")],
+        message.encode_to_vec(),
+    )
+}
+
 impl Drop for OtlpReceiver {
     fn drop(&mut self) {
         self.task.abort();
+        self.http_task.abort();
     }
 }

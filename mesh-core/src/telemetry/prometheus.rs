@@ -134,3 +134,48 @@ async fn answer(
 
 /// The Prometheus text exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metric_names::{Instrument, ALL};
+
+    /// The names dashboards and rules are checked against (`prometheus_name`) are
+    /// the names this exporter renders, with HELP and TYPE lines, for every metric.
+    #[test]
+    fn every_metric_renders_under_its_prometheus_name_with_help() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metric_names::describe_all();
+            for def in ALL {
+                match def.instrument {
+                    Instrument::Counter => metrics::counter!(def.name).increment(1),
+                    Instrument::Gauge => metrics::gauge!(def.name).set(1.0),
+                    Instrument::Histogram => metrics::histogram!(def.name).record(0.02),
+                }
+            }
+        });
+        let text = handle.render();
+        for def in ALL {
+            let name = def.prometheus_name();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}:\n{text}"
+            );
+            let kind = match def.instrument {
+                Instrument::Counter => "counter",
+                Instrument::Gauge => "gauge",
+                Instrument::Histogram => "histogram",
+            };
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}")),
+                "{name} is not a {kind}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(r#"http_client_request_duration_seconds_bucket{le="0.025"} 1"#),
+            "durations use the semantic conventions' buckets:\n{text}"
+        );
+    }
+}

@@ -12,14 +12,14 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
-use crate::telemetry::{AttemptSpanLayer, ClientTelemetryLayer};
+use crate::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer};
 
 /// Builds the stack every request to the service `config` describes goes through.
 pub(crate) fn service_stack(config: &ServiceConfig, dispatch: EndpointDispatch) -> ServiceStack {
     let stack = ServiceBuilder::new()
         .layer(ClientTelemetryLayer::new(&config.name))
         .option_layer(config.timeout.map(tower::timeout::TimeoutLayer::new))
-        .layer(AttemptSpanLayer::new())
+        .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
     BoxCloneSyncService::new(stack.map_err(Into::into))
 }

@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
-use mesh_core::metric_names::{label, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_DURATION};
+use mesh_core::metric_names::{
+    label, ATTEMPTS, ATTEMPT_DURATION, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_DURATION,
+};
 use mesh_core::telemetry::{inject, method_label, status_label};
 use metrics::{Label, SharedString};
 use pin_project_lite::pin_project;
@@ -204,34 +206,42 @@ where
 
 /// One client span per attempt, just above the endpoint dispatch, and the trace
 /// context (`traceparent`, baggage, or what `OTEL_PROPAGATORS` chose) written
-/// into the request so the server's span is this attempt's child.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AttemptSpanLayer {
-    _private: (),
+/// into the request so the server's span is this attempt's child. Counts
+/// `mesh.client.attempts` by outcome and records `mesh.client.attempt.duration`
+/// per endpoint that answered.
+#[derive(Debug, Clone)]
+pub struct AttemptTelemetryLayer {
+    service: SharedString,
 }
 
-impl AttemptSpanLayer {
-    /// A span per attempt.
-    pub fn new() -> Self {
-        AttemptSpanLayer::default()
+impl AttemptTelemetryLayer {
+    /// Attempt telemetry for the logical service `service`.
+    pub fn new(service: &str) -> Self {
+        AttemptTelemetryLayer {
+            service: SharedString::from_owned(service.to_string()),
+        }
     }
 }
 
-impl<S> tower::Layer<S> for AttemptSpanLayer {
-    type Service = AttemptSpan<S>;
+impl<S> tower::Layer<S> for AttemptTelemetryLayer {
+    type Service = AttemptTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AttemptSpan { inner }
+        AttemptTelemetry {
+            inner,
+            service: self.service.clone(),
+        }
     }
 }
 
-/// The service [`AttemptSpanLayer`] makes.
+/// The service [`AttemptTelemetryLayer`] makes.
 #[derive(Debug, Clone)]
-pub struct AttemptSpan<S> {
+pub struct AttemptTelemetry<S> {
     inner: S,
+    service: SharedString,
 }
 
-impl<S, B, RB> tower::Service<Request<B>> for AttemptSpan<S>
+impl<S, B, RB> tower::Service<Request<B>> for AttemptTelemetry<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
 {
@@ -267,15 +277,19 @@ where
         };
         AttemptFuture {
             inner: future.instrument(span),
+            start: Instant::now(),
+            service: self.service.clone(),
         }
     }
 }
 
 pin_project! {
-    /// The future of an [`AttemptSpan`] call.
+    /// The future of an [`AttemptTelemetry`] call.
     pub struct AttemptFuture<F> {
         #[pin]
         inner: Instrumented<F>,
+        start: Instant,
+        service: SharedString,
     }
 }
 
@@ -294,14 +308,34 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let result = std::task::ready!(this.inner.as_mut().poll(cx));
-        if let Ok(response) = &result {
-            let span = this.inner.span();
-            span.record("http.response.status_code", response.status().as_u16());
-            if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
-                span.record("network.peer.address", tracing::field::display(addr.ip()));
-                span.record("network.peer.port", addr.port());
+        let outcome = match &result {
+            Ok(response) => {
+                let span = this.inner.span();
+                span.record("http.response.status_code", response.status().as_u16());
+                if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
+                    span.record("network.peer.address", tracing::field::display(addr.ip()));
+                    span.record("network.peer.port", addr.port());
+                    metrics::histogram!(
+                        ATTEMPT_DURATION.name,
+                        label::SERVICE => this.service.clone(),
+                        label::ENDPOINT => addr.to_string(),
+                    )
+                    .record(this.start.elapsed().as_secs_f64());
+                }
+                if response.status().is_server_error() {
+                    "error"
+                } else {
+                    "ok"
+                }
             }
-        }
+            Err(_) => "error",
+        };
+        metrics::counter!(
+            ATTEMPTS.name,
+            label::SERVICE => this.service.clone(),
+            label::OUTCOME => outcome,
+        )
+        .increment(1);
         Poll::Ready(result)
     }
 }

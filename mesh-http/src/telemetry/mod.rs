@@ -4,7 +4,7 @@
 //!
 //! The client stack puts [`ClientTelemetryLayer`] at the top (one span and one
 //! `http.client.request.duration` sample per logical call) and
-//! [`AttemptSpanLayer`] just above the endpoint dispatch (one span per attempt,
+//! [`AttemptTelemetryLayer`] just above the endpoint dispatch (one span per attempt,
 //! and the `traceparent` the server continues). [`ServerTelemetryLayer`] goes on
 //! the app's axum router. Set-up (recorder, exporters, propagators) is
 //! [`mesh_core::telemetry::init`].
@@ -15,7 +15,7 @@ mod server;
 
 pub use access_log::AccessLogSink;
 pub use client::{
-    error_type, AttemptFuture, AttemptSpan, AttemptSpanLayer, CallFuture, ClientTelemetry,
-    ClientTelemetryLayer,
+    error_type, AttemptFuture, AttemptTelemetry, AttemptTelemetryLayer, CallFuture,
+    ClientTelemetry, ClientTelemetryLayer,
 };
 pub use server::{ServerFuture, ServerTelemetry, ServerTelemetryLayer, UNMATCHED_ROUTE};
