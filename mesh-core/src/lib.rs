@@ -3,8 +3,9 @@
 //! Everything here is independent of hyper and tonic: configuration read from
 //! `MESH_` environment variables ([`config`]), service discovery that publishes
 //! endpoint snapshots ([`discovery`]), our own load balancer that picks from those
-//! snapshots ([`balance`]), and the names of every metric the mesh emits
-//! ([`metric_names`]).
+//! snapshots ([`balance`]), the names of every metric the mesh emits
+//! ([`metric_names`]), and telemetry set up from the environment in one call
+//! ([`telemetry::init`]).
 #![forbid(unsafe_code)]
 
 pub mod backoff;

@@ -1,4 +1,5 @@
-//! hyper glue for the in-process mesh: the outbound [`MeshClient`].
+//! hyper glue for the in-process mesh: the outbound [`MeshClient`], and the
+//! [`telemetry`] layers for it and for any axum router.
 #![forbid(unsafe_code)]
 
 pub mod body;
