@@ -10,6 +10,12 @@
 //! quickstart's own, so `MESH_DEFAULT_BALANCER=round-robin cargo run --release
 //! --example quickstart` shows the difference a balancer makes; a bad variable
 //! makes it exit non-zero with the error.
+//!
+//! `cargo run --release --example quickstart -- --serve` keeps the backends and a
+//! steady trickle of traffic running until Ctrl-C, with Prometheus metrics on
+//! `MESH_METRICS_ADDR` (default `127.0.0.1:9464`; the address is printed), so
+//! Prometheus and the Grafana dashboard in `examples/observability/` have
+//! something to show.
 #![allow(clippy::disallowed_types)] // an example may time itself with std's clock
 
 use std::collections::BTreeMap;
@@ -25,6 +31,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use mesh_core::config::{Env, Layered, MeshConfig};
+use mesh_http::telemetry::ServerTelemetryLayer;
 use mesh_http::MeshClient;
 use tokio::net::TcpListener;
 
@@ -60,6 +67,7 @@ async fn start_backend(work: Duration, fail_every: Option<u64>) -> std::io::Resu
             }
         }),
     );
+    let app = app.layer(ServerTelemetryLayer::new());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Backend { addr, served })
 }
@@ -76,22 +84,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    let serve = std::env::args().skip(1).any(|a| a == "--serve");
     let fast = start_backend(WORK, None).await?;
     let slow = start_backend(SLOW_WORK, None).await?;
     let failing = start_backend(WORK, Some(FAILURE_EVERY)).await?;
     let backends = [&fast, &slow, &failing];
 
     let endpoints: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-    let own: BTreeMap<String, String> = [
+    let mut own: BTreeMap<String, String> = [
         ("MESH_SERVICE_NAME", "quickstart".to_string()),
         ("MESH_SERVICE_BACKEND_ENDPOINTS", endpoints.join(",")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if serve {
+        own.insert("MESH_METRICS_ADDR".into(), "127.0.0.1:9464".into());
+    }
     let config = MeshConfig::from_source(&Layered::new(Env, own))?;
+    // Metrics are recorded either way; only --serve exposes them.
+    let telemetry = mesh_core::telemetry::builder(&config)
+        .install_subscriber(false)
+        .init()?;
     let client = MeshClient::new(config)?;
     client.ready().await;
+    if serve {
+        return serve_until_interrupted(client, telemetry).await;
+    }
 
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -193,4 +212,42 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--serve`: a steady trickle of requests until Ctrl-C, metrics on the endpoint.
+async fn serve_until_interrupted(
+    client: MeshClient,
+    telemetry: mesh_core::telemetry::TelemetryGuard,
+) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    match telemetry.metrics_addr() {
+        Some(addr) => println!("quickstart: metrics at http://{addr}/metrics"),
+        None => println!("quickstart: MESH_METRICS_ADDR=off, serving no metrics"),
+    }
+    println!("quickstart: sending 20 requests/s to service `backend`; Ctrl-C to stop");
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let (mut sent, mut ok) = (0u64, 0u64);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => break,
+            _ = tick.tick() => {
+                let client = client.clone();
+                let request = http::Request::get("http://backend/work")
+                    .body(Empty::<Bytes>::new())
+                    .expect("valid request");
+                sent += 1;
+                if let Ok(response) = client
+                    .send(request.map(|b| b.map_err(Into::into).boxed_unsync()))
+                    .await
+                {
+                    ok += u64::from(response.status().is_success());
+                    let _ = response.into_body().collect().await;
+                }
+            }
+        }
+    }
+    println!("quickstart: stopped after {sent} requests, {ok} ok");
+    drop(telemetry);
+    Ok(ExitCode::SUCCESS)
 }

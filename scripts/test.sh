@@ -12,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The benchmark's sidecar configuration (benches/, `compare -- --quick`) and its tests.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# Prometheus and promtool: a real scrape of /metrics, and the shipped alert rules.
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}"
   sudo_cmd=""

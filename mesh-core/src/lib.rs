@@ -6,7 +6,9 @@
 //! snapshots ([`balance`]), one classification of outcomes ([`classify`]),
 //! retries, hedging and their budget ([`retry`]) over replayable bodies
 //! ([`replay`]), deadlines carried from inbound to outbound calls ([`deadline`]),
-//! and the names of every metric the mesh emits ([`metric_names`]).
+//! SPIFFE workload identity and the rustls configs built on it ([`identity`],
+//! [`tls`]), the names of every metric the mesh emits ([`metric_names`]), and
+//! telemetry set up from the environment in one call ([`telemetry::init`]).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -20,4 +22,5 @@ pub mod identity;
 pub mod metric_names;
 pub mod replay;
 pub mod retry;
+pub mod telemetry;
 pub mod tls;

@@ -99,6 +99,11 @@ pub mod label {
     pub const OUTCOME: &str = "mesh.outcome";
     /// Our own SPIFFE ID (one per process, so bounded).
     pub const IDENTITY: &str = "mesh.identity";
+    /// An endpoint's `ip:port`, as discovery published it (bounded by the
+    /// endpoint set, never taken from a peer).
+    pub const ENDPOINT: &str = "mesh.endpoint";
+    /// `inbound` or `outbound`.
+    pub const DIRECTION: &str = "mesh.direction";
 }
 
 use label::*;
@@ -171,22 +176,54 @@ metrics! {
     EGRESS_REQUESTS = "mesh.egress.requests", Counter, Unit::Count,
         [SERVER_ADDRESS, OUTCOME],
         "Requests to hosts the mesh does not know (egress), by outcome";
-    /// Attempts of outbound requests by how they were classified.
-    RETRY_ATTEMPTS = "mesh.retry.attempts", Counter, Unit::Count,
+    /// Bytes of outbound request bodies.
+    HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size", Histogram, Unit::Bytes,
+        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT],
+        "Size of outbound HTTP request bodies";
+    /// Bytes of inbound request bodies.
+    HTTP_SERVER_REQUEST_BODY_SIZE = "http.server.request.body.size", Histogram, Unit::Bytes,
+        [HTTP_REQUEST_METHOD, HTTP_ROUTE, URL_SCHEME],
+        "Size of inbound HTTP request bodies";
+    /// Attempts sent to endpoints (first tries, retries and hedges alike).
+    ATTEMPTS = "mesh.client.attempts", Counter, Unit::Count,
         [SERVICE, OUTCOME],
-        "Attempts of outbound requests (first tries, retries and hedges) by outcome: success, failure, retryable";
-    /// Retries made, by why the previous attempt was retried.
-    RETRIES = "mesh.retry.retries", Counter, Unit::Count,
+        "Attempts sent to endpoints by outcome (first tries, retries and hedges)";
+    /// Duration of single attempts per endpoint, for per-endpoint latency.
+    ATTEMPT_DURATION = "mesh.client.attempt.duration", Histogram, Unit::Seconds,
+        [SERVICE, ENDPOINT],
+        "Duration of single attempts, by the endpoint that answered";
+    /// Retries by the failure that caused them.
+    RETRIES = "mesh.client.retries", Counter, Unit::Count,
         [SERVICE, REASON],
-        "Retries of outbound requests by reason (connect_failure, refused_stream, status, reset, per_try_timeout, unavailable)";
-    /// Hedged second attempts started.
-    HEDGES = "mesh.retry.hedges", Counter, Unit::Count,
+        "Retries sent, by the failure that caused them";
+    /// Hedged attempts sent.
+    HEDGES = "mesh.client.hedges", Counter, Unit::Count,
         [SERVICE],
-        "Hedged attempts started because the first had not answered within the hedge delay";
-    /// Retries and hedges not made because the retry budget was spent.
-    RETRY_BUDGET_EXHAUSTED = "mesh.retry.budget_exhausted", Counter, Unit::Count,
+        "Hedged attempts sent because the first was slow";
+    /// Retries or hedges the budget refused.
+    RETRY_BUDGET_EXHAUSTED = "mesh.client.retry_budget.exhausted", Counter, Unit::Count,
         [SERVICE],
-        "Retries and hedges refused because the service's retry budget was spent";
+        "Retries and hedges not sent because the retry budget was spent";
+    /// Breaker state per service: 1 for the current state, 0 for the others.
+    BREAKER_STATE = "mesh.breaker.state", Gauge, Unit::Count,
+        [SERVICE, STATE],
+        "Circuit breaker state (1 for the current one of closed, open, half_open)";
+    /// Breaker transitions, by the state entered.
+    BREAKER_TRANSITIONS = "mesh.breaker.transitions", Counter, Unit::Count,
+        [SERVICE, STATE],
+        "Circuit breaker transitions by the state entered";
+    /// Endpoints ejected by outlier detection.
+    OUTLIER_EJECTIONS = "mesh.outlier.ejections", Counter, Unit::Count,
+        [SERVICE, REASON],
+        "Endpoints ejected by outlier detection, by reason";
+    /// Authorization decisions.
+    AUTHZ_DECISIONS = "mesh.authz.decisions", Counter, Unit::Count,
+        [OUTCOME, REASON],
+        "Inbound authorization decisions (allow, deny, audit)";
+    /// Inbound requests refused by a rate or concurrency limit.
+    SERVER_REJECTED = "mesh.server.rejected", Counter, Unit::Count,
+        [REASON],
+        "Inbound requests rate-limited or shed, by reason";
     /// Configuration reloads by outcome.
     CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
         [SOURCE, OUTCOME],

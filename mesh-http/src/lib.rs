@@ -1,5 +1,6 @@
-//! hyper glue for the in-process mesh: the outbound [`MeshClient`] and the inbound
-//! mTLS [`server`] for axum.
+//! hyper glue for the in-process mesh: [`Mesh`] (one handle from `MESH_`
+//! variables), the outbound [`MeshClient`], the inbound mTLS [`server`] for axum,
+//! and the [`telemetry`] layers for the client and for any axum router.
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -9,6 +10,7 @@ pub mod error;
 mod mesh;
 mod pool;
 pub mod server;
+pub mod telemetry;
 
 pub use body::ResponseBody;
 pub use client::MeshClient;

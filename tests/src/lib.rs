@@ -3,4 +3,6 @@
 
 pub mod backend;
 pub mod dnsmasq;
+pub mod otlp;
 pub mod pki;
+pub mod prometheus;

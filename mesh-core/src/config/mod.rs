@@ -70,6 +70,26 @@ pub enum InboundMode {
     Strict,
 }
 
+/// Whether inbound requests are logged, one line each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log.
+    Off,
+    /// One JSON object per request on stdout.
+    Json,
+}
+
+impl AccessLog {
+    /// Parses `off` / `json`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        match s.trim() {
+            "off" => Ok(AccessLog::Off),
+            "json" => Ok(AccessLog::Json),
+            _ => Err("`off` or `json`"),
+        }
+    }
+}
+
 /// The whole mesh configuration, parsed and validated once at start-up.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -80,6 +100,8 @@ pub struct MeshConfig {
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
+    metrics_addr: Option<SocketAddr>,
+    access_log: AccessLog,
     services: Vec<ServiceConfig>,
     /// Normalized service name → index into `services`.
     index: HashMap<String, usize>,
@@ -138,6 +160,19 @@ impl MeshConfig {
             _ => Err("`allow` or `deny`"),
         })
         .unwrap_or_default();
+        let metrics_addr = typed(
+            global("METRICS_ADDR"),
+            problems,
+            value::optional_socket_addr,
+        )
+        .unwrap_or_else(|| {
+            value::optional_socket_addr(default_of("METRICS_ADDR"))
+                .expect("documented default parses")
+        });
+        let access_log =
+            typed(global("ACCESS_LOG"), problems, AccessLog::parse).unwrap_or_else(|| {
+                AccessLog::parse(default_of("ACCESS_LOG")).expect("documented default parses")
+            });
         let mut dns = DnsSettings::default();
         if let Some(servers) = typed(global("DNS_SERVERS"), problems, |v| {
             value::list(v)
@@ -211,6 +246,8 @@ impl MeshConfig {
         builder.identity = identity;
         builder.inbound_addr = inbound_addr;
         builder.inbound_mode = inbound_mode;
+        builder.metrics_addr = metrics_addr;
+        builder.access_log = access_log;
         builder.services = services;
         match builder.build() {
             Ok(config) => Some(config),
@@ -231,6 +268,8 @@ impl MeshConfig {
             zone: None,
             egress: Egress::Deny,
             dns: DnsSettings::default(),
+            metrics_addr: None,
+            access_log: AccessLog::Off,
             services: Vec::new(),
         }
     }
@@ -268,6 +307,16 @@ impl MeshConfig {
     /// Settings shared by DNS and SRV discovery.
     pub fn dns(&self) -> &DnsSettings {
         &self.dns
+    }
+
+    /// Where the Prometheus scrape endpoint listens (`MESH_METRICS_ADDR`), if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Whether inbound requests are logged (`MESH_ACCESS_LOG`).
+    pub fn access_log(&self) -> AccessLog {
+        self.access_log
     }
 
     /// Every configured service.
@@ -345,6 +394,15 @@ fn identity_files(
     Some(files)
 }
 
+/// The documented default of a registered setting: the one source of truth.
+fn default_of(name: &str) -> &'static str {
+    settings::SETTINGS
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.default.trim_matches('`'))
+        .expect("the setting is registered")
+}
+
 /// Parses a global setting if it is set; records a problem when it does not parse.
 fn typed<T>(
     entry: Option<&Entry>,
@@ -373,6 +431,8 @@ pub struct MeshConfigBuilder {
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
+    metrics_addr: Option<SocketAddr>,
+    access_log: AccessLog,
     services: Vec<ServiceConfig>,
 }
 
@@ -386,6 +446,18 @@ impl MeshConfigBuilder {
     /// Where the inbound mTLS listener binds.
     pub fn inbound_addr(mut self, addr: SocketAddr) -> Self {
         self.inbound_addr = Some(addr);
+        self
+    }
+
+    /// Serves Prometheus metrics on `addr` (see [`MeshConfig::metrics_addr`]).
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
+        self
+    }
+
+    /// Logs inbound requests (see [`MeshConfig::access_log`]).
+    pub fn access_log(mut self, access_log: AccessLog) -> Self {
+        self.access_log = access_log;
         self
     }
 
@@ -440,6 +512,8 @@ impl MeshConfigBuilder {
             zone: self.zone,
             egress: self.egress,
             dns: self.dns,
+            metrics_addr: self.metrics_addr,
+            access_log: self.access_log,
             services: self.services,
             index,
         })

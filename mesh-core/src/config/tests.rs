@@ -433,3 +433,30 @@ fn bad_retry_settings_are_start_up_errors_naming_the_variable() {
         assert!(text.contains(expected), "{name}={value}: {text}");
     }
 }
+
+#[test]
+fn metrics_addr_and_access_log_default_off_and_parse() {
+    let config = MeshConfig::from_source(&[] as &[(&str, &str)]).unwrap();
+    assert_eq!(config.metrics_addr(), None);
+    assert_eq!(config.access_log(), crate::config::AccessLog::Off);
+    let config = MeshConfig::from_source(&[
+        ("MESH_METRICS_ADDR", "127.0.0.1:9464"),
+        ("MESH_ACCESS_LOG", "json"),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.metrics_addr(),
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(config.access_log(), crate::config::AccessLog::Json);
+}
+
+#[test]
+fn bad_metrics_addr_and_access_log_are_named() {
+    let e = err(&[("MESH_METRICS_ADDR", "9464"), ("MESH_ACCESS_LOG", "yes")]);
+    let text = e.to_string();
+    assert!(text.contains("MESH_METRICS_ADDR=\"9464\""), "{text}");
+    assert!(text.contains("ip:port"), "{text}");
+    assert!(text.contains("MESH_ACCESS_LOG=\"yes\""), "{text}");
+    assert!(text.contains("`off` or `json`"), "{text}");
+}

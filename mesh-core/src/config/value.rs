@@ -52,6 +52,17 @@ pub fn percent(s: &str) -> Result<f64, &'static str> {
     Ok(value / 100.0)
 }
 
+/// An `ip:port` socket address, or `off` for none.
+pub fn optional_socket_addr(s: &str) -> Result<Option<std::net::SocketAddr>, &'static str> {
+    match s.trim() {
+        "off" | "" => Ok(None),
+        other => other
+            .parse()
+            .map(Some)
+            .map_err(|_| "an ip:port address such as 0.0.0.0:9090, or `off`"),
+    }
+}
+
 /// A positive whole number.
 pub fn positive_count(s: &str) -> Result<usize, &'static str> {
     const EXPECTED: &str = "a whole number of at least 1";

@@ -436,12 +436,7 @@ where
     if class == Class::Success {
         shared.latencies.record(started.elapsed());
     }
-    let outcome_word = match class {
-        Class::Success => "success",
-        Class::Failure => "failure",
-        Class::Retryable(_) => "retryable",
-    };
-    count(shared, &metric_names::RETRY_ATTEMPTS, Some(outcome_word));
+    // Attempts are counted by the attempt telemetry layer (`mesh.client.attempts`).
     (outcome, class)
 }
 

@@ -2,11 +2,13 @@
 //! knows the full stack.
 //!
 //! ```text
-//! deadline (service TIMEOUT, inherited deadline, per-request RequestTimeout;
-//!           writes x-mesh-timeout-ms / grpc-timeout)
+//! telemetry (call: one span and one duration sample per logical request)
+//!   ─▶ deadline (service TIMEOUT, inherited deadline, per-request RequestTimeout;
+//!                writes x-mesh-timeout-ms / grpc-timeout)
 //!   ─▶ (route, breaker: later)
 //!   ─▶ retry / hedge (one budget per service; replay buffer; each attempt avoids
 //!                     the endpoints earlier ones used)
+//!   ─▶ telemetry (attempt: a span per attempt, trace context injected)
 //!   ─▶ endpoint dispatch (balancer pick, pooled connection)
 //! ```
 
@@ -25,6 +27,7 @@ use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
 use crate::body::RequestBody;
+use crate::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer};
 
 /// Builds the stack every request to the service `config` describes goes through;
 /// `budget` is the service's retry budget, shared by every clone of the client.
@@ -34,6 +37,7 @@ pub(crate) fn service_stack(
     dispatch: EndpointDispatch,
 ) -> ServiceStack {
     let stack = ServiceBuilder::new()
+        .layer(ClientTelemetryLayer::new(&config.name))
         .layer(OutboundDeadlineLayer::new(config.timeout))
         .layer(RetryLayer::new(
             config.name.clone(),
@@ -44,6 +48,7 @@ pub(crate) fn service_stack(
         .map_request(|request: Request<ReplayBody<RequestBody>>| {
             request.map(|body| body.boxed_unsync())
         })
+        .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
     BoxCloneSyncService::new(stack.map_err(Into::into))
 }
