@@ -169,7 +169,7 @@ impl Inner {
 }
 
 /// Leave to make one call, from [`CircuitBreaker::try_acquire`]; report how it went
-/// with [`CircuitBreaker::record`]. Dropped unreported (a cancelled call), it frees
+/// with [`Permit::record`]. Dropped unreported (a cancelled call), it frees
 /// its probe slot and counts for nothing.
 #[derive(Debug)]
 pub struct Permit {
