@@ -152,3 +152,31 @@ async fn an_open_breaker_fails_fast_without_reaching_the_backends() {
     );
     assert_eq!(served(&backends), reached, "nothing reached the backends");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_rate_limit_fails_requests_before_sending_them() {
+    let backend = TestBackend::start_with(answering(StatusCode::OK)).await;
+    let client = client(&[
+        ("MESH_SERVICE_SVC_ENDPOINTS", backend.addr().to_string()),
+        ("MESH_SERVICE_SVC_RATE_LIMIT", "1/s,burst=10".into()),
+    ]);
+    client.ready().await;
+    let started = tokio::time::Instant::now();
+    let (mut ok, mut limited) = (0u64, 0u64);
+    for _ in 0..100 {
+        let request = Request::get("http://svc/work").body(empty()).unwrap();
+        match client.send(request).await {
+            Ok(response) if response.status().is_success() => ok += 1,
+            Err(e) if e.is_rate_limited() => limited += 1,
+            other => panic!("unexpected outcome: {other:?}"),
+        }
+    }
+    let allowed = 10 + started.elapsed().as_secs() + 1;
+    assert_eq!(ok + limited, 100);
+    assert!((10..=allowed).contains(&ok), "{ok} sent, at most {allowed}");
+    assert_eq!(
+        backend.served(),
+        ok,
+        "refused requests never reached the backend"
+    );
+}
