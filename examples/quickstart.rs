@@ -94,6 +94,9 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let mut own: BTreeMap<String, String> = [
         ("MESH_SERVICE_NAME", "quickstart".to_string()),
         ("MESH_SERVICE_BACKEND_ENDPOINTS", endpoints.join(",")),
+        // Fails requests fast should the whole service start failing; retries
+        // keep this one's failure rate far below the breaker's 50%.
+        ("MESH_SERVICE_BACKEND_BREAKER", "on".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -187,6 +190,13 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
         stats.retries,
         stats.exhausted
     );
+    println!(
+        "  breaker {}, outlier ejections {}",
+        client
+            .breaker_state("backend")
+            .map_or("off", |state| state.as_str()),
+        client.ejections("backend").unwrap_or(0)
+    );
     let per_endpoint: serde_json::Map<String, serde_json::Value> = backends
         .iter()
         .map(|b| (b.addr.to_string(), b.served.load(Ordering::Relaxed).into()))
@@ -200,6 +210,10 @@ async fn run() -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
         "attempts": attempts,
         "retries": stats.retries,
         "budget_exhausted": stats.exhausted,
+        "breaker": client
+            .breaker_state("backend")
+            .map_or("off", |state| state.as_str()),
+        "ejections": client.ejections("backend").unwrap_or(0),
         "per_endpoint": per_endpoint,
         "slow_endpoint": slow.addr.to_string(),
         "failing_endpoint": failing.addr.to_string(),

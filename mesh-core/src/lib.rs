@@ -13,13 +13,18 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod breaker;
 pub mod classify;
+pub mod concurrency;
 pub mod config;
 pub mod deadline;
 pub mod discovery;
 pub mod extensions;
+pub mod fault;
 pub mod identity;
 pub mod metric_names;
+pub mod outlier;
+pub mod ratelimit;
 pub mod replay;
 pub mod retry;
 pub mod telemetry;

@@ -215,7 +215,7 @@ metrics! {
     /// Endpoints ejected by outlier detection.
     OUTLIER_EJECTIONS = "mesh.outlier.ejections", Counter, Unit::Count,
         [SERVICE, REASON],
-        "Endpoints ejected by outlier detection, by reason";
+        "Endpoints ejected by outlier detection, by method (consecutive_failures, success_rate, failure_percentage)";
     /// Authorization decisions.
     AUTHZ_DECISIONS = "mesh.authz.decisions", Counter, Unit::Count,
         [OUTCOME, REASON],
@@ -238,6 +238,22 @@ metrics! {
     TLS_HANDSHAKE_FAILURES = "mesh.tls.handshake.failures", Counter, Unit::Count,
         [REASON, SERVICE],
         "TLS handshakes that failed, by reason (outbound ones also by service)";
+    /// Requests refused without touching the network because the breaker is open.
+    BREAKER_REJECTED = "mesh.breaker.rejected", Counter, Unit::Count,
+        [SERVICE],
+        "Requests failed fast because the service's circuit breaker was open";
+    /// Requests refused by a rate limit (`mesh.source`: inbound or outbound).
+    RATE_LIMITED = "mesh.rate_limited", Counter, Unit::Count,
+        [SOURCE, SERVICE],
+        "Requests refused by a rate limit (inbound: answered 429; outbound: failed before sending)";
+    /// Requests shed by a concurrency limit (`mesh.source`: inbound or outbound).
+    SHED = "mesh.concurrency.shed", Counter, Unit::Count,
+        [SOURCE, SERVICE],
+        "Requests shed by a concurrency limit (inbound: answered 503; outbound: failed before sending)";
+    /// The current adaptive concurrency limit.
+    CONCURRENCY_LIMIT = "mesh.concurrency.limit", Gauge, Unit::Count,
+        [SOURCE, SERVICE],
+        "Current concurrency limit (adaptive limits move between their minimum and maximum)";
 }
 
 /// Describes every metric to the installed `metrics` recorder, so exporters print

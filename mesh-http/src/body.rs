@@ -54,6 +54,13 @@ impl std::fmt::Debug for ResponseBody {
     }
 }
 
+/// An empty body, for responses layers synthesize (injected faults, shed requests).
+impl Default for ResponseBody {
+    fn default() -> Self {
+        ResponseBody::new(http_body_util::Empty::<Bytes>::new())
+    }
+}
+
 impl ResponseBody {
     pub(crate) fn incoming(body: Incoming, lease: Option<Box<dyn Lease>>) -> Self {
         let mut body = ResponseBody {

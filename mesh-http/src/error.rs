@@ -115,6 +115,24 @@ impl Error {
         self.source_is::<mesh_core::replay::NotReplayable>()
     }
 
+    /// The service's circuit breaker is open: the request was not sent (and not
+    /// retried). Try later, or fall back.
+    pub fn is_breaker_open(&self) -> bool {
+        self.source_is::<mesh_core::breaker::BreakerOpen>()
+    }
+
+    /// The service's outbound rate limit (`MESH_SERVICE_<NAME>_RATE_LIMIT`) was
+    /// reached: the request was not sent.
+    pub fn is_rate_limited(&self) -> bool {
+        self.source_is::<mesh_core::ratelimit::RateLimited>()
+    }
+
+    /// The service's outbound concurrency limit (`MESH_SERVICE_<NAME>_CONCURRENCY`)
+    /// was reached: the request was shed before sending.
+    pub fn is_overloaded(&self) -> bool {
+        self.source_is::<mesh_core::concurrency::Overloaded>()
+    }
+
     fn source_is<E: std::error::Error + 'static>(&self) -> bool {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = self
             .source

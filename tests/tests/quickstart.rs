@@ -79,6 +79,10 @@ fn quickstart_summary_shows_balanced_traffic_with_failures_retried() {
     assert!(retries > 0, "nothing was retried: {summary}");
     assert!(attempts >= requests, "{summary}");
     assert!(summary["budget_exhausted"].as_u64().is_some(), "{summary}");
+    // A fifth of one backend's answers failing neither opens the breaker nor
+    // makes five failures in a row.
+    assert_eq!(summary["breaker"], "closed", "{summary}");
+    assert_eq!(summary["ejections"], 0, "{summary}");
     let per_endpoint = summary["per_endpoint"].as_object().unwrap();
     assert_eq!(per_endpoint.len(), 3);
     let slow = summary["slow_endpoint"].as_str().unwrap();

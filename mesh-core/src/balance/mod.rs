@@ -287,6 +287,12 @@ impl<E: Send + Sync + 'static> Balancer<E> {
         &self.shared.service
     }
 
+    /// Endpoints in the current table (one atomic load; for per-request checks
+    /// such as outlier detection's ejection cap).
+    pub fn known_endpoints(&self) -> usize {
+        self.shared.known()
+    }
+
     /// Current endpoint counts. Expired ejections found on the way are cleared
     /// (this walks the table; it is for metrics and diagnostics, not per request).
     pub fn stats(&self) -> BalancerStats {

@@ -8,8 +8,13 @@ use super::raw::{normalize_service_name, Entry, RawService};
 use super::settings::{self, Scope};
 use super::value;
 use crate::balance::{BalancerKind, BalancerSettings};
+use crate::breaker::BreakerSettings;
+use crate::concurrency::LimitAlgorithm;
 use crate::discovery::{DiscoverySource, HostPort};
+use crate::fault::{parse_abort, parse_delay, Faults};
 use crate::identity::ExpectedIdentity;
+use crate::outlier::OutlierSettings;
+use crate::ratelimit::Rate;
 use crate::retry::{
     parse_hedge_delay, parse_max_attempts, MethodSet, RetryBackoff, RetryBudgetSettings, RetryOn,
     RetryPolicy,
@@ -72,6 +77,16 @@ pub struct ServiceConfig {
     pub retry: RetryPolicy,
     /// The retry budget shared by every clone of a client for this service.
     pub retry_budget: RetryBudgetSettings,
+    /// Passive outlier detection; `None` when turned off.
+    pub outlier: Option<OutlierSettings>,
+    /// The circuit breaker; `None` when turned off (the default).
+    pub breaker: Option<BreakerSettings>,
+    /// Outbound rate limit; `None` for none (the default).
+    pub rate_limit: Option<Rate>,
+    /// Outbound concurrency limit; `None` for none (the default).
+    pub concurrency: Option<LimitAlgorithm>,
+    /// Injected faults (none by default).
+    pub faults: Faults,
 }
 
 impl ServiceConfig {
@@ -130,6 +145,28 @@ impl Lookup<'_> {
                 None
             }
         }
+    }
+
+    /// Whether the service or the defaults set `name`.
+    fn is_set(&self, name: &str) -> bool {
+        self.service.settings.contains_key(name) || self.defaults.contains_key(name)
+    }
+
+    /// Records that the value of `name` contradicts another setting.
+    fn conflict(&mut self, name: &'static str, expected: &str) {
+        let entry = self
+            .service
+            .settings
+            .get(name)
+            .or_else(|| self.defaults.get(name));
+        let problem = match entry {
+            Some(entry) => Problem::invalid(entry.origin.clone(), &entry.value, expected),
+            None => Problem::other(
+                code_origin(name),
+                format!("{name} (default) conflicts with another setting: expected {expected}"),
+            ),
+        };
+        self.problems.push(problem);
     }
 
     fn get<T, E: std::fmt::Display>(
@@ -207,6 +244,18 @@ pub(crate) fn resolve(
     let methods = l.get("RETRY_METHODS", str::parse::<MethodSet>);
     let replay_buffer = l.get("REPLAY_BUFFER", value::size);
     let hedge_delay = l.get("HEDGE_DELAY", parse_hedge_delay);
+    let outlier = outlier_settings(&mut l);
+    let breaker = breaker_settings(&mut l);
+    let rate_limit = l.get("RATE_LIMIT", |v| match v.trim() {
+        "off" => Ok(None),
+        other => other.parse::<Rate>().map(Some),
+    });
+    let concurrency = l.get("CONCURRENCY", |v| match v.trim() {
+        "off" => Ok(None),
+        other => other.parse::<LimitAlgorithm>().map(Some),
+    });
+    let fault_delay = l.get("FAULT_DELAY", parse_delay);
+    let fault_abort = l.get("FAULT_ABORT", parse_abort);
     if problems.len() > before {
         return None;
     }
@@ -243,7 +292,70 @@ pub(crate) fn resolve(
             min_per_second: min_per_second?,
             window: budget_window?,
         },
+        outlier: outlier?,
+        breaker: breaker?,
+        rate_limit: rate_limit?,
+        concurrency: concurrency?,
+        faults: Faults {
+            delay: fault_delay?,
+            abort: fault_abort?,
+        },
     })
+}
+
+/// The `OUTLIER_*` settings; `Some(None)` when outlier detection is off.
+fn outlier_settings(l: &mut Lookup<'_>) -> Option<Option<OutlierSettings>> {
+    let on = l.get("OUTLIER_DETECTION", value::boolean);
+    let consecutive = l.get("OUTLIER_CONSECUTIVE_FAILURES", value::optional_positive);
+    let interval = l.get("OUTLIER_INTERVAL", value::positive_duration);
+    let base = l.get("OUTLIER_BASE_EJECTION", value::positive_duration);
+    let max = l.get("OUTLIER_MAX_EJECTION", value::positive_duration);
+    let max_ejected = l.get("OUTLIER_MAX_EJECTED", value::percent);
+    let (base, max) = (base?, max?);
+    if base > max {
+        if l.is_set("OUTLIER_BASE_EJECTION") {
+            l.conflict(
+                "OUTLIER_BASE_EJECTION",
+                &format!("a duration no longer than OUTLIER_MAX_EJECTION ({max:?})"),
+            );
+        } else {
+            l.conflict(
+                "OUTLIER_MAX_EJECTION",
+                &format!("a duration no shorter than OUTLIER_BASE_EJECTION ({base:?})"),
+            );
+        }
+        return None;
+    }
+    let settings = OutlierSettings {
+        consecutive_failures: consecutive?,
+        interval: interval?,
+        base_ejection: base,
+        max_ejection: max,
+        max_ejected: max_ejected?,
+        ..OutlierSettings::default()
+    };
+    Some(on?.then_some(settings))
+}
+
+/// The `BREAKER*` settings; `Some(None)` when there is no breaker.
+fn breaker_settings(l: &mut Lookup<'_>) -> Option<Option<BreakerSettings>> {
+    let on = l.get("BREAKER", value::boolean);
+    let failure_rate = l.get("BREAKER_FAILURE_RATE", value::percent);
+    let slow_call = l.get("BREAKER_SLOW_CALL", value::optional_duration);
+    let window = l.get("BREAKER_WINDOW", value::positive_count);
+    let open_time = l.get("BREAKER_OPEN_TIME", value::positive_duration);
+    let probes = l.get("BREAKER_PROBES", value::positive_count);
+    let window = window?;
+    let settings = BreakerSettings {
+        failure_rate: failure_rate?,
+        slow_call: slow_call?,
+        window,
+        min_calls: window,
+        open_time: open_time?,
+        probes: probes?,
+        ..BreakerSettings::default()
+    };
+    Some(on?.then_some(settings))
 }
 
 /// Exactly one of ENDPOINTS, DNS, SRV, FILE.

@@ -163,9 +163,9 @@ fn kubernetes_variables_for_a_service_named_mesh_are_accepted() {
 fn planned_settings_fail_clearly_instead_of_being_ignored() {
     let e = err(&[
         ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
-        ("MESH_SERVICE_API_OUTLIER_INTERVAL", "1s"),
+        ("MESH_SERVICE_API_GRPC_SERVICE_CONFIG", "{}"),
     ]);
-    assert!(e.names_variable("MESH_SERVICE_API_OUTLIER_INTERVAL"));
+    assert!(e.names_variable("MESH_SERVICE_API_GRPC_SERVICE_CONFIG"));
     assert!(
         matches!(e.problems()[0].kind(), ProblemKind::NotSupportedYet),
         "{e}"
@@ -459,4 +459,165 @@ fn bad_metrics_addr_and_access_log_are_named() {
     assert!(text.contains("ip:port"), "{text}");
     assert!(text.contains("MESH_ACCESS_LOG=\"yes\""), "{text}");
     assert!(text.contains("`off` or `json`"), "{text}");
+}
+
+#[test]
+fn outlier_and_breaker_settings_have_documented_defaults_and_can_be_set() {
+    let config = MeshConfig::from_source(&[("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1")]).unwrap();
+    let svc = config.service_for_host("api").unwrap();
+    let outlier = svc
+        .outlier
+        .as_ref()
+        .expect("outlier detection is on by default");
+    assert_eq!(outlier.consecutive_failures, Some(5));
+    assert_eq!(outlier.interval, Duration::from_secs(10));
+    assert_eq!(outlier.base_ejection, Duration::from_secs(30));
+    assert_eq!(outlier.max_ejection, Duration::from_secs(300));
+    assert_eq!(outlier.max_ejected, 0.1);
+    assert!(svc.breaker.is_none(), "the breaker is off by default");
+
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_OUTLIER_CONSECUTIVE_FAILURES", "off"),
+        ("MESH_SERVICE_API_OUTLIER_MAX_EJECTED", "50%"),
+        ("MESH_SERVICE_API_BREAKER", "on"),
+        ("MESH_SERVICE_API_BREAKER_WINDOW", "20"),
+        ("MESH_SERVICE_API_BREAKER_OPEN_TIME", "5s"),
+        ("MESH_SERVICE_API_BREAKER_SLOW_CALL", "off"),
+        ("MESH_SERVICE_OTHER_ENDPOINTS", "127.0.0.1:2"),
+        ("MESH_SERVICE_OTHER_OUTLIER_DETECTION", "off"),
+    ])
+    .unwrap();
+    let svc = config.service_for_host("api").unwrap();
+    let outlier = svc.outlier.as_ref().unwrap();
+    assert_eq!(outlier.consecutive_failures, None);
+    assert_eq!(outlier.max_ejected, 0.5);
+    let breaker = svc.breaker.as_ref().unwrap();
+    assert_eq!(breaker.failure_rate, 0.5);
+    assert_eq!((breaker.window, breaker.min_calls), (20, 20));
+    assert_eq!(breaker.open_time, Duration::from_secs(5));
+    assert_eq!(breaker.slow_call, None);
+    assert_eq!(breaker.probes, 10);
+    assert!(config.service_for_host("other").unwrap().outlier.is_none());
+}
+
+#[test]
+fn bad_outlier_and_breaker_settings_are_start_up_errors_naming_the_variable() {
+    /// Variables, the one named in the error, the value, what was expected.
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        (
+            &[("MESH_SERVICE_API_OUTLIER_MAX_EJECTED", "150%")],
+            "MESH_SERVICE_API_OUTLIER_MAX_EJECTED",
+            "150%",
+            "percentage",
+        ),
+        (
+            &[("MESH_SERVICE_API_BREAKER_FAILURE_RATE", "101%")],
+            "MESH_SERVICE_API_BREAKER_FAILURE_RATE",
+            "101%",
+            "percentage",
+        ),
+        (
+            &[("MESH_SERVICE_API_OUTLIER_INTERVAL", "-10s")],
+            "MESH_SERVICE_API_OUTLIER_INTERVAL",
+            "-10s",
+            "duration",
+        ),
+        (
+            &[("MESH_SERVICE_API_OUTLIER_INTERVAL", "0")],
+            "MESH_SERVICE_API_OUTLIER_INTERVAL",
+            "0",
+            "longer than zero",
+        ),
+        (
+            &[("MESH_SERVICE_API_BREAKER_OPEN_TIME", "-1m")],
+            "MESH_SERVICE_API_BREAKER_OPEN_TIME",
+            "-1m",
+            "duration",
+        ),
+        (
+            &[("MESH_SERVICE_API_OUTLIER_CONSECUTIVE_FAILURES", "0")],
+            "MESH_SERVICE_API_OUTLIER_CONSECUTIVE_FAILURES",
+            "0",
+            "at least 1",
+        ),
+        (
+            &[("MESH_SERVICE_API_BREAKER_WINDOW", "0")],
+            "MESH_SERVICE_API_BREAKER_WINDOW",
+            "0",
+            "at least 1",
+        ),
+        (
+            &[("MESH_SERVICE_API_BREAKER", "maybe")],
+            "MESH_SERVICE_API_BREAKER",
+            "maybe",
+            "true or false",
+        ),
+        (
+            &[("MESH_SERVICE_API_RATE_LIMIT", "100")],
+            "MESH_SERVICE_API_RATE_LIMIT",
+            "100",
+            "100/s",
+        ),
+        (
+            &[("MESH_SERVICE_API_RATE_LIMIT", "-5/s")],
+            "MESH_SERVICE_API_RATE_LIMIT",
+            "-5/s",
+            "100/s",
+        ),
+        (
+            &[("MESH_SERVICE_API_CONCURRENCY", "0")],
+            "MESH_SERVICE_API_CONCURRENCY",
+            "0",
+            "adaptive",
+        ),
+        (
+            &[("MESH_SERVICE_API_FAULT_DELAY", "50ms@120%")],
+            "MESH_SERVICE_API_FAULT_DELAY",
+            "50ms@120%",
+            "share from 0% to 100%",
+        ),
+        (
+            &[("MESH_SERVICE_API_FAULT_DELAY", "-50ms@10%")],
+            "MESH_SERVICE_API_FAULT_DELAY",
+            "-50ms@10%",
+            "50ms@10%",
+        ),
+        (
+            &[("MESH_SERVICE_API_FAULT_ABORT", "503@101%")],
+            "MESH_SERVICE_API_FAULT_ABORT",
+            "503@101%",
+            "503@5%",
+        ),
+        (
+            &[
+                ("MESH_SERVICE_API_OUTLIER_BASE_EJECTION", "10m"),
+                ("MESH_SERVICE_API_OUTLIER_MAX_EJECTION", "1m"),
+            ],
+            "MESH_SERVICE_API_OUTLIER_BASE_EJECTION",
+            "10m",
+            "no longer than OUTLIER_MAX_EJECTION",
+        ),
+        (
+            &[("MESH_SERVICE_API_OUTLIER_MAX_EJECTION", "10s")],
+            "MESH_SERVICE_API_OUTLIER_MAX_EJECTION",
+            "10s",
+            "no shorter than OUTLIER_BASE_EJECTION",
+        ),
+    ];
+    for (env, name, value, expected) in cases {
+        let mut vars = vec![("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1")];
+        vars.extend_from_slice(env);
+        let e = err(&vars);
+        assert!(e.names_variable(name), "{name}={value}: {e}");
+        let text = e.to_string();
+        assert!(text.contains(value), "{name}={value}: {text}");
+        assert!(text.contains(expected), "{name}={value}: {text}");
+    }
 }

@@ -33,6 +33,15 @@ pub fn duration(s: &str) -> Result<Duration, &'static str> {
     Duration::try_from_secs_f64(seconds).map_err(|_| DURATION)
 }
 
+/// A duration longer than zero.
+pub fn positive_duration(s: &str) -> Result<Duration, &'static str> {
+    const EXPECTED: &str = "a duration longer than zero, such as 250ms, 10s or 1m";
+    match duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(EXPECTED),
+    }
+}
+
 /// A duration, or `off` for none.
 pub fn optional_duration(s: &str) -> Result<Option<Duration>, &'static str> {
     match s.trim() {
@@ -112,6 +121,18 @@ pub fn list(s: &str) -> Vec<&str> {
         .map(str::trim)
         .filter(|item| !item.is_empty())
         .collect()
+}
+
+/// A positive whole number, or `off` for none.
+pub fn optional_positive(s: &str) -> Result<Option<u32>, &'static str> {
+    const EXPECTED: &str = "a whole number of at least 1, or `off`";
+    match s.trim() {
+        "off" => Ok(None),
+        other => match other.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(EXPECTED),
+        },
+    }
 }
 
 /// `true`/`false` (also `on`/`off`, `1`/`0`).

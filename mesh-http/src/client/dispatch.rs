@@ -10,9 +10,11 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
-use mesh_core::balance::{Balancer, Picked};
+use mesh_core::balance::{Balancer, EndpointHandle, Picked};
+use mesh_core::classify::Classifier;
 use mesh_core::config::Protocol;
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
+use mesh_core::outlier::OutlierDetector;
 use mesh_core::retry::AttemptLog;
 use tokio::time::Instant;
 
@@ -40,6 +42,14 @@ struct DispatchInner {
     service: String,
     protocol: Protocol,
     balancer: Arc<Balancer<EndpointPool>>,
+    outlier: Option<Outlier>,
+}
+
+/// Outlier accounting: every attempt's outcome, classified by the one classifier,
+/// is reported for the endpoint that served it (or failed to).
+struct Outlier {
+    detector: Arc<OutlierDetector>,
+    classifier: Classifier,
 }
 
 impl EndpointDispatch {
@@ -47,12 +57,17 @@ impl EndpointDispatch {
         service: &str,
         protocol: Protocol,
         balancer: Arc<Balancer<EndpointPool>>,
+        outlier: Option<(Arc<OutlierDetector>, Classifier)>,
     ) -> Self {
         EndpointDispatch {
             inner: Arc::new(DispatchInner {
                 service: service.to_string(),
                 protocol,
                 balancer,
+                outlier: outlier.map(|(detector, classifier)| Outlier {
+                    detector,
+                    classifier,
+                }),
             }),
         }
     }
@@ -101,12 +116,20 @@ impl DispatchInner {
             if let Some(log) = &log {
                 log.record(picked.addr());
             }
-            let conn = picked.endpoint().checkout().await?;
+            let conn = match picked.endpoint().checkout().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // A connect failure is the endpoint's failure too.
+                    self.report(picked.handle(), true);
+                    return Err(e);
+                }
+            };
             let started = Instant::now();
             let sent = match conn {
                 Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
                     Ok(mut response) => {
                         picked.record_rtt(started.elapsed());
+                        self.report_response(picked.handle(), &response);
                         response.extensions_mut().insert(ServedBy(picked.addr()));
                         let lease = Http1Lease {
                             conn: Some(conn),
@@ -121,6 +144,7 @@ impl DispatchInner {
                 Conn::Http2(mut sender) => match sender.try_send_request(request).await {
                     Ok(mut response) => {
                         picked.record_rtt(started.elapsed());
+                        self.report_response(picked.handle(), &response);
                         response.extensions_mut().insert(ServedBy(picked.addr()));
                         let lease = Http2Lease { _picked: picked };
                         return Ok(response
@@ -140,8 +164,27 @@ impl DispatchInner {
                     stale += 1;
                     request = unsent;
                 }
-                _ => return Err(Error::request(sent.into_error())),
+                _ => {
+                    self.report(picked.handle(), true);
+                    return Err(Error::request(sent.into_error()));
+                }
             }
+        }
+    }
+
+    fn report_response<B>(&self, handle: &EndpointHandle, response: &Response<B>) {
+        if let Some(outlier) = &self.outlier {
+            let class = outlier
+                .classifier
+                .response(response.status(), response.headers());
+            self.report(handle, class.is_failure());
+        }
+    }
+
+    fn report(&self, handle: &EndpointHandle, failed: bool) {
+        if let Some(outlier) = &self.outlier {
+            let known = self.balancer.known_endpoints();
+            outlier.detector.record(handle, failed, known);
         }
     }
 }

@@ -174,6 +174,21 @@ impl MeshClient {
         Some(self.inner.services[i].retry_stats())
     }
 
+    /// The circuit breaker state of the service `host` names; `None` for a host
+    /// that is not a configured service or a service without a breaker.
+    pub fn breaker_state(&self, host: &str) -> Option<mesh_core::breaker::BreakerState> {
+        let i = self.inner.config.service_index(host)?;
+        self.inner.services[i].breaker_state()
+    }
+
+    /// Endpoints of the service `host` names that outlier detection has ejected
+    /// so far (each ejection counts); `None` for a host that is not a configured
+    /// service.
+    pub fn ejections(&self, host: &str) -> Option<u64> {
+        let i = self.inner.config.service_index(host)?;
+        Some(self.inner.services[i].ejections())
+    }
+
     /// Sends a request whose body is already boxed.
     pub async fn send(
         &self,

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use mesh_core::balance::Balancer;
+use mesh_core::breaker::{BreakerState, CircuitBreaker};
+use mesh_core::classify::Classifier;
 use mesh_core::config::ServiceConfig;
 use mesh_core::discovery::{Discovery, DnsSettings};
+use mesh_core::outlier::OutlierDetector;
 use mesh_core::retry::{RetryBudget, RetryStats};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
@@ -25,6 +28,8 @@ pub(crate) type ServiceStack =
 pub(crate) struct ServiceClient {
     name: String,
     budget: Arc<RetryBudget>,
+    breaker: Option<Arc<CircuitBreaker>>,
+    outlier: Option<Arc<OutlierDetector>>,
     stack: ServiceStack,
     discovery: Discovery,
     follow: tokio::task::JoinHandle<()>,
@@ -67,12 +72,28 @@ impl ServiceClient {
             },
         );
         let follow = balancer.follow(discovery.subscribe());
-        let dispatch = EndpointDispatch::new(&config.name, config.protocol, balancer);
+        let outlier = config
+            .outlier
+            .clone()
+            .map(|settings| Arc::new(OutlierDetector::new(config.name.as_str(), settings)));
+        let classifier = Classifier::new(config.retry.retry_on);
+        let dispatch = EndpointDispatch::new(
+            &config.name,
+            config.protocol,
+            balancer,
+            outlier.clone().map(|detector| (detector, classifier)),
+        );
         let budget = Arc::new(config.retry_budget.build());
+        let breaker = config
+            .breaker
+            .clone()
+            .map(|settings| CircuitBreaker::new(config.name.as_str(), settings));
         Ok(ServiceClient {
             name: config.name.clone(),
-            stack: stack::service_stack(config, budget.clone(), dispatch),
+            stack: stack::service_stack(config, budget.clone(), breaker.clone(), dispatch),
             budget,
+            breaker,
+            outlier,
             discovery,
             follow,
         })
@@ -80,6 +101,16 @@ impl ServiceClient {
 
     pub(crate) fn retry_stats(&self) -> RetryStats {
         self.budget.stats()
+    }
+
+    /// The breaker's state; `None` when the service has no breaker.
+    pub(crate) fn breaker_state(&self) -> Option<BreakerState> {
+        self.breaker.as_ref().map(|b| b.state())
+    }
+
+    /// Ejections outlier detection has made (0 when it is off).
+    pub(crate) fn ejections(&self) -> u64 {
+        self.outlier.as_ref().map_or(0, |o| o.ejections())
     }
 
     pub(crate) async fn initialized(&self) {

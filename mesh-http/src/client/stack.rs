@@ -5,40 +5,84 @@
 //! telemetry (call: one span and one duration sample per logical request)
 //!   ─▶ deadline (service TIMEOUT, inherited deadline, per-request RequestTimeout;
 //!                writes x-mesh-timeout-ms / grpc-timeout)
-//!   ─▶ (route, breaker: later)
+//!   ─▶ rate limit, concurrency limit (per service, optional: fail fast, nothing sent)
+//!   ─▶ breaker (per service, optional: one outcome per request after retries;
+//!               refuses with BreakerOpen while open, which nothing retries)
+//!   ─▶ fault injection (optional: injected aborts are seen by the breaker, not retried)
 //!   ─▶ retry / hedge (one budget per service; replay buffer; each attempt avoids
 //!                     the endpoints earlier ones used)
 //!   ─▶ telemetry (attempt: a span per attempt, trace context injected)
-//!   ─▶ endpoint dispatch (balancer pick, pooled connection)
+//!   ─▶ endpoint dispatch (balancer pick, pooled connection; reports each
+//!                        attempt's class to the service's outlier detector)
 //! ```
 
 use std::sync::Arc;
 
 use http::Request;
 use http_body_util::BodyExt;
+use mesh_core::breaker::{BreakerLayer, CircuitBreaker};
+use mesh_core::classify::Classifier;
+use mesh_core::concurrency::{ConcurrencyLimit, OutboundConcurrencyLayer};
 use mesh_core::config::ServiceConfig;
 use mesh_core::deadline::OutboundDeadlineLayer;
+use mesh_core::fault::FaultLayer;
+use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
 use mesh_core::replay::ReplayBody;
 use mesh_core::retry::{RetryBudget, RetryLayer};
+use tower::util::option_layer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
-use crate::body::RequestBody;
+use crate::body::{RequestBody, ResponseBody};
+use crate::error::BoxError;
 use crate::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer};
 
 /// Builds the stack every request to the service `config` describes goes through;
-/// `budget` is the service's retry budget, shared by every clone of the client.
+/// `budget` is the service's retry budget and `breaker` its circuit breaker, both
+/// shared by every clone of the client.
 pub(crate) fn service_stack(
     config: &ServiceConfig,
     budget: Arc<RetryBudget>,
+    breaker: Option<Arc<CircuitBreaker>>,
     dispatch: EndpointDispatch,
 ) -> ServiceStack {
+    let classifier = Classifier::new(config.retry.retry_on);
+    let is_failure = move |result: &Result<http::Response<ResponseBody>, BoxError>| match result {
+        Ok(response) => classifier
+            .response(response.status(), response.headers())
+            .is_failure(),
+        Err(_) => true,
+    };
+    let breaker = breaker.map(|breaker| BreakerLayer::new(breaker, is_failure));
+    let rate_limit = config.rate_limit.map(|rate| {
+        OutboundRateLimitLayer::new(config.name.as_str(), Arc::new(TokenBucket::new(rate)))
+    });
+    let concurrency = config.concurrency.map(|algorithm| {
+        OutboundConcurrencyLayer::new(
+            config.name.as_str(),
+            ConcurrencyLimit::new(algorithm),
+            // Overload signals only: 503/429 answers, not every failure. A request
+            // the deadline above cuts off drops its permit and frees its place.
+            |result: &Result<http::Response<ResponseBody>, BoxError>| {
+                matches!(result, Ok(r) if matches!(r.status().as_u16(), 503 | 429))
+            },
+        )
+    });
+    let faults = config
+        .faults
+        .is_active()
+        .then(|| FaultLayer::new(config.faults));
     let stack = ServiceBuilder::new()
         .layer(ClientTelemetryLayer::new(&config.name))
         .layer(OutboundDeadlineLayer::new(config.timeout))
+        .layer(option_layer(rate_limit))
+        .layer(option_layer(concurrency))
+        .layer(option_layer(breaker))
+        .layer(option_layer(faults))
+        .map_err(Into::<BoxError>::into)
         .layer(RetryLayer::new(
             config.name.clone(),
             config.retry.clone(),

@@ -1,0 +1,99 @@
+//! The inbound concurrency limit as a tower layer: 503 without calling the
+//! handler when the limit is reached.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+
+use super::ConcurrencyLimit;
+use crate::metric_names::{label, CONCURRENCY_LIMIT, SHED};
+
+/// Sheds requests beyond the limit with `503 Service Unavailable` (which a mesh
+/// client retries on another endpoint) and feeds each handled request's latency to
+/// the limit. Every clone shares the limit, so it covers the whole server.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLimitLayer {
+    limit: Arc<ConcurrencyLimit>,
+}
+
+impl ConcurrencyLimitLayer {
+    /// A layer over the shared `limit`.
+    pub fn new(limit: Arc<ConcurrencyLimit>) -> Self {
+        ConcurrencyLimitLayer { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConcurrencyLimitService {
+            inner,
+            limit: self.limit.clone(),
+        }
+    }
+}
+
+/// The service [`ConcurrencyLimitLayer`] builds.
+#[derive(Clone)]
+pub struct ConcurrencyLimitService<S> {
+    inner: S,
+    limit: Arc<ConcurrencyLimit>,
+}
+
+impl<S> fmt::Debug for ConcurrencyLimitService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConcurrencyLimitService")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for ConcurrencyLimitService<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.limit.try_acquire() {
+            Ok(permit) => {
+                let future = self.inner.call(request);
+                let limit = self.limit.clone();
+                Box::pin(async move {
+                    let result = future.await;
+                    let dropped = match &result {
+                        Ok(response) => matches!(
+                            response.status(),
+                            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+                        ),
+                        Err(_) => true,
+                    };
+                    permit.record(dropped);
+                    metrics::gauge!(CONCURRENCY_LIMIT.name, label::SOURCE => "inbound")
+                        .set(limit.limit() as f64);
+                    result
+                })
+            }
+            Err(_) => {
+                metrics::counter!(SHED.name, label::SOURCE => "inbound").increment(1);
+                let mut response = Response::new(RB::default());
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}

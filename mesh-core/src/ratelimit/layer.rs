@@ -1,0 +1,115 @@
+//! The inbound rate limit as a tower layer: 429 without calling the handler.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+
+use super::{KeyedRateLimit, RateLimited, TokenBucket};
+use crate::metric_names::{label, RATE_LIMITED};
+
+type Check = dyn Fn(&http::Extensions) -> Result<(), RateLimited> + Send + Sync;
+
+/// Limits the requests a server (or a router) handles: over the limit it answers
+/// `429 Too Many Requests` with `Retry-After`, and the handler never sees the
+/// request. Every clone shares the same bucket(s).
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    check: Arc<Check>,
+}
+
+/// The per-key form of [`RateLimitLayer`] is the same type; this alias names it
+/// where a reader expects one.
+pub type KeyedRateLimitLayer = RateLimitLayer;
+
+impl RateLimitLayer {
+    /// One limit for every request.
+    pub fn new(bucket: Arc<TokenBucket>) -> Self {
+        RateLimitLayer {
+            check: Arc::new(move |_| bucket.try_acquire()),
+        }
+    }
+
+    /// One limit per key that `key` reads from the request's extensions (such as
+    /// the peer's SPIFFE ID the inbound server inserts); requests without a key
+    /// are not limited by this layer.
+    pub fn per_key<K, F>(limit: Arc<KeyedRateLimit<K>>, key: F) -> Self
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        F: Fn(&http::Extensions) -> Option<K> + Send + Sync + 'static,
+    {
+        RateLimitLayer {
+            check: Arc::new(move |extensions| match key(extensions) {
+                Some(k) => limit.try_acquire(&k),
+                None => Ok(()),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            check: self.check.clone(),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] builds.
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    check: Arc<Check>,
+}
+
+impl<S> fmt::Debug for RateLimitService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitService").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for RateLimitService<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match (self.check)(request.extensions()) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(limited) => {
+                metrics::counter!(RATE_LIMITED.name, label::SOURCE => "inbound").increment(1);
+                let mut response = Response::new(RB::default());
+                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                // Whole seconds, rounded up (RFC 9110).
+                let seconds = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
