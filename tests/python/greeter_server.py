@@ -44,6 +44,9 @@ class Greeter(pb_grpc.GreeterServicer):
     def _maybe_fail(self, request, context, n):
         if request.fail_with and (request.fail_times == 0 or n <= request.fail_times):
             code = next(c for c in grpc.StatusCode if c.value[0] == request.fail_with)
+            if request.pushback_ms:
+                context.set_trailing_metadata((("x-calls", str(n)),
+                                               ("grpc-retry-pushback-ms", request.pushback_ms)))
             context.abort(code, f"failing {request.name} call {n} on purpose")
 
     def SayHello(self, request, context):

@@ -144,6 +144,59 @@ async fn unavailable_is_retried_within_budget_and_other_codes_are_not() {
 }
 
 #[tokio::test]
+async fn grpc_retry_pushback_is_honoured_and_a_negative_one_stops_retries() {
+    let server = PythonGreeter::start(None).await;
+    let mesh = client(server.addr, &[]);
+    let mut greeter = GreeterClient::new(mesh.grpc_channel("greeter").unwrap());
+
+    let status = greeter
+        .say_hello(HelloRequest {
+            fail_with: Code::Unavailable as u32,
+            pushback_ms: "-1".into(),
+            ..hello("go-away")
+        })
+        .await
+        .expect_err("UNAVAILABLE");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        calls_trailer(status.metadata()),
+        1,
+        "a negative pushback stops retries"
+    );
+
+    // The first retry's backoff is at most 25 ms; a 2 s pushback replaces it.
+    let started = tokio::time::Instant::now();
+    let reply = greeter
+        .say_hello(HelloRequest {
+            fail_with: Code::Unavailable as u32,
+            fail_times: 1,
+            pushback_ms: "2000".into(),
+            ..hello("later")
+        })
+        .await
+        .expect("retried after the pushback");
+    assert_eq!(reply.get_ref().calls, 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "retried after {:?}, before the server's 2 s pushback",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_channel_to_an_unknown_service_is_an_error_naming_the_variables() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let mesh = client("127.0.0.1:1".parse().unwrap(), &[]);
+    let error = mesh.grpc_channel("billing").unwrap_err().to_string();
+    assert!(error.contains("MESH_SERVICE_BILLING_ENDPOINTS"), "{error}");
+    assert!(
+        error.contains("MESH_SERVICE_BILLING_PROTOCOL=grpc"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn no_retry_after_the_call_commits() {
     let server = PythonGreeter::start(None).await;
     let mesh = client(server.addr, &[]);

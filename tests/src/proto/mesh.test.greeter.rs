@@ -13,6 +13,9 @@ pub struct HelloRequest {
     pub fail_with: u32,
     #[prost(uint32, tag = "5")]
     pub fail_times: u32,
+    /// When set, a failing answer carries this `grpc-retry-pushback-ms`.
+    #[prost(string, tag = "6")]
+    pub pushback_ms: ::prost::alloc::string::String,
     /// How long the server waits before answering, in milliseconds.
     #[prost(uint32, tag = "4")]
     pub delay_ms: u32,
