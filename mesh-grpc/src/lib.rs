@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+pub mod service_config;
 mod status;
 
 pub use channel::{GrpcChannelExt, MeshChannel};
