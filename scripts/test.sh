@@ -32,6 +32,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -z "$added_policy" ] || $sudo_cmd rm -f "$policy"
 fi
 
+# Google's gRPC in Python, the peer of the gRPC interop tests (tests/python/).
+if ! python3 -c "import grpc, grpc_tools, grpc_health.v1" >/dev/null 2>&1; then
+  command -v python3 >/dev/null 2>&1 || {
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    ${sudo_cmd:-} apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive ${sudo_cmd:-} apt-get install -y -qq --no-install-recommends python3 python3-pip
+  }
+  echo "scripts/test.sh: installing grpcio grpcio-health-checking grpcio-tools"
+  python3 -m pip install -q grpcio grpcio-health-checking grpcio-tools \
+    || python3 -m pip install -q --break-system-packages grpcio grpcio-health-checking grpcio-tools
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

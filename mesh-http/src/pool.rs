@@ -136,7 +136,7 @@ impl EndpointPool {
     pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
         match self.inner.settings.protocol {
             Protocol::Http1 => self.checkout_http1().await.map(Conn::Http1),
-            Protocol::Http2 => self.checkout_http2().await.map(Conn::Http2),
+            Protocol::Http2 | Protocol::Grpc => self.checkout_http2().await.map(Conn::Http2),
         }
     }
 
@@ -358,7 +358,7 @@ impl PoolInner {
                 }
                 let connected = match inner.settings.protocol {
                     Protocol::Http1 => inner.reconnect_http1().await,
-                    Protocol::Http2 => inner.connect_http2().await.map(drop),
+                    Protocol::Http2 | Protocol::Grpc => inner.connect_http2().await.map(drop),
                 };
                 if connected.is_ok() {
                     inner.reconnecting.store(false, Ordering::Release);

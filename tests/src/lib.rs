@@ -6,3 +6,11 @@ pub mod dnsmasq;
 pub mod otlp;
 pub mod pki;
 pub mod prometheus;
+pub mod python;
+
+/// The greeter of the gRPC interop tests (`tests/proto/greeter.proto`), generated
+/// by `tests/proto/regenerate.sh` and checked in: a bare machine has no protoc.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod greeter {
+    include!("proto/mesh.test.greeter.rs");
+}

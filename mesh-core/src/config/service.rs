@@ -28,6 +28,16 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 (prior knowledge) over one multiplexed connection per endpoint.
     Http2,
+    /// gRPC: HTTP/2 as [`Http2`](Protocol::Http2), for services `mesh-grpc`'s
+    /// `MeshChannel` calls.
+    Grpc,
+}
+
+impl Protocol {
+    /// Whether connections to the service speak HTTP/2 (`http2` and `grpc`).
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
 }
 
 impl std::str::FromStr for Protocol {
@@ -36,7 +46,8 @@ impl std::str::FromStr for Protocol {
         match s.trim() {
             "http1" => Ok(Protocol::Http1),
             "http2" => Ok(Protocol::Http2),
-            _ => Err("`http1` or `http2`"),
+            "grpc" => Ok(Protocol::Grpc),
+            _ => Err("`http1`, `http2` or `grpc`"),
         }
     }
 }

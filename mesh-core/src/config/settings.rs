@@ -97,7 +97,7 @@ pub const SETTINGS: &[SettingDef] = &[
     def("DNS", Discovery, "-", "A `host:port` resolved through DNS A/AAAA, again as its TTL runs out."),
     def("SRV", Discovery, "-", "A DNS SRV name (`_http._tcp.api.example`); priority and weight are kept."),
     def("FILE", Discovery, "-", "A JSON file of endpoints, re-read when it changes."),
-    def("PROTOCOL", Service, "`http1`", "`http1` (pooled HTTP/1.1 connections) or `http2` (one multiplexed connection per endpoint)."),
+    def("PROTOCOL", Service, "`http1`", "`http1` (pooled HTTP/1.1 connections), `http2` (one multiplexed connection per endpoint) or `grpc` (HTTP/2, for `mesh_grpc::MeshChannel`)."),
     def("BALANCER", Service, "`p2c-ewma`", "`p2c-ewma`, `least-request` or `round-robin`; all honour endpoint weights."),
     def("CONNECT_TIMEOUT", Service, "`1s`", "Time allowed to open a connection to an endpoint."),
     def("TIMEOUT", Service, "`15s`", "Time allowed for a whole request, until the response headers (`off` for none)."),

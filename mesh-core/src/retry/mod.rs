@@ -440,8 +440,13 @@ where
     (outcome, class)
 }
 
-/// `Retry-After` as delta-seconds (an HTTP date is not honoured: clocks differ).
+/// `Retry-After` as delta-seconds (an HTTP date is not honoured: clocks differ),
+/// or gRPC's `grpc-retry-pushback-ms`, whose negative or unreadable value means
+/// "do not retry" (gRFC A6): read as longer than anything honoured.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(pushback) = crate::classify::grpc_pushback(headers) {
+        return Some(pushback.unwrap_or(Duration::MAX));
+    }
     let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }

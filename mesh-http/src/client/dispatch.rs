@@ -214,7 +214,7 @@ fn into_wire_form(
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *request.uri_mut() = Uri::from(path);
         }
-        Protocol::Http2 => {
+        Protocol::Http2 | Protocol::Grpc => {
             if request.uri().scheme().is_none() {
                 return Err(Error::invalid_uri("the URI has no scheme"));
             }

@@ -1,0 +1,161 @@
+//! [`MeshChannel`]: tonic's transport replaced by the mesh's outbound stack.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use mesh_core::deadline::{parse_grpc_timeout, Deadline, GRPC_TIMEOUT_HEADER};
+use mesh_core::retry::Retryable;
+use mesh_http::{BoxError, Error, Mesh, MeshClient, ResponseBody};
+
+use crate::status::status_from_error;
+
+/// A gRPC channel to one logical service of the mesh: `Clone` (clones share
+/// everything), and a `tower::Service` over HTTP requests that tonic's
+/// `GrpcService` covers, so `GreeterClient::new(channel)` works.
+///
+/// Each call is sent as `http://<service>/<package.Service>/<Method>` through the
+/// [`MeshClient`]: the service's discovery, balancer, connection (mTLS when an
+/// identity is configured, h2c otherwise; configure the service with
+/// `MESH_SERVICE_<NAME>_PROTOCOL=grpc`), deadline, retry and hedging layers.
+///
+/// gRPC semantics on top of the HTTP client:
+/// - every call may be retried, whatever its HTTP method (always `POST`): gRPC
+///   retries by status code (gRFC A6), classified by `mesh_core::classify`, and
+///   only until the call commits (its response headers arrive, unless the
+///   response is trailers-only);
+/// - a deadline set with tonic's `Request::set_timeout` (the `grpc-timeout`
+///   header) becomes the call's deadline, clipped by the service's timeout and by
+///   the deadline of the inbound call being handled, and the time actually left
+///   is what `grpc-timeout` tells the server;
+/// - a failure with no gRPC answer (deadline passed, no endpoint reachable) comes
+///   back as the `tonic::Status` a gRPC client would report
+///   ([`status_from_error`](crate::status_from_error)).
+#[derive(Clone, Debug)]
+pub struct MeshChannel {
+    client: MeshClient,
+    authority: Authority,
+}
+
+impl MeshChannel {
+    /// A channel to `service`, a service `client`'s configuration names. Fails
+    /// when the mesh does not know the service (and egress is not allowed) or the
+    /// name cannot be a URI authority.
+    pub fn new(client: MeshClient, service: &str) -> Result<Self, BoxError> {
+        if client.config().service_index(service).is_none() {
+            return Err(format!(
+                "the mesh has no service `{service}`: configure MESH_SERVICE_{}_ENDPOINTS (or DNS) with MESH_SERVICE_{}_PROTOCOL=grpc",
+                env_name(service),
+                env_name(service)
+            )
+            .into());
+        }
+        let authority = service
+            .parse::<Authority>()
+            .map_err(|e| format!("the service name `{service}` cannot be a gRPC authority: {e}"))?;
+        Ok(MeshChannel { client, authority })
+    }
+
+    fn prepare<B>(&self, mut request: Request<B>) -> Request<B> {
+        // tonic sends only the path (or its own origin): the mesh routes by host.
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
+        let timeout = request
+            .headers()
+            .get(GRPC_TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let extensions = request.extensions_mut();
+        if let Some(timeout) = timeout {
+            let own = Deadline::after(timeout);
+            let earliest = Deadline::earliest(Some(own), extensions.get::<Deadline>().copied());
+            extensions.insert(earliest.expect("one is set"));
+        }
+        // gRPC calls are POSTs; whether they are retried is the status code's
+        // business (gRFC A6), not the method's.
+        if extensions.get::<Retryable>().is_none() {
+            extensions.insert(Retryable(true));
+        }
+        request
+    }
+}
+
+/// `my-api` → `MY_API`, as `MESH_SERVICE_<NAME>_*` variables spell it.
+fn env_name(service: &str) -> String {
+    service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl<B> tower::Service<Request<B>> for MeshChannel
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+
+    /// Always ready: waiting for an endpoint happens per call, bounded by the
+    /// service's queue timeout and the call's deadline.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let request = self.prepare(request);
+        let call = tower::Service::call(&mut self.client, request);
+        Box::pin(async move {
+            call.await
+                .map_err(|e: Error| Box::new(status_from_error(e)) as BoxError)
+        })
+    }
+}
+
+/// `grpc_channel(service)` on the mesh's handles.
+pub trait GrpcChannelExt {
+    /// A [`MeshChannel`] to `service`.
+    fn grpc_channel(&self, service: &str) -> Result<MeshChannel, BoxError>;
+}
+
+impl GrpcChannelExt for MeshClient {
+    fn grpc_channel(&self, service: &str) -> Result<MeshChannel, BoxError> {
+        MeshChannel::new(self.clone(), service)
+    }
+}
+
+impl GrpcChannelExt for Mesh {
+    fn grpc_channel(&self, service: &str) -> Result<MeshChannel, BoxError> {
+        MeshChannel::new(self.client(), service)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_is_cheap_to_share_across_tasks() {
+        fn is<T: Send + Sync + Clone + 'static>() {}
+        is::<MeshChannel>();
+    }
+
+    #[test]
+    fn env_names_follow_the_service_variables() {
+        assert_eq!(env_name("my-api.v1"), "MY_API_V1");
+    }
+}
