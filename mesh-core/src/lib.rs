@@ -9,6 +9,7 @@
 //! and the names of every metric the mesh emits ([`metric_names`]).
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod backoff;
 pub mod balance;
 pub mod classify;

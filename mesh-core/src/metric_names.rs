@@ -99,6 +99,9 @@ pub mod label {
     pub const OUTCOME: &str = "mesh.outcome";
     /// Our own SPIFFE ID (one per process, so bounded).
     pub const IDENTITY: &str = "mesh.identity";
+    /// Position of the authorization rule that decided (`1`, `2`…, bounded by
+    /// the configuration), or `none`.
+    pub const RULE: &str = "mesh.authz.rule";
 }
 
 use label::*;
@@ -201,6 +204,14 @@ metrics! {
     TLS_HANDSHAKE_FAILURES = "mesh.tls.handshake.failures", Counter, Unit::Count,
         [REASON, SERVICE],
         "TLS handshakes that failed, by reason (outbound ones also by service)";
+    /// Inbound authorization decisions: outcome `allow`, `deny` or `audit_deny`
+    /// (audit mode let through what deny mode would refuse); reason `rule`,
+    /// `default` (no rule matched) or why the path was refused (`encoded_separator`,
+    /// `above_root`, `bad_escape`, `encoded_nul`, `backslash`, `not_absolute`);
+    /// the rule's position.
+    AUTHZ_DECISIONS = "mesh.authz.decisions", Counter, Unit::Count,
+        [OUTCOME, REASON, RULE],
+        "Inbound authorization decisions by outcome (allow, deny, audit_deny), reason and rule";
 }
 
 /// Describes every metric to the installed `metrics` recorder, so exporters print
