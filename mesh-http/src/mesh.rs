@@ -143,7 +143,23 @@ impl Mesh {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        let server = self.inbound().await?;
+        self.serve_inbound(self.inbound().await?, service, shutdown)
+            .await;
+        Ok(())
+    }
+
+    /// Serves `service` on `server` (from [`inbound`](Self::inbound), say, when
+    /// the caller needs its address first) with the mesh's authorization
+    /// policy in front, until `shutdown` completes.
+    pub async fn serve_inbound<S, B, F>(&self, server: InboundServer, service: S, shutdown: F)
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
         match &self.authz {
             Some(policy) => {
                 let service = tower::Layer::layer(&AuthzLayer::new(policy.clone()), service);
@@ -151,6 +167,5 @@ impl Mesh {
             }
             None => server.serve(service, shutdown).await,
         }
-        Ok(())
     }
 }
