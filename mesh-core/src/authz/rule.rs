@@ -131,6 +131,20 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 }
 
 /// One rule: an action for requests from some peers, with some methods, to some paths.
+///
+/// Its text form is `<action> <peer> <methods> <path>`:
+///
+/// - `action`: `allow` or `deny`;
+/// - `peer`: `*` (anyone, even a request without a peer identity),
+///   `spiffe://td/ns/prod/sa/web` (exactly this ID), `spiffe://td` or
+///   `spiffe://td/*` (any ID of trust domain `td`), `spiffe://td/ns/prod/*`
+///   (IDs under that path, segment by segment: `/ns/prod/x` but not `/ns/production`);
+/// - `methods`: `*` or a comma-separated list, `GET,HEAD`;
+/// - `path`: `*` (any), `/exact`, or `/prefix/*` (`/prefix` itself and everything
+///   under it, segment by segment), written in canonical form (see
+///   [`normalize`](super::path::normalize)).
+///
+/// Several rules are separated by `;` ([`Rule::parse_list`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// What a match does.
@@ -147,7 +161,7 @@ pub struct Rule {
 
 impl Rule {
     /// Builds a rule from its four parts (`peer`, `methods` and `path` in the
-    /// text form described in the [module docs](self)).
+    /// text form described on [`Rule`]).
     pub fn new(action: Action, peer: &str, methods: &str, path: &str) -> Result<Self, RuleError> {
         let peer = parse_peer(peer)?;
         let methods = parse_methods(methods)?;
