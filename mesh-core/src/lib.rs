@@ -11,6 +11,7 @@
 //! telemetry set up from the environment in one call ([`telemetry::init`]).
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod backoff;
 pub mod balance;
 pub mod breaker;

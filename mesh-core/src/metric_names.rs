@@ -104,6 +104,9 @@ pub mod label {
     pub const ENDPOINT: &str = "mesh.endpoint";
     /// `inbound` or `outbound`.
     pub const DIRECTION: &str = "mesh.direction";
+    /// Position of the authorization rule that decided (`1`, `2`…, bounded by
+    /// the configuration), or `none`.
+    pub const RULE: &str = "mesh.authz.rule";
 }
 
 use label::*;
@@ -216,10 +219,6 @@ metrics! {
     OUTLIER_EJECTIONS = "mesh.outlier.ejections", Counter, Unit::Count,
         [SERVICE, REASON],
         "Endpoints ejected by outlier detection, by method (consecutive_failures, success_rate, failure_percentage)";
-    /// Authorization decisions.
-    AUTHZ_DECISIONS = "mesh.authz.decisions", Counter, Unit::Count,
-        [OUTCOME, REASON],
-        "Inbound authorization decisions (allow, deny, audit)";
     /// Inbound requests refused by a rate or concurrency limit.
     SERVER_REJECTED = "mesh.server.rejected", Counter, Unit::Count,
         [REASON],
@@ -254,6 +253,14 @@ metrics! {
     CONCURRENCY_LIMIT = "mesh.concurrency.limit", Gauge, Unit::Count,
         [SOURCE, SERVICE],
         "Current concurrency limit (adaptive limits move between their minimum and maximum)";
+    /// Inbound authorization decisions: outcome `allow`, `deny` or `audit_deny`
+    /// (audit mode let through what deny mode would refuse); reason `rule`,
+    /// `default` (no rule matched) or why the path was refused (`encoded_separator`,
+    /// `above_root`, `bad_escape`, `encoded_nul`, `backslash`, `not_absolute`);
+    /// the rule's position.
+    AUTHZ_DECISIONS = "mesh.authz.decisions", Counter, Unit::Count,
+        [OUTCOME, REASON, RULE],
+        "Inbound authorization decisions by outcome (allow, deny, audit_deny), reason and rule";
 }
 
 /// Describes every metric to the installed `metrics` recorder, so exporters print

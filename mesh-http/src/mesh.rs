@@ -13,15 +13,18 @@
 //! ```
 
 use std::future::Future;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use mesh_core::authz::Policy;
 use mesh_core::config::MeshConfig;
 use mesh_core::identity::{IdentitySource, IdentityWatch};
 
 use crate::client::MeshClient;
 use crate::error::BoxError;
-use crate::server::{shutdown_signal, InboundServer};
+use crate::server::{shutdown_signal, AuthzLayer, InboundServer, Readiness};
 
 /// The mesh inside one service.
 #[derive(Debug)]
@@ -29,6 +32,9 @@ pub struct Mesh {
     identity: Option<IdentitySource>,
     _watch: Option<IdentityWatch>,
     client: MeshClient,
+    /// Built once, so its log-once memory spans the whole run.
+    authz: Option<Arc<Policy>>,
+    readiness: Readiness,
 }
 
 impl Mesh {
@@ -49,11 +55,14 @@ impl Mesh {
             }
             None => (None, None),
         };
+        let authz = config.authz().map(|a| Arc::new(a.policy()));
         let mut client = MeshClient::builder(config);
         if let Some(identity) = &identity {
             client = client.identity(identity.clone());
         }
         Ok(Mesh {
+            authz,
+            readiness: Readiness::new(),
             client: client.build()?,
             identity,
             _watch: watch,
@@ -75,6 +84,19 @@ impl Mesh {
         self.identity.as_ref()
     }
 
+    /// The inbound server's readiness: ready while [`serve`](Self::serve) runs,
+    /// not ready from the moment shutdown begins. Route it to your readiness
+    /// probe: `.route("/ready", get(move || async move { readiness.status() }))`.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// The authorization policy [`serve`](Self::serve) applies, when
+    /// `MESH_AUTHZ_RULES` or `MESH_AUTHZ_DEFAULT` are set.
+    pub fn authz(&self) -> Option<&Arc<Policy>> {
+        self.authz.as_ref()
+    }
+
     /// Binds the inbound mTLS listener on `MESH_INBOUND_ADDR`. It accepts clients
     /// of our own trust domain and of every federated one.
     pub async fn inbound(&self) -> Result<InboundServer, BoxError> {
@@ -87,12 +109,16 @@ impl Mesh {
             .as_ref()
             .ok_or("the inbound listener is strict mTLS: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE")?;
         let tls = mesh_core::tls::server_config(identity, []);
-        Ok(InboundServer::bind(addr, tls).await?)
+        Ok(InboundServer::bind(addr, tls)
+            .await?
+            .with_readiness(self.readiness.clone()))
     }
 
     /// Serves `service` (an axum `Router`, say) on the inbound listener until
-    /// SIGTERM or Ctrl-C, then drains in-flight requests within the grace period.
-    /// Each request's deadline (`grpc-timeout` or `x-mesh-timeout-ms`) bounds its
+    /// SIGTERM or Ctrl-C, then turns [not ready](Self::readiness) and drains
+    /// in-flight requests within the grace period. When authorization is
+    /// configured, every request passes the policy first ([`AuthzLayer`]); each
+    /// request's deadline (`grpc-timeout` or `x-mesh-timeout-ms`) then bounds its
     /// handler and every outbound call the handler makes
     /// ([`DeadlineLayer`](mesh_core::deadline::DeadlineLayer)).
     pub async fn serve<S, B>(&self, service: S) -> Result<(), BoxError>
@@ -100,8 +126,7 @@ impl Mesh {
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Default + Send + 'static,
-        B::Data: Send,
+        B: http_body::Body<Data = Bytes> + Default + Send + 'static,
         B::Error: Into<BoxError>,
     {
         self.serve_with_shutdown(service, shutdown_signal()).await
@@ -117,13 +142,34 @@ impl Mesh {
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Default + Send + 'static,
-        B::Data: Send,
+        B: http_body::Body<Data = Bytes> + Default + Send + 'static,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        self.serve_inbound(self.inbound().await?, service, shutdown)
+            .await;
+        Ok(())
+    }
+
+    /// Serves `service` on `server` (from [`inbound`](Self::inbound), say, when
+    /// the caller needs its address first) with the mesh's authorization
+    /// policy in front, until `shutdown` completes.
+    pub async fn serve_inbound<S, B, F>(&self, server: InboundServer, service: S, shutdown: F)
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Default + Send + 'static,
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
         let service = tower::Layer::layer(&mesh_core::deadline::DeadlineLayer::new(), service);
-        self.inbound().await?.serve(service, shutdown).await;
-        Ok(())
+        match &self.authz {
+            Some(policy) => {
+                let service = tower::Layer::layer(&AuthzLayer::new(policy.clone()), service);
+                server.serve(service, shutdown).await;
+            }
+            None => server.serve(service, shutdown).await,
+        }
     }
 }

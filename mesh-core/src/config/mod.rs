@@ -48,6 +48,7 @@ pub use raw::normalize_service_name;
 pub use service::{Protocol, ServiceConfig};
 pub use source::{Env, Layered, Source};
 
+use crate::authz::{AuthzConfig, Mode, Rule};
 use crate::discovery::DnsSettings;
 use crate::identity::{parse_federated_bundles, IdentityFiles};
 use raw::{Entry, RawSettings};
@@ -97,6 +98,7 @@ pub struct MeshConfig {
     identity: Option<IdentityFiles>,
     inbound_addr: Option<SocketAddr>,
     inbound_mode: InboundMode,
+    authz: Option<AuthzConfig>,
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
@@ -214,6 +216,8 @@ impl MeshConfig {
             ));
         }
 
+        let authz = authz_config(raw, problems);
+
         // Defaults are checked even when no service uses them yet.
         let placeholder = raw::RawService {
             name: "(defaults)".into(),
@@ -248,6 +252,7 @@ impl MeshConfig {
         builder.inbound_mode = inbound_mode;
         builder.metrics_addr = metrics_addr;
         builder.access_log = access_log;
+        builder.authz = authz;
         builder.services = services;
         match builder.build() {
             Ok(config) => Some(config),
@@ -265,6 +270,7 @@ impl MeshConfig {
             identity: None,
             inbound_addr: None,
             inbound_mode: InboundMode::Strict,
+            authz: None,
             zone: None,
             egress: Egress::Deny,
             dns: DnsSettings::default(),
@@ -292,6 +298,12 @@ impl MeshConfig {
     /// How the inbound listener treats connections.
     pub fn inbound_mode(&self) -> InboundMode {
         self.inbound_mode
+    }
+
+    /// Inbound authorization, when rules or `MESH_AUTHZ_DEFAULT` are set
+    /// (`None`: any peer of an accepted trust domain is let in).
+    pub fn authz(&self) -> Option<&AuthzConfig> {
+        self.authz.as_ref()
     }
 
     /// This instance's zone, if configured.
@@ -403,6 +415,47 @@ fn default_of(name: &str) -> &'static str {
         .expect("the setting is registered")
 }
 
+/// Authorization is on when rules or a default are given. `MESH_AUTHZ_RULES`
+/// replaces the file's rules as a whole (variables override the file).
+fn authz_config(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<AuthzConfig> {
+    let default_entry = raw.global.get("AUTHZ_DEFAULT");
+    let default_text = settings::find(settings::Scope::Global, "AUTHZ_DEFAULT")
+        .expect("registered")
+        .default
+        .trim_matches('`');
+    let mode = typed(default_entry, problems, Mode::parse)
+        .unwrap_or_else(|| Mode::parse(default_text).expect("the documented default parses"));
+    let rules = match (raw.global.get("AUTHZ_RULES"), &raw.authz_file_rules) {
+        (Some(entry), Some((_, file_origin))) if matches!(entry.origin, Origin::File { .. }) => {
+            problems.push(Problem::other(
+                file_origin.clone(),
+                "give the file's rules either as `authz_rules` or as `[[authz.rules]]`, not both",
+            ));
+            return None;
+        }
+        (Some(entry), _) => match Rule::parse_list(&entry.value) {
+            Ok(rules) => Some(rules),
+            Err(e) => {
+                problems.push(Problem::invalid(
+                    entry.origin.clone(),
+                    &entry.value,
+                    format!("rules `<allow|deny> <peer> <methods> <path>` separated by `;`; the offending part is {e}"),
+                ));
+                return None;
+            }
+        },
+        (None, Some((rules, _))) => Some(rules.clone()),
+        (None, None) => None,
+    };
+    if rules.is_none() && default_entry.is_none() {
+        return None;
+    }
+    Some(AuthzConfig {
+        mode,
+        rules: rules.unwrap_or_default(),
+    })
+}
+
 /// Parses a global setting if it is set; records a problem when it does not parse.
 fn typed<T>(
     entry: Option<&Entry>,
@@ -428,6 +481,7 @@ pub struct MeshConfigBuilder {
     identity: Option<IdentityFiles>,
     inbound_addr: Option<SocketAddr>,
     inbound_mode: InboundMode,
+    authz: Option<AuthzConfig>,
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
@@ -458,6 +512,12 @@ impl MeshConfigBuilder {
     /// Logs inbound requests (see [`MeshConfig::access_log`]).
     pub fn access_log(mut self, access_log: AccessLog) -> Self {
         self.access_log = access_log;
+        self
+    }
+
+    /// Turns on inbound authorization with these settings.
+    pub fn authz(mut self, authz: AuthzConfig) -> Self {
+        self.authz = Some(authz);
         self
     }
 
@@ -509,6 +569,7 @@ impl MeshConfigBuilder {
             identity: self.identity,
             inbound_addr: self.inbound_addr,
             inbound_mode: self.inbound_mode,
+            authz: self.authz,
             zone: self.zone,
             egress: self.egress,
             dns: self.dns,

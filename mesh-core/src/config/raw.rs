@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::error::{Origin, Problem, ProblemKind};
 use super::settings::{self, Scope, SettingDef, Status, SETTINGS};
 use super::Source;
+use crate::authz::{parse_action, Rule};
 
 /// A setting's value and where it came from.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub(crate) struct RawSettings {
     pub(crate) defaults: HashMap<&'static str, Entry>,
     /// By normalized name.
     pub(crate) services: BTreeMap<String, RawService>,
+    /// `[[authz.rules]]` of the file, already parsed, with the key they came from.
+    pub(crate) authz_file_rules: Option<(Vec<Rule>, Origin)>,
 }
 
 /// `my-api.prod` → `MY_API_PROD`: the form a service name takes in a variable.
@@ -164,6 +167,31 @@ impl RawSettings {
                         }
                     }
                 }
+                ("authz", Value::Object(table)) => {
+                    for (k, v) in table {
+                        match (k.as_str(), v) {
+                            ("rules", Value::Array(rules)) => {
+                                self.file_authz_rules(rules, &origin, problems);
+                            }
+                            ("default", v) => self.file_entry(
+                                Scope::Global,
+                                None,
+                                "authz_default",
+                                v,
+                                origin("authz.default"),
+                                problems,
+                            ),
+                            (k, v) => problems.push(Problem::new(
+                                origin(&format!("authz.{k}")),
+                                ProblemKind::Unknown {
+                                    value: v.to_string(),
+                                    hint: "the [authz] table holds `default` and `[[authz.rules]]`"
+                                        .into(),
+                                },
+                            )),
+                        }
+                    }
+                }
                 ("config_file", _) => problems.push(Problem::other(
                     origin(key),
                     "the file cannot name another file; set MESH_CONFIG_FILE",
@@ -171,6 +199,92 @@ impl RawSettings {
                 (k, v) => self.file_entry(Scope::Global, None, k, v, origin(k), problems),
             }
         }
+    }
+
+    /// Parses `[[authz.rules]]`: tables of `action`, `peer`, `methods` (a string
+    /// or list) and `path`; `peer`, `methods` and `path` default to `*`.
+    fn file_authz_rules(
+        &mut self,
+        rules: &[Value],
+        origin: &dyn Fn(&str) -> Origin,
+        problems: &mut Vec<Problem>,
+    ) {
+        let mut parsed = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let key = format!("authz.rules[{i}]");
+            let Value::Object(table) = rule else {
+                problems.push(Problem::invalid(
+                    origin(&key),
+                    &rule.to_string(),
+                    "a table with `action`, `peer`, `methods` and `path`",
+                ));
+                continue;
+            };
+            if let Some(extra) = table
+                .keys()
+                .find(|k| !matches!(k.as_str(), "action" | "peer" | "methods" | "path"))
+            {
+                problems.push(Problem::other(
+                    origin(&format!("{key}.{extra}")),
+                    "unknown key; a rule has `action`, `peer`, `methods` and `path`",
+                ));
+                continue;
+            }
+            let text = |field: &str| -> Option<String> {
+                match table.get(field) {
+                    None => Some("*".into()),
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Array(items)) if field == "methods" => items
+                        .iter()
+                        .map(|m| m.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .map(|list| list.join(",")),
+                    Some(_) => None,
+                }
+            };
+            let fields = ["action", "peer", "methods", "path"].map(|f| (f, text(f)));
+            if let Some((field, _)) = fields.iter().find(|(_, v)| v.is_none()) {
+                let value = table.get(*field).map(Value::to_string).unwrap_or_default();
+                problems.push(Problem::invalid(
+                    origin(&format!("{key}.{field}")),
+                    &value,
+                    "a string (`methods` may also be a list of strings)",
+                ));
+                continue;
+            }
+            let [action, peer, methods, path] = fields.map(|(_, v)| v.unwrap_or_default());
+            let field_origin = |f: &str| origin(&format!("{key}.{f}"));
+            if !table.contains_key("action") {
+                problems.push(Problem::other(
+                    field_origin("action"),
+                    "a rule needs `action = \"allow\"` or `\"deny\"`",
+                ));
+                continue;
+            }
+            let rule = parse_action(&action).and_then(|a| Rule::new(a, &peer, &methods, &path));
+            match rule {
+                Ok(rule) => parsed.push(rule),
+                Err(e) => {
+                    // Name the field that holds the offending part.
+                    let field = [
+                        ("action", &action),
+                        ("peer", &peer),
+                        ("methods", &methods),
+                        ("path", &path),
+                    ]
+                    .into_iter()
+                    .find(|(_, v)| *v == e.part() || v.split(',').any(|p| p == e.part()))
+                    .map_or("", |(f, _)| f);
+                    let o = if field.is_empty() {
+                        origin(&key)
+                    } else {
+                        field_origin(field)
+                    };
+                    problems.push(Problem::other(o, format!("bad authorization rule: {e}")));
+                }
+            }
+        }
+        self.authz_file_rules = Some((parsed, origin("authz.rules")));
     }
 
     fn file_entry(

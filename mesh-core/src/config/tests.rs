@@ -621,3 +621,109 @@ fn bad_outlier_and_breaker_settings_are_start_up_errors_naming_the_variable() {
         assert!(text.contains(expected), "{name}={value}: {text}");
     }
 }
+
+#[test]
+fn authz_is_off_without_rules_or_default_and_deny_by_default_with_rules() {
+    let config = MeshConfig::from_source(&[("MESH_SERVICE_NAME", "api")]).unwrap();
+    assert_eq!(config.authz(), None);
+    let config = MeshConfig::from_source(&[(
+        "MESH_AUTHZ_RULES",
+        "allow spiffe://example.org/ns/prod/* GET,HEAD /api/*; deny * * /admin/*",
+    )])
+    .unwrap();
+    let authz = config.authz().unwrap();
+    assert_eq!(authz.mode, crate::authz::Mode::Deny);
+    assert_eq!(authz.rules.len(), 2);
+    let config = MeshConfig::from_source(&[("MESH_AUTHZ_DEFAULT", "audit")]).unwrap();
+    assert_eq!(config.authz().unwrap().mode, crate::authz::Mode::Audit);
+    assert!(config.authz().unwrap().rules.is_empty());
+}
+
+#[test]
+fn bad_authz_settings_name_the_variable_and_the_offending_part() {
+    let e = err(&[("MESH_AUTHZ_DEFAULT", "block")]);
+    assert!(e.names_variable("MESH_AUTHZ_DEFAULT"), "{e}");
+    assert!(e.to_string().contains("`deny`, `allow` or `audit`"), "{e}");
+    let e = err(&[(
+        "MESH_AUTHZ_RULES",
+        "allow * GET /api/*; allow spiffe://example.org/web get /x",
+    )]);
+    assert!(e.names_variable("MESH_AUTHZ_RULES"), "{e}");
+    assert!(e.to_string().contains("`get`"), "{e}");
+    let e = err(&[("MESH_AUTHZ_RULES", "deny * * /api/../admin")]);
+    assert!(e.to_string().contains("`/admin`"), "{e}");
+}
+
+#[test]
+fn authz_rules_come_from_the_file_and_the_variable_replaces_them() {
+    let path = temp_file(
+        "authz.toml",
+        r#"
+[authz]
+default = "audit"
+
+[[authz.rules]]
+action = "deny"
+path = "/admin/*"
+
+[[authz.rules]]
+action = "allow"
+peer = "spiffe://example.org/ns/prod/*"
+methods = ["GET", "HEAD"]
+path = "/api/*"
+"#,
+    );
+    let file = path.to_str().unwrap();
+    let config = MeshConfig::from_source(&[("MESH_CONFIG_FILE", file)]).unwrap();
+    let authz = config.authz().unwrap();
+    assert_eq!(authz.mode, crate::authz::Mode::Audit);
+    let texts: Vec<String> = authz.rules.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        texts,
+        [
+            "deny * * /admin/*",
+            "allow spiffe://example.org/ns/prod/* GET,HEAD /api/*"
+        ]
+    );
+    let config = MeshConfig::from_source(&[
+        ("MESH_CONFIG_FILE", file),
+        ("MESH_AUTHZ_RULES", "allow * * *"),
+        ("MESH_AUTHZ_DEFAULT", "deny"),
+    ])
+    .unwrap();
+    let authz = config.authz().unwrap();
+    assert_eq!(authz.mode, crate::authz::Mode::Deny);
+    assert_eq!(authz.rules.len(), 1);
+}
+
+#[test]
+fn bad_authz_file_rules_name_the_file_key_and_part() {
+    let path = temp_file(
+        "bad-authz.toml",
+        r#"
+[[authz.rules]]
+action = "allow"
+peer = "web"
+
+[[authz.rules]]
+action = "deny"
+methods = ["GET", 3]
+
+[[authz.rules]]
+path = "/x"
+
+[[authz.rules]]
+action = "allow"
+colour = "blue"
+"#,
+    );
+    let e = err(&[("MESH_CONFIG_FILE", path.to_str().unwrap())]);
+    let text = e.to_string();
+    assert!(
+        text.contains("key `authz.rules[0].peer`: bad authorization rule: `web`"),
+        "{text}"
+    );
+    assert!(text.contains("key `authz.rules[1].methods`"), "{text}");
+    assert!(text.contains("key `authz.rules[2].action`"), "{text}");
+    assert!(text.contains("key `authz.rules[3].colour`"), "{text}");
+}

@@ -20,9 +20,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod authz;
 mod connection;
 mod options;
 mod peer;
+mod readiness;
 
 use std::future::Future;
 use std::io;
@@ -40,8 +42,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+pub use authz::{Authz, AuthzLayer};
 pub use options::InboundOptions;
 pub use peer::{MissingPeerIdentity, PeerIdentity};
+pub use readiness::{Readiness, ReadinessStatus};
 
 /// Wait after an accept error such as EMFILE, so a full file table does not
 /// turn the accept loop into a busy loop: 5 ms doubling up to one second.
@@ -56,6 +60,7 @@ pub struct InboundServer {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     options: InboundOptions,
+    readiness: Readiness,
 }
 
 impl InboundServer {
@@ -71,7 +76,22 @@ impl InboundServer {
             listener,
             tls,
             options: InboundOptions::default(),
+            readiness: Readiness::new(),
         }
+    }
+
+    /// The server's readiness flag: ready once [`serve`](Self::serve) runs,
+    /// not ready as soon as its shutdown begins. Route it to a probe with
+    /// [`Readiness::status`].
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Uses `readiness` as the server's flag (one shared with other parts of
+    /// the application, say).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// Replaces the edge limits and timeouts.
@@ -85,9 +105,10 @@ impl InboundServer {
         self.listener.local_addr()
     }
 
-    /// Serves `service` until `shutdown` completes, then stops accepting, lets
-    /// in-flight requests finish within the grace period and closes what is
-    /// left. Returns when every connection is closed.
+    /// Serves `service` until `shutdown` completes; then turns
+    /// [not ready](Self::readiness), keeps accepting for the shutdown delay,
+    /// stops accepting, lets in-flight requests finish within the grace period
+    /// and closes what is left. Returns when every connection is closed.
     pub async fn serve<S, B, F>(self, service: S, shutdown: F)
     where
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -102,7 +123,19 @@ impl InboundServer {
             listener,
             tls,
             options,
+            readiness,
         } = self;
+        let delay = options.shutdown_delay;
+        // Readiness flips first, so probes fail while the listener still serves.
+        let shutdown = async {
+            shutdown.await;
+            readiness.set(false);
+            tracing::info!(
+                ?delay,
+                "inbound server not ready; draining after the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        };
         let grace = options.grace_period;
         let connections = Arc::new(Semaphore::new(options.max_connections));
         let shared = Arc::new(connection::Shared {
@@ -114,6 +147,7 @@ impl InboundServer {
         let mut tasks = JoinSet::new();
         let mut accept_errors = 0u32;
         tokio::pin!(shutdown);
+        readiness.set(true);
 
         loop {
             // At the connection cap, stop accepting until one closes.

@@ -14,6 +14,7 @@ pub struct InboundOptions {
     pub(crate) h2_max_pending_accept_reset_streams: usize,
     pub(crate) h2_max_local_error_reset_streams: usize,
     pub(crate) grace_period: Duration,
+    pub(crate) shutdown_delay: Duration,
 }
 
 impl Default for InboundOptions {
@@ -27,6 +28,7 @@ impl Default for InboundOptions {
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
             grace_period: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -86,6 +88,15 @@ impl InboundOptions {
     /// connections are closed (default 5 s, as Istio and ztunnel).
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace_period = grace;
+        self
+    }
+
+    /// How long the server keeps accepting after shutdown begins and readiness
+    /// has turned not-ready, before it stops accepting and drains (default 0).
+    /// Behind Kubernetes, a few seconds lets endpoints and peers' balancers drop
+    /// this instance before its listener closes.
+    pub fn shutdown_delay(mut self, delay: Duration) -> Self {
+        self.shutdown_delay = delay;
         self
     }
 }
