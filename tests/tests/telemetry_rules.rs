@@ -113,9 +113,9 @@ fn dashboard_and_rules_reference_only_metrics_the_code_emits() {
         "http_client_request_duration_seconds_bucket",
         "http_server_request_duration_seconds_count",
         "mesh_breaker_state",
-        "mesh_tls_handshakes_total",
+        "mesh_tls_handshake_failures_total",
         "mesh_client_attempt_duration_seconds_bucket",
-        "mesh_tls_certificate_expiration_timestamp_seconds",
+        "mesh_tls_certificate_expiration_seconds",
         "mesh_endpoints",
         "mesh_discovery_updates_total",
     ] {
@@ -123,8 +123,8 @@ fn dashboard_and_rules_reference_only_metrics_the_code_emits() {
     }
     for needed in [
         "http_server_request_duration_seconds_count",
-        "mesh_tls_certificate_expiration_timestamp_seconds",
-        "mesh_tls_handshakes_total",
+        "mesh_tls_certificate_expiration_seconds",
+        "mesh_tls_handshake_failures_total",
         "mesh_client_retries_total",
         "mesh_breaker_state",
     ] {
