@@ -102,8 +102,6 @@ pub mod label {
     /// An endpoint's `ip:port`, as discovery published it (bounded by the
     /// endpoint set, never taken from a peer).
     pub const ENDPOINT: &str = "mesh.endpoint";
-    /// `inbound` or `outbound`.
-    pub const DIRECTION: &str = "mesh.direction";
     /// Position of the authorization rule that decided (`1`, `2`…, bounded by
     /// the configuration), or `none`.
     pub const RULE: &str = "mesh.authz.rule";
