@@ -150,12 +150,10 @@ fn percentile_ms(outcomes: &[Outcome], p: f64) -> f64 {
         .map_or(0.0, |d| (d.as_secs_f64() * 1e5).round() / 100.0)
 }
 
-/// Retries on resets too: every request here is an idempotent GET.
+/// The defaults otherwise: every request here is an idempotent GET, which the
+/// default `RETRY_ON` retries after a 503 or a broken connection.
 fn base_vars(backends: &[TestBackend]) -> Vec<(&'static str, String)> {
-    vec![
-        ("MESH_SERVICE_SVC_ENDPOINTS", endpoints(backends)),
-        ("MESH_SERVICE_SVC_RETRY_ON", "503,reset".into()),
-    ]
+    vec![("MESH_SERVICE_SVC_ENDPOINTS", endpoints(backends))]
 }
 
 async fn kill_one() -> Result<serde_json::Value, BoxError> {

@@ -350,7 +350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_conditions_retry_503_and_unsent_requests_only() {
+    fn default_conditions_retry_503_resets_and_unsent_requests_only() {
         let c = Classifier::new(RetryOn::default());
         let h = HeaderMap::new();
         assert_eq!(
@@ -371,7 +371,10 @@ mod tests {
             c.error(ErrorKind::RefusedStream),
             Class::Retryable(RetryReason::RefusedStream)
         );
-        assert_eq!(c.error(ErrorKind::Reset), Class::Failure);
+        assert_eq!(
+            c.error(ErrorKind::Reset),
+            Class::Retryable(RetryReason::Reset)
+        );
         assert_eq!(c.error(ErrorKind::Other), Class::Failure);
     }
 

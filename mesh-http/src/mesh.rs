@@ -24,7 +24,7 @@ use mesh_core::identity::{IdentitySource, IdentityWatch};
 
 use crate::client::MeshClient;
 use crate::error::BoxError;
-use crate::server::{shutdown_signal, AuthzLayer, InboundServer, Readiness};
+use crate::server::{shutdown_signal, AuthzLayer, InboundLimiters, InboundServer, Readiness};
 
 /// The mesh inside one service.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct Mesh {
     client: MeshClient,
     /// Built once, so its log-once memory spans the whole run.
     authz: Option<Arc<Policy>>,
+    /// Built once, so every connection and every `serve` call share the limits.
+    limits: InboundLimiters,
     readiness: Readiness,
 }
 
@@ -56,12 +58,14 @@ impl Mesh {
             None => (None, None),
         };
         let authz = config.authz().map(|a| Arc::new(a.policy()));
+        let limits = InboundLimiters::new(config.inbound_limits());
         let mut client = MeshClient::builder(config);
         if let Some(identity) = &identity {
             client = client.identity(identity.clone());
         }
         Ok(Mesh {
             authz,
+            limits,
             readiness: Readiness::new(),
             client: client.build()?,
             identity,
@@ -117,9 +121,12 @@ impl Mesh {
     /// Serves `service` (an axum `Router`, say) on the inbound listener until
     /// SIGTERM or Ctrl-C, then turns [not ready](Self::readiness) and drains
     /// in-flight requests within the grace period. When authorization is
-    /// configured, every request passes the policy first ([`AuthzLayer`]); each
-    /// request's deadline (`grpc-timeout` or `x-mesh-timeout-ms`) then bounds its
-    /// handler and every outbound call the handler makes
+    /// configured, every request passes the policy first ([`AuthzLayer`]); then
+    /// the inbound limits that are configured (`MESH_INBOUND_RATE_LIMIT`,
+    /// `MESH_INBOUND_PEER_RATE_LIMIT`: 429; `MESH_INBOUND_CONCURRENCY`: 503, the
+    /// handler never sees a refused request); each request's deadline
+    /// (`grpc-timeout` or `x-mesh-timeout-ms`) then bounds its handler and every
+    /// outbound call the handler makes
     /// ([`DeadlineLayer`](mesh_core::deadline::DeadlineLayer)).
     pub async fn serve<S, B>(&self, service: S) -> Result<(), BoxError>
     where
@@ -163,7 +170,7 @@ impl Mesh {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        let service = tower::Layer::layer(&mesh_core::deadline::DeadlineLayer::new(), service);
+        let service = self.limits.layer(service);
         match &self.authz {
             Some(policy) => {
                 let service = tower::Layer::layer(&AuthzLayer::new(policy.clone()), service);

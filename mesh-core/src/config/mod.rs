@@ -49,8 +49,10 @@ pub use service::{Protocol, ServiceConfig};
 pub use source::{Env, Layered, Source};
 
 use crate::authz::{AuthzConfig, Mode, Rule};
+use crate::concurrency::LimitAlgorithm;
 use crate::discovery::DnsSettings;
 use crate::identity::{parse_federated_bundles, IdentityFiles};
+use crate::ratelimit::Rate;
 use raw::{Entry, RawSettings};
 
 /// What happens to a request for a host the mesh does not know.
@@ -91,6 +93,19 @@ impl AccessLog {
     }
 }
 
+/// Limits on what the inbound server lets into the handler
+/// (`MESH_INBOUND_RATE_LIMIT`, `MESH_INBOUND_PEER_RATE_LIMIT`, `MESH_INBOUND_CONCURRENCY`);
+/// all off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InboundLimits {
+    /// Requests per unit of time from all peers together (429 beyond).
+    pub rate: Option<Rate>,
+    /// Requests per unit of time from each peer SPIFFE ID (429 beyond).
+    pub peer_rate: Option<Rate>,
+    /// Requests in the handler at once (503 beyond).
+    pub concurrency: Option<LimitAlgorithm>,
+}
+
 /// The whole mesh configuration, parsed and validated once at start-up.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -99,6 +114,7 @@ pub struct MeshConfig {
     inbound_addr: Option<SocketAddr>,
     inbound_mode: InboundMode,
     authz: Option<AuthzConfig>,
+    inbound_limits: InboundLimits,
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
@@ -217,6 +233,24 @@ impl MeshConfig {
         }
 
         let authz = authz_config(raw, problems);
+        let mut rate = |name| {
+            typed(global(name), problems, |v| match v.trim() {
+                "off" => Ok(None),
+                other => other.parse::<Rate>().map(Some),
+            })
+            .flatten()
+        };
+        let inbound_limits = InboundLimits {
+            rate: rate("INBOUND_RATE_LIMIT"),
+            peer_rate: rate("INBOUND_PEER_RATE_LIMIT"),
+            concurrency: typed(global("INBOUND_CONCURRENCY"), problems, |v| {
+                match v.trim() {
+                    "off" => Ok(None),
+                    other => other.parse::<LimitAlgorithm>().map(Some),
+                }
+            })
+            .flatten(),
+        };
 
         // Defaults are checked even when no service uses them yet.
         let placeholder = raw::RawService {
@@ -253,6 +287,7 @@ impl MeshConfig {
         builder.metrics_addr = metrics_addr;
         builder.access_log = access_log;
         builder.authz = authz;
+        builder.inbound_limits = inbound_limits;
         builder.services = services;
         match builder.build() {
             Ok(config) => Some(config),
@@ -271,6 +306,7 @@ impl MeshConfig {
             inbound_addr: None,
             inbound_mode: InboundMode::Strict,
             authz: None,
+            inbound_limits: InboundLimits::default(),
             zone: None,
             egress: Egress::Deny,
             dns: DnsSettings::default(),
@@ -304,6 +340,11 @@ impl MeshConfig {
     /// (`None`: any peer of an accepted trust domain is let in).
     pub fn authz(&self) -> Option<&AuthzConfig> {
         self.authz.as_ref()
+    }
+
+    /// The limits `Mesh::serve` puts in front of the handler.
+    pub fn inbound_limits(&self) -> &InboundLimits {
+        &self.inbound_limits
     }
 
     /// This instance's zone, if configured.
@@ -407,7 +448,9 @@ fn identity_files(
 }
 
 /// The documented default of a registered setting: the one source of truth.
-fn default_of(name: &str) -> &'static str {
+/// The documented default of the setting `name` (without its backticks): typed
+/// defaults are parsed from it, so the documentation cannot drift from the code.
+pub(crate) fn default_of(name: &str) -> &'static str {
     settings::SETTINGS
         .iter()
         .find(|s| s.name == name)
@@ -457,10 +500,10 @@ fn authz_config(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<AuthzC
 }
 
 /// Parses a global setting if it is set; records a problem when it does not parse.
-fn typed<T>(
+fn typed<T, E: std::fmt::Display>(
     entry: Option<&Entry>,
     problems: &mut Vec<Problem>,
-    parse: impl Fn(&str) -> Result<T, &'static str>,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) -> Option<T> {
     let entry = entry?;
     parse(&entry.value)
@@ -468,7 +511,7 @@ fn typed<T>(
             problems.push(Problem::invalid(
                 entry.origin.clone(),
                 &entry.value,
-                expected,
+                expected.to_string(),
             ))
         })
         .ok()
@@ -482,6 +525,7 @@ pub struct MeshConfigBuilder {
     inbound_addr: Option<SocketAddr>,
     inbound_mode: InboundMode,
     authz: Option<AuthzConfig>,
+    inbound_limits: InboundLimits,
     zone: Option<String>,
     egress: Egress,
     dns: DnsSettings,
@@ -518,6 +562,12 @@ impl MeshConfigBuilder {
     /// Turns on inbound authorization with these settings.
     pub fn authz(mut self, authz: AuthzConfig) -> Self {
         self.authz = Some(authz);
+        self
+    }
+
+    /// Limits the inbound server (see [`MeshConfig::inbound_limits`]).
+    pub fn inbound_limits(mut self, limits: InboundLimits) -> Self {
+        self.inbound_limits = limits;
         self
     }
 
@@ -570,6 +620,7 @@ impl MeshConfigBuilder {
             inbound_addr: self.inbound_addr,
             inbound_mode: self.inbound_mode,
             authz: self.authz,
+            inbound_limits: self.inbound_limits,
             zone: self.zone,
             egress: self.egress,
             dns: self.dns,

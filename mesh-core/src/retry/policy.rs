@@ -47,11 +47,14 @@ impl std::ops::BitOr for RetryOn {
     }
 }
 
-/// The default, as Istio's: connect failures, refused streams, gRPC `UNAVAILABLE`
-/// and HTTP 503.
+/// The documented default of `RETRY_ON`: Istio's conditions (connect failures,
+/// refused streams, gRPC `UNAVAILABLE`, HTTP 503) plus connections that broke
+/// after the request went out, which only idempotent methods are retried after.
 impl Default for RetryOn {
     fn default() -> Self {
-        RetryOn::UNAVAILABLE_503 | RetryOn::GRPC_UNAVAILABLE
+        crate::config::default_of("RETRY_ON")
+            .parse()
+            .expect("the documented default parses")
     }
 }
 

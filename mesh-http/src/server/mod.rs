@@ -25,6 +25,7 @@ mod connection;
 mod options;
 mod peer;
 mod readiness;
+mod stack;
 
 use std::future::Future;
 use std::io;
@@ -46,6 +47,7 @@ pub use authz::{Authz, AuthzLayer};
 pub use options::InboundOptions;
 pub use peer::{MissingPeerIdentity, PeerIdentity};
 pub use readiness::{Readiness, ReadinessStatus};
+pub(crate) use stack::InboundLimiters;
 
 /// Wait after an accept error such as EMFILE, so a full file table does not
 /// turn the accept loop into a busy loop: 5 ms doubling up to one second.
