@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cap::Cap;
+use mesh_benches::grpc::{self, GrpcTarget};
 use mesh_benches::load::{self, Saturation};
 use mesh_benches::pki::{PkiFiles, SERVER_NAME};
 use mesh_benches::procstat::{self, Phase, Proc};
@@ -43,6 +44,8 @@ static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
 
 /// The logical service the mesh client is configured with.
 const SERVICE: &str = "bench";
+/// The logical gRPC service `MeshChannel` calls.
+const GRPC_SERVICE: &str = "grpcbench";
 /// Closed-loop workers, and the connection cap of every client (HTTP/1.1:
 /// one request per connection), so every configuration uses the same number
 /// of connections.
@@ -128,23 +131,25 @@ fn serve(dir: &Path) -> Result<(), BoxError> {
         .build()?;
     let identity = IdentitySource::from_files(pki.server_identity())?;
     let mesh_tls = mesh_core::tls::server_config(&identity, []);
-    let (tls_addr, plain_addr, mesh_addr) = runtime.block_on(async {
+    let (tls_addr, plain_addr, mesh_addr, grpc_addr) = runtime.block_on(async {
         let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-        let (tls_listener, plain_listener, mesh_listener) =
-            (bind().await?, bind().await?, bind().await?);
+        let (tls_listener, plain_listener, mesh_listener, grpc_listener) =
+            (bind().await?, bind().await?, bind().await?, bind().await?);
         let addrs = (
             tls_listener.local_addr()?,
             plain_listener.local_addr()?,
             mesh_listener.local_addr()?,
+            grpc_listener.local_addr()?,
         );
         tokio::spawn(server::serve_tls(tls_listener, tls));
         tokio::spawn(server::serve_plain(plain_listener));
         tokio::spawn(server::serve_mesh(mesh_listener, mesh_tls));
+        tokio::spawn(grpc::serve_grpc(grpc_listener));
         Ok::<_, std::io::Error>(addrs)
     })?;
     println!(
         "{}",
-        json!({"tls": tls_addr, "plain": plain_addr, "mesh": mesh_addr})
+        json!({"tls": tls_addr, "plain": plain_addr, "mesh": mesh_addr, "grpc": grpc_addr})
     );
     std::io::stdout().flush()?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -235,6 +240,8 @@ struct ServerProcess {
     plain: SocketAddr,
     /// The mesh's inbound server (mesh clients).
     mesh: SocketAddr,
+    /// The tonic server (h2c; tonic `Channel` and `MeshChannel` clients).
+    grpc: SocketAddr,
 }
 
 impl ServerProcess {
@@ -256,6 +263,7 @@ impl ServerProcess {
             tls: addr("tls")?,
             plain: addr("plain")?,
             mesh: addr("mesh")?,
+            grpc: addr("grpc")?,
             child,
         })
     }
@@ -369,6 +377,30 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         Ok::<_, BoxError>(mesh)
     })?;
 
+    // The gRPC pair runs without TLS on both sides: what differs is the stack.
+    let (channel, mesh_channel) = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let vars: BTreeMap<String, String> = [
+            ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
+            (
+                format!("MESH_SERVICE_{}_ENDPOINTS", GRPC_SERVICE.to_uppercase()),
+                server.grpc.to_string(),
+            ),
+            (
+                format!("MESH_SERVICE_{}_PROTOCOL", GRPC_SERVICE.to_uppercase()),
+                "grpc".to_string(),
+            ),
+        ]
+        .into();
+        let client = MeshClient::new(MeshConfig::from_source(&Layered::new(Env, vars))?)?;
+        client.ready().await;
+        let mesh_channel = mesh_grpc::MeshChannel::new(client, GRPC_SERVICE)?;
+        Ok::<_, BoxError>((channel, mesh_channel))
+    })?;
+
     let me = Proc::new("client", std::process::id());
     let server_proc = Proc::new("server", server.child.id());
     let base = vec![me, server_proc];
@@ -387,8 +419,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
             CONCURRENCY,
         )) as Arc<dyn Target>
     };
-    // Hook: `mesh+otel` and the gRPC pair join this list once telemetry and
-    // `MeshChannel` exist (a `Target` each).
+    // Hook: `mesh+otel` joins this list as one more `Target`.
     let mut configs = vec![
         Config {
             name: "raw",
@@ -417,6 +448,18 @@ fn run(plan: Plan) -> Result<(), BoxError> {
                 CONCURRENCY,
             )),
             procs: sidecar_procs,
+            rounds: Vec::new(),
+        },
+        Config {
+            name: "grpc",
+            target: Arc::new(GrpcTarget::new(channel)),
+            procs: base.clone(),
+            rounds: Vec::new(),
+        },
+        Config {
+            name: "grpc-mesh",
+            target: Arc::new(GrpcTarget::new(mesh_channel)),
+            procs: base.clone(),
             rounds: Vec::new(),
         },
     ];
@@ -525,7 +568,7 @@ fn summarise(
 ) {
     println!();
     println!(
-        "End-to-end, {} mode: medians over {} interleaved rounds; latency in µs; 1 KiB bodies; HTTP/1.1; {CONCURRENCY} connections at saturation",
+        "End-to-end, {} mode: medians over {} interleaved rounds; latency in µs; 1 KiB bodies; HTTP/1.1 ({CONCURRENCY} connections) and gRPC over h2c (one connection), {CONCURRENCY} workers at saturation",
         plan.name, plan.rounds
     );
     let rates: Vec<String> = plan
@@ -534,7 +577,7 @@ fn summarise(
         .map(|r| format!("{:.0}/s p50/p99/p99.9", r))
         .collect();
     println!(
-        "{:<8} {:>22} {:>26} {:>26} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "{:<10} {:>22} {:>26} {:>26} {:>10} {:>9} {:>9} {:>9} {:>8}",
         "config",
         "sequential p50/p99/p99.9",
         rates[0],
@@ -566,7 +609,7 @@ fn summarise(
             "-".to_string()
         };
         println!(
-            "{:<8} {:>22} {:>26} {:>26} {:>10.0} {:>9.1} {:>9.1} {:>9} {:>8}",
+            "{:<10} {:>22} {:>26} {:>26} {:>10.0} {:>9.1} {:>9.1} {:>9} {:>8}",
             config.name,
             fmt3(r, &|r| r.sequential),
             fmt3(r, &|r| r.open[0].latency),
@@ -627,6 +670,11 @@ fn summarise(
     let raw2_p50 = added(raw2, |p| p.p50_us);
     let sidecar_p50 = added(sidecar, |p| p.p50_us);
     let cold_ratio = median(cold_mesh.to_vec()) / median(cold_raw.to_vec());
+    let (grpc, grpc_mesh) = (find(configs, "grpc"), find(configs, "grpc-mesh"));
+    let grpc_vs_channel = paired_median(grpc_mesh, grpc, |a, b| tput(a) / tput(b));
+    let grpc_added_p50 = paired_median(grpc_mesh, grpc, |a, b| {
+        a.sequential.p50_us - b.sequential.p50_us
+    });
     let lag_p99 = configs
         .iter()
         .flat_map(|c| c.rounds.iter())
@@ -644,6 +692,9 @@ fn summarise(
         sidecar_p50 / mesh_p50.max(f64::EPSILON)
     );
     println!(
+        "gRPC (h2c, same tonic server): MeshChannel/Channel throughput {grpc_vs_channel:.3}; MeshChannel − Channel p50 {grpc_added_p50:+.1} µs"
+    );
+    println!(
         "cold start (spawn → first mTLS response): raw {:.1} ms, mesh {:.1} ms, mesh/raw {cold_ratio:.3} (target ≤ 1.2)",
         median(cold_raw.to_vec()),
         median(cold_mesh.to_vec())
@@ -656,7 +707,7 @@ fn summarise(
         "generator: worst release lag p99 {lag_p99:.1} µs; at {:.0}/s its p50 is {check:.2}× the sequential p50 (should be ≈ 1)",
         plan.check_rate
     );
-    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS) → InboundServer; outbound stack as on main: timeout + endpoint dispatch (retry budget, breaker, outlier detection, metrics recorder not on main yet)");
+    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS), the default outbound stack (call telemetry, deadline, retry budget and replay, attempt telemetry, P2C PeakEWMA with outlier detection; breaker and limits are off by default) → InboundServer");
 
     let summary = json!({
         "mode": plan.name,
@@ -667,6 +718,8 @@ fn summarise(
         "mesh_added_p99_us": round3(mesh_p99),
         "raw2_added_p50_us": round3(raw2_p50),
         "mesh_vs_sidecar_throughput": round3(mesh_vs_sidecar),
+        "grpc_mesh_vs_channel_throughput": round3(grpc_vs_channel),
+        "grpc_mesh_added_p50_us": round3(grpc_added_p50),
         "sidecar_added_p50_us": round3(sidecar_p50),
         "sidecar_added_over_mesh_added_p50": round3(sidecar_p50 / mesh_p50.max(f64::EPSILON)),
         "cold_start_mesh_vs_raw": round3(cold_ratio),
@@ -678,7 +731,7 @@ fn summarise(
         "generator_low_rate_p50_over_sequential_p50": round3(check),
         "mesh_transport": "mtls-spiffe",
         "mesh_inbound": "InboundServer",
-        "mesh_stack": "timeout+dispatch",
+        "mesh_stack": "default",
         "configs": per_config,
     });
     println!("{summary}");
