@@ -91,7 +91,7 @@ pub mod label {
     pub const SERVICE: &str = "mesh.service";
     /// Discovery source kind: `static`, `dns`, `srv`, `file`.
     pub const SOURCE: &str = "mesh.source";
-    /// Endpoint state: `known`, `ready`, `ejected`.
+    /// Endpoint state: `known`, `ready`, `ejected`, `unhealthy`.
     pub const STATE: &str = "mesh.state";
     /// Fixed reason word for a failure or decision.
     pub const REASON: &str = "mesh.reason";
@@ -164,7 +164,7 @@ metrics! {
     /// Endpoints per service by state.
     ENDPOINTS = "mesh.endpoints", Gauge, Unit::Count,
         [SERVICE, STATE],
-        "Endpoints of a service by state (known, ready, ejected)";
+        "Endpoints of a service by state (known, ready, ejected, unhealthy)";
     /// Requests that found no ready endpoint within the queue timeout.
     NO_ENDPOINT = "mesh.balancer.no_endpoint", Counter, Unit::Count,
         [SERVICE, REASON],
@@ -217,6 +217,12 @@ metrics! {
     OUTLIER_EJECTIONS = "mesh.outlier.ejections", Counter, Unit::Count,
         [SERVICE, REASON],
         "Endpoints ejected by outlier detection, by method (consecutive_failures, success_rate, failure_percentage)";
+    /// Active health checks of endpoints: outcome `ok` or `error`; reason `none`,
+    /// `connect`, `timeout`, `unhealthy` (the endpoint answered that it is not
+    /// healthy) or `error` (any other failure).
+    HEALTH_CHECKS = "mesh.health_checks", Counter, Unit::Count,
+        [SERVICE, OUTCOME, REASON],
+        "Active health checks of endpoints, by outcome and reason";
     /// Inbound requests refused by a rate or concurrency limit.
     SERVER_REJECTED = "mesh.server.rejected", Counter, Unit::Count,
         [REASON],

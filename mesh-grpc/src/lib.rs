@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+pub mod health;
 pub mod service_config;
 mod status;
 

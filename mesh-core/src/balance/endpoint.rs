@@ -18,19 +18,23 @@ use crate::discovery::Endpoint;
 use super::ewma::PeakEwma;
 use super::shared::Shared;
 
-/// Layout of the state word: three flag bits, and above them the ejection deadline
-/// in nanoseconds since the balancer's base instant (2^61 ns is 73 years).
+/// Layout of the state word: four flag bits, and above them the ejection deadline
+/// in nanoseconds since the balancer's base instant (2^60 ns is 36 years).
 pub(crate) mod state {
     /// The connection layer could not connect.
     pub(crate) const UNREACHABLE: u64 = 1;
-    /// Outlier detection or a health check took it out until the deadline.
+    /// Outlier detection took it out until the deadline.
     pub(crate) const EJECTED: u64 = 2;
     /// Discovery removed it; it has left the table.
     pub(crate) const REMOVED: u64 = 4;
+    /// Active health checks failed it (or it has not passed its first one yet).
+    /// A flag of its own rather than an ejection: outlier detection restoring an
+    /// endpoint must not put back one that health checks took out, nor the reverse.
+    pub(crate) const UNHEALTHY: u64 = 8;
     /// Mask of the flag bits.
-    pub(crate) const FLAGS: u64 = 7;
+    pub(crate) const FLAGS: u64 = 15;
     /// Shift of the ejection deadline.
-    pub(crate) const DEADLINE_SHIFT: u32 = 3;
+    pub(crate) const DEADLINE_SHIFT: u32 = 4;
 }
 
 /// Shared state of one endpoint.
@@ -73,11 +77,15 @@ impl EndpointState {
     }
 
     /// Whether a pick may choose this endpoint now. `honour_ejections` is false in
-    /// panic mode. An ejection found expired is cleared here (lazily: no timer runs
-    /// per ejected endpoint).
+    /// panic mode (then failed health checks are ignored too, as in Envoy). An
+    /// ejection found expired is cleared here (lazily: no timer runs per ejected
+    /// endpoint).
     pub(crate) fn is_eligible(&self, honour_ejections: bool, now: &mut LazyNow<'_>) -> bool {
         let word = self.word.load(Ordering::Acquire);
         if word & (state::UNREACHABLE | state::REMOVED) != 0 {
+            return false;
+        }
+        if word & state::UNHEALTHY != 0 && honour_ejections {
             return false;
         }
         if word & state::EJECTED == 0 || !honour_ejections {
@@ -174,11 +182,15 @@ pub struct EndpointHandle {
 }
 
 impl EndpointHandle {
-    pub(crate) fn new(endpoint: Endpoint, shared: Arc<Shared>) -> Self {
+    /// A handle to a new endpoint; `unhealthy` when health checks must pass before
+    /// it takes traffic.
+    pub(crate) fn new(endpoint: Endpoint, shared: Arc<Shared>, unhealthy: bool) -> Self {
+        let word = if unhealthy { state::UNHEALTHY } else { 0 };
+        shared.account_new(word);
         EndpointHandle {
             inner: Arc::new(EndpointState {
                 endpoint,
-                word: AtomicU64::new(0),
+                word: AtomicU64::new(word),
                 in_flight: AtomicUsize::new(0),
                 ewma: PeakEwma::new(),
                 shared,
@@ -235,11 +247,30 @@ impl EndpointHandle {
             .transition(|w| w & state::FLAGS & !state::EJECTED);
     }
 
-    /// True when picks may choose the endpoint: known to discovery, reachable, and
-    /// not ejected (or its ejection has expired).
+    /// Called by active health checks: `false` takes the endpoint out of rotation
+    /// until a later `true`. Independent of [`eject_until`](Self::eject_until) and
+    /// [`set_reachable`](Self::set_reachable): the endpoint takes traffic only when
+    /// every one of them lets it. Like ejections, ignored in panic mode.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.inner.transition(|w| {
+            if healthy {
+                w & !state::UNHEALTHY
+            } else {
+                w | state::UNHEALTHY
+            }
+        });
+    }
+
+    /// False while active health checks hold the endpoint out of rotation.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.word.load(Ordering::Acquire) & state::UNHEALTHY == 0
+    }
+
+    /// True when picks may choose the endpoint: known to discovery, reachable,
+    /// passing its health checks, and not ejected (or its ejection has expired).
     pub fn is_in_rotation(&self) -> bool {
         let word = self.inner.word.load(Ordering::Acquire);
-        if word & (state::UNREACHABLE | state::REMOVED) != 0 {
+        if word & (state::UNREACHABLE | state::REMOVED | state::UNHEALTHY) != 0 {
             return false;
         }
         word & state::EJECTED == 0 || word >> state::DEADLINE_SHIFT <= self.inner.shared.now_nanos()

@@ -151,6 +151,9 @@ pub struct Balancer<E> {
     rotation: AtomicU64,
     /// Dropped with the balancer, which ends `follow` tasks.
     closed: watch::Sender<()>,
+    /// Marked changed after every table update, for followers of the endpoint set
+    /// (health checks); dropped with the balancer.
+    updated: watch::Sender<()>,
 }
 
 /// Endpoint counts of a balancer.
@@ -160,8 +163,10 @@ pub struct BalancerStats {
     pub known: usize,
     /// Endpoints reachable and not ejected.
     pub ready: usize,
-    /// Endpoints ejected (by outlier detection or health checks).
+    /// Endpoints ejected by outlier detection.
     pub ejected: usize,
+    /// Endpoints held out of rotation by failed health checks.
+    pub unhealthy: usize,
 }
 
 impl<E: Send + Sync + 'static> Balancer<E> {
@@ -187,6 +192,7 @@ impl<E: Send + Sync + 'static> Balancer<E> {
             updating: Mutex::new(()),
             rotation: AtomicU64::new(0),
             closed: watch::channel(()).0,
+            updated: watch::channel(()).0,
         })
     }
 
@@ -206,6 +212,30 @@ impl<E: Send + Sync + 'static> Balancer<E> {
         }
         self.shared.publish_gauges();
         self.shared.became_ready.notify_waiters();
+        self.updated.send_replace(());
+    }
+
+    /// The handles of the endpoints in the current table, for components that act
+    /// on every endpoint rather than on picked ones (health checks).
+    pub fn endpoints(&self) -> Vec<EndpointHandle> {
+        self.table.load().handles().cloned().collect()
+    }
+
+    /// A receiver marked changed after each [`update`](Self::update) (read
+    /// [`endpoints`](Self::endpoints) again then); its `changed()` fails once the
+    /// balancer is dropped.
+    pub fn subscribe_updates(&self) -> watch::Receiver<()> {
+        self.updated.subscribe()
+    }
+
+    /// From now on, endpoints discovery adds start out of rotation until a health
+    /// check passes (as in Envoy), so a new endpoint takes traffic only once it
+    /// answers. While every endpoint waits for its first check, the panic threshold
+    /// lets all of them take traffic. Endpoints already known keep their state.
+    pub fn require_health_checks(&self) {
+        self.shared
+            .new_endpoints_unhealthy
+            .store(true, Ordering::Release);
     }
 
     /// Spawns a task applying every snapshot discovery publishes, starting with the
@@ -307,6 +337,7 @@ impl<E: Send + Sync + 'static> Balancer<E> {
             known,
             ready: self.shared.ready(known),
             ejected: self.shared.ejected(),
+            unhealthy: self.shared.unhealthy(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! endpoints are ready" (for the panic threshold) from two atomics instead of
 //! scanning the table.
 
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,11 @@ pub(crate) struct Shared {
     not_ready: AtomicIsize,
     /// Endpoints in the table that are ejected.
     ejected: AtomicIsize,
+    /// Endpoints in the table that failed their health checks.
+    unhealthy: AtomicIsize,
+    /// Whether endpoints discovery adds start out of rotation until their first
+    /// health check passes (set once health checks run for the service).
+    pub(crate) new_endpoints_unhealthy: AtomicBool,
     /// Callers queued in `Balancer::pick`.
     pub(crate) pending: AtomicUsize,
     /// Wakes queued picks when an endpoint may have become eligible.
@@ -53,6 +58,8 @@ impl Shared {
             known: AtomicUsize::new(0),
             not_ready: AtomicIsize::new(0),
             ejected: AtomicIsize::new(0),
+            unhealthy: AtomicIsize::new(0),
+            new_endpoints_unhealthy: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             became_ready: Notify::new(),
         }
@@ -111,17 +118,34 @@ impl Shared {
         self.ejected.load(Ordering::Acquire).max(0) as usize
     }
 
+    pub(crate) fn unhealthy(&self) -> usize {
+        self.unhealthy.load(Ordering::Acquire).max(0) as usize
+    }
+
+    /// Accounts for a new endpoint starting in state `word`, without publishing
+    /// (the table update that adds it publishes once for all).
+    pub(crate) fn account_new(&self, word: u64) {
+        let (not_ready, ejected, unhealthy) = contribution(word);
+        self.not_ready.fetch_add(not_ready, Ordering::AcqRel);
+        self.ejected.fetch_add(ejected, Ordering::AcqRel);
+        self.unhealthy.fetch_add(unhealthy, Ordering::AcqRel);
+    }
+
     /// Accounts for one endpoint's state word going from `old` to `new`.
     pub(crate) fn on_transition(&self, old: u64, new: u64) {
-        let (old_not_ready, old_ejected) = contribution(old);
-        let (new_not_ready, new_ejected) = contribution(new);
-        if old_not_ready == new_not_ready && old_ejected == new_ejected {
+        let old_counts = contribution(old);
+        let new_counts = contribution(new);
+        if old_counts == new_counts {
             return;
         }
+        let (old_not_ready, old_ejected, old_unhealthy) = old_counts;
+        let (new_not_ready, new_ejected, new_unhealthy) = new_counts;
         self.not_ready
             .fetch_add(new_not_ready - old_not_ready, Ordering::AcqRel);
         self.ejected
             .fetch_add(new_ejected - old_ejected, Ordering::AcqRel);
+        self.unhealthy
+            .fetch_add(new_unhealthy - old_unhealthy, Ordering::AcqRel);
         self.publish_gauges();
         if old_not_ready == 1 && new_not_ready == 0 {
             self.became_ready.notify_waiters();
@@ -136,6 +160,7 @@ impl Shared {
             ("known", known),
             ("ready", self.ready(known)),
             ("ejected", self.ejected()),
+            ("unhealthy", self.unhealthy()),
         ] {
             metrics::gauge!(
                 ENDPOINTS.name,
@@ -147,13 +172,15 @@ impl Shared {
     }
 }
 
-/// What one endpoint adds to the (not_ready, ejected) counters; removed endpoints
-/// add nothing.
-fn contribution(word: u64) -> (isize, isize) {
+/// What one endpoint adds to the (not_ready, ejected, unhealthy) counters; removed
+/// endpoints add nothing.
+fn contribution(word: u64) -> (isize, isize, isize) {
     if word & state::REMOVED != 0 {
-        return (0, 0);
+        return (0, 0, 0);
     }
-    let not_ready = isize::from(word & (state::UNREACHABLE | state::EJECTED) != 0);
+    let not_ready =
+        isize::from(word & (state::UNREACHABLE | state::EJECTED | state::UNHEALTHY) != 0);
     let ejected = isize::from(word & state::EJECTED != 0);
-    (not_ready, ejected)
+    let unhealthy = isize::from(word & state::UNHEALTHY != 0);
+    (not_ready, ejected, unhealthy)
 }

@@ -6,6 +6,7 @@
 //! state, and precomputes a weighted sampler so a pick costs O(1) whatever the
 //! endpoint count.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::discovery::Snapshot;
@@ -62,9 +63,11 @@ impl<E> Table<E> {
                     // A new endpoint, or one whose identity changed: its connections
                     // were made for the old identity, so it starts afresh.
                     removed.extend(other.cloned());
+                    let unhealthy = shared.new_endpoints_unhealthy.load(Ordering::Acquire);
                     Arc::new(Slot::new(EndpointHandle::new(
                         endpoint.clone(),
                         Arc::clone(shared),
+                        unhealthy,
                     )))
                 }
             };

@@ -329,7 +329,8 @@ async fn ejected_endpoints_are_skipped_above_the_panic_threshold() {
         BalancerStats {
             known: 4,
             ready: 3,
-            ejected: 1
+            ejected: 1,
+            unhealthy: 0
         }
     );
     assert!(!h[&addr(0)].is_in_rotation());
@@ -343,7 +344,8 @@ async fn ejected_endpoints_are_skipped_above_the_panic_threshold() {
         BalancerStats {
             known: 4,
             ready: 4,
-            ejected: 0
+            ejected: 0,
+            unhealthy: 0
         }
     );
 }
@@ -400,7 +402,8 @@ fn update_keeps_state_of_surviving_endpoints_and_picked_of_removed_stays_valid()
         BalancerStats {
             known: 3,
             ready: 3,
-            ejected: 0
+            ejected: 0,
+            unhealthy: 0
         }
     );
     assert!(leaving.handle().is_removed());
@@ -757,7 +760,8 @@ fn counts_stay_consistent_under_concurrent_picks_state_changes_and_updates() {
         BalancerStats {
             known: 64,
             ready,
-            ejected
+            ejected,
+            unhealthy: 0
         }
     );
 }

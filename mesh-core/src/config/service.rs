@@ -12,6 +12,7 @@ use crate::breaker::BreakerSettings;
 use crate::concurrency::LimitAlgorithm;
 use crate::discovery::{DiscoverySource, HostPort};
 use crate::fault::{parse_abort, parse_delay, Faults};
+use crate::health::{HealthCheck, HealthCheckKind, HealthCheckSettings};
 use crate::identity::ExpectedIdentity;
 use crate::outlier::OutlierSettings;
 use crate::ratelimit::Rate;
@@ -98,6 +99,8 @@ pub struct ServiceConfig {
     pub concurrency: Option<LimitAlgorithm>,
     /// Injected faults (none by default).
     pub faults: Faults,
+    /// Active health checks; `None` when turned off (the default).
+    pub health_check: Option<HealthCheck>,
 }
 
 impl ServiceConfig {
@@ -267,6 +270,7 @@ pub(crate) fn resolve(
     });
     let fault_delay = l.get("FAULT_DELAY", parse_delay);
     let fault_abort = l.get("FAULT_ABORT", parse_abort);
+    let health_check = health_check(&mut l, protocol);
     if problems.len() > before {
         return None;
     }
@@ -311,7 +315,87 @@ pub(crate) fn resolve(
             delay: fault_delay?,
             abort: fault_abort?,
         },
+        health_check: health_check?,
     })
+}
+
+/// The `HEALTH_CHECK_*` settings; `Some(None)` when active checks are off.
+fn health_check(l: &mut Lookup<'_>, protocol: Option<Protocol>) -> Option<Option<HealthCheck>> {
+    let path = l.get("HEALTH_CHECK_PATH", parse_health_path);
+    // Not trimmed: an empty name (the whole server) is a value of its own.
+    let grpc = l.get("HEALTH_CHECK_GRPC_SERVICE", |v| match v {
+        "off" => Ok::<_, &str>(None),
+        name => Ok(Some(name.to_owned())),
+    });
+    let interval = l.get("HEALTH_CHECK_INTERVAL", value::positive_duration);
+    let timeout = l.get("HEALTH_CHECK_TIMEOUT", value::positive_duration);
+    let threshold = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or("a whole number of at least 1")
+    };
+    let healthy = l.get("HEALTH_CHECK_HEALTHY_THRESHOLD", threshold);
+    let unhealthy = l.get("HEALTH_CHECK_UNHEALTHY_THRESHOLD", threshold);
+    let (interval, timeout) = (interval?, timeout?);
+    if timeout > interval {
+        if l.is_set("HEALTH_CHECK_TIMEOUT") {
+            l.conflict(
+                "HEALTH_CHECK_TIMEOUT",
+                &format!("a duration no longer than HEALTH_CHECK_INTERVAL ({interval:?})"),
+            );
+        } else {
+            l.conflict(
+                "HEALTH_CHECK_INTERVAL",
+                &format!("a duration no shorter than HEALTH_CHECK_TIMEOUT ({timeout:?})"),
+            );
+        }
+        return None;
+    }
+    let kind = match (path?, grpc?) {
+        (None, None) => return Some(None),
+        (Some(_), Some(_)) => {
+            l.conflict(
+                "HEALTH_CHECK_GRPC_SERVICE",
+                "`off` while HEALTH_CHECK_PATH is set (a service has one kind of health check)",
+            );
+            return None;
+        }
+        (Some(path), None) => HealthCheckKind::Http { path },
+        (None, Some(service)) => {
+            if protocol? != Protocol::Grpc {
+                l.conflict(
+                    "HEALTH_CHECK_GRPC_SERVICE",
+                    "`off` unless the service's PROTOCOL is `grpc` (gRPC health checks need a gRPC server)",
+                );
+                return None;
+            }
+            HealthCheckKind::Grpc { service }
+        }
+    };
+    Some(Some(HealthCheck {
+        kind,
+        settings: HealthCheckSettings {
+            interval,
+            timeout,
+            healthy_threshold: healthy?,
+            unhealthy_threshold: unhealthy?,
+            ..HealthCheckSettings::default()
+        },
+    }))
+}
+
+/// `off`, or an absolute path with an optional query (`/healthz?full=1`).
+fn parse_health_path(v: &str) -> Result<Option<String>, &'static str> {
+    const EXPECTED: &str = "`off` or a path starting with `/`, such as /healthz";
+    match v.trim() {
+        "off" => Ok(None),
+        path if path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok() => {
+            Ok(Some(path.to_owned()))
+        }
+        _ => Err(EXPECTED),
+    }
 }
 
 /// The `OUTLIER_*` settings; `Some(None)` when outlier detection is off.

@@ -149,6 +149,12 @@ pub const SETTINGS: &[SettingDef] = &[
     def("CONCURRENCY", Service, "`off`", "Requests this client may have in flight to the service: `adaptive` (Gradient2: 20 to 200, Netflix concurrency-limits), `aimd`, or a fixed number; beyond it requests fail at once (`Error::is_overloaded`)."),
     def("FAULT_DELAY", Service, "`off`", "Chaos testing: delay this share of requests, `50ms@10%`."),
     def("FAULT_ABORT", Service, "`off`", "Chaos testing: answer this share of requests with this status without sending them, `503@5%` (the breaker counts them; retries do not see them)."),
+    def("HEALTH_CHECK_PATH", Service, "`off`", "Active HTTP health checks: `GET` this path (`/healthz`) on every endpoint, through the same connection setup as requests (mTLS when an identity is configured); any 2xx answer is healthy. Endpoints failing them leave rotation until they pass again; new endpoints join once their first check passes. `off`: no active checks."),
+    def("HEALTH_CHECK_GRPC_SERVICE", Service, "`off`", "Active gRPC health checks (`PROTOCOL=grpc`): call `grpc.health.v1.Health/Check` with this service name on every endpoint (an empty value asks about the whole server); only `SERVING` is healthy. Needs `mesh_grpc::health::GrpcHealthProbe` on the client builder. Exclusive with `HEALTH_CHECK_PATH`."),
+    def("HEALTH_CHECK_INTERVAL", Service, "`10s`", "Time between two health checks of one endpoint, jittered by ±10% (Kubernetes `periodSeconds`)."),
+    def("HEALTH_CHECK_TIMEOUT", Service, "`1s`", "Time a health check may take before it counts as failed; at most `HEALTH_CHECK_INTERVAL` (Kubernetes `timeoutSeconds`)."),
+    def("HEALTH_CHECK_HEALTHY_THRESHOLD", Service, "`2`", "Passing health checks in a row that bring an endpoint back (Google Cloud load balancing); a new endpoint needs one (Envoy)."),
+    def("HEALTH_CHECK_UNHEALTHY_THRESHOLD", Service, "`3`", "Failing health checks in a row that take an endpoint out of rotation (Kubernetes `failureThreshold`)."),
     planned("GRPC_SERVICE_CONFIG", Service, "A gRPC service-config JSON document."),
 ];
 

@@ -727,3 +727,95 @@ colour = "blue"
     assert!(text.contains("key `authz.rules[2].action`"), "{text}");
     assert!(text.contains("key `authz.rules[3].colour`"), "{text}");
 }
+
+#[test]
+fn health_checks_are_off_by_default_and_take_documented_defaults() {
+    let config = MeshConfig::from_source(&[("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1")]).unwrap();
+    assert_eq!(config.services()[0].health_check, None);
+
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_PATH", "/healthz?full=1"),
+    ])
+    .unwrap();
+    let check = config.services()[0].health_check.clone().unwrap();
+    assert_eq!(
+        check.kind,
+        crate::health::HealthCheckKind::Http {
+            path: "/healthz?full=1".into()
+        }
+    );
+    assert_eq!(
+        check.settings,
+        crate::health::HealthCheckSettings::default()
+    );
+    assert_eq!(check.settings.interval, Duration::from_secs(10));
+    assert_eq!(check.settings.timeout, Duration::from_secs(1));
+    assert_eq!(check.settings.healthy_threshold, 2);
+    assert_eq!(check.settings.unhealthy_threshold, 3);
+}
+
+#[test]
+fn grpc_health_check_keeps_an_empty_service_name_for_the_whole_server() {
+    let config = MeshConfig::from_source(&[
+        ("MESH_SERVICE_GREETER_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_GREETER_PROTOCOL", "grpc"),
+        ("MESH_SERVICE_GREETER_HEALTH_CHECK_GRPC_SERVICE", ""),
+        ("MESH_SERVICE_GREETER_HEALTH_CHECK_INTERVAL", "2s"),
+        ("MESH_SERVICE_GREETER_HEALTH_CHECK_UNHEALTHY_THRESHOLD", "1"),
+    ])
+    .unwrap();
+    let check = config.services()[0].health_check.clone().unwrap();
+    assert_eq!(
+        check.kind,
+        crate::health::HealthCheckKind::Grpc {
+            service: String::new()
+        }
+    );
+    assert_eq!(check.settings.interval, Duration::from_secs(2));
+    assert_eq!(check.settings.unhealthy_threshold, 1);
+}
+
+#[test]
+fn bad_health_check_settings_name_the_variable() {
+    let base = ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1");
+    let path = ("MESH_SERVICE_API_HEALTH_CHECK_PATH", "/healthz");
+    for (variable, bad) in [
+        ("MESH_SERVICE_API_HEALTH_CHECK_PATH", "healthz"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_INTERVAL", "0s"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_INTERVAL", "-1s"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_TIMEOUT", "soon"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_HEALTHY_THRESHOLD", "0"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_UNHEALTHY_THRESHOLD", "-3"),
+    ] {
+        let e = err(&[base, path, (variable, bad)]);
+        assert!(e.names_variable(variable), "{variable}={bad:?}: {e}");
+    }
+
+    // The timeout may not exceed the interval.
+    let e = err(&[
+        base,
+        path,
+        ("MESH_SERVICE_API_HEALTH_CHECK_INTERVAL", "1s"),
+        ("MESH_SERVICE_API_HEALTH_CHECK_TIMEOUT", "2s"),
+    ]);
+    assert!(
+        e.names_variable("MESH_SERVICE_API_HEALTH_CHECK_TIMEOUT"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("HEALTH_CHECK_INTERVAL"), "{e}");
+
+    // One kind of check per service, and gRPC checks only for gRPC services.
+    let grpc = ("MESH_SERVICE_API_HEALTH_CHECK_GRPC_SERVICE", "api");
+    let e = err(&[base, path, grpc, ("MESH_SERVICE_API_PROTOCOL", "grpc")]);
+    assert!(
+        e.names_variable("MESH_SERVICE_API_HEALTH_CHECK_GRPC_SERVICE"),
+        "{e}"
+    );
+    let e = err(&[base, grpc]);
+    assert!(
+        e.names_variable("MESH_SERVICE_API_HEALTH_CHECK_GRPC_SERVICE"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("PROTOCOL"), "{e}");
+}

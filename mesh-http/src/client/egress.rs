@@ -108,7 +108,7 @@ impl EgressClients {
             Err(_) => DiscoverySource::Dns(target),
         };
         let config = ServiceConfig::new(key.1.clone(), source);
-        let client = Arc::new(ServiceClient::spawn(&config, &self.dns, connector)?);
+        let client = Arc::new(ServiceClient::spawn(&config, &self.dns, connector, None)?);
         if origins.order.len() >= MAX_ORIGINS {
             if let Some(oldest) = origins.order.pop_front() {
                 origins.by_key.remove(&oldest);

@@ -17,6 +17,7 @@
 mod classify;
 mod dispatch;
 mod egress;
+mod health;
 mod service;
 mod stack;
 
@@ -35,6 +36,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::connect::{Connect, MtlsConnector, TcpConnector};
 use crate::error::{BoxError, Error};
 use egress::EgressClients;
+pub use health::{GrpcProbeTarget, MakeGrpcProbe};
 use service::ServiceClient;
 
 /// The mesh's outbound HTTP client: cheap to clone (clones share discovery,
@@ -66,6 +68,13 @@ pub struct MeshClientBuilder {
     config: MeshConfig,
     connector: Option<Arc<dyn Connect>>,
     identity: Option<IdentitySource>,
+    grpc_probe: Option<Arc<dyn MakeGrpcProbe>>,
+}
+
+impl std::fmt::Debug for dyn MakeGrpcProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MakeGrpcProbe")
+    }
 }
 
 impl std::fmt::Debug for dyn Connect {
@@ -88,7 +97,17 @@ impl MeshClientBuilder {
         self
     }
 
-    /// Starts discovery for every configured service. Needs a tokio runtime.
+    /// Probes the endpoints of services configured with
+    /// `MESH_SERVICE_<NAME>_HEALTH_CHECK_GRPC_SERVICE` through `make`
+    /// (`mesh_grpc::health::GrpcHealthProbe`). Without it, such a service is a
+    /// build error: this crate does not speak gRPC itself.
+    pub fn grpc_health_probe(mut self, make: impl MakeGrpcProbe) -> Self {
+        self.grpc_probe = Some(Arc::new(make));
+        self
+    }
+
+    /// Starts discovery for every configured service, and active health checks
+    /// for those that configure them. Needs a tokio runtime.
     ///
     /// With an identity (given, or configured with `MESH_TLS_*`), connections to
     /// mesh services are mTLS; without one they are plaintext.
@@ -118,7 +137,14 @@ impl MeshClientBuilder {
         let services = config
             .services()
             .iter()
-            .map(|svc| ServiceClient::spawn(svc, config.dns(), connector_for(svc)))
+            .map(|svc| {
+                ServiceClient::spawn(
+                    svc,
+                    config.dns(),
+                    connector_for(svc),
+                    self.grpc_probe.as_ref(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let egress =
             (config.egress() == Egress::Allow).then(|| EgressClients::new(config.dns().clone()));
@@ -151,6 +177,7 @@ impl MeshClient {
             config,
             connector: None,
             identity: None,
+            grpc_probe: None,
         }
     }
 
@@ -187,6 +214,14 @@ impl MeshClient {
     pub fn ejections(&self, host: &str) -> Option<u64> {
         let i = self.inner.config.service_index(host)?;
         Some(self.inner.services[i].ejections())
+    }
+
+    /// Endpoint counts of the service `host` names (known, ready, ejected by
+    /// outlier detection, held out by failed health checks); `None` for a host
+    /// that is not a configured service.
+    pub fn endpoint_stats(&self, host: &str) -> Option<mesh_core::balance::BalancerStats> {
+        let i = self.inner.config.service_index(host)?;
+        Some(self.inner.services[i].endpoint_stats())
     }
 
     /// Sends a request whose body is already boxed.

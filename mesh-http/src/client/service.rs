@@ -4,17 +4,19 @@
 use std::sync::Arc;
 
 use http::{Request, Response};
-use mesh_core::balance::Balancer;
+use mesh_core::balance::{Balancer, BalancerStats};
 use mesh_core::breaker::{BreakerState, CircuitBreaker};
 use mesh_core::classify::Classifier;
 use mesh_core::config::ServiceConfig;
 use mesh_core::discovery::{Discovery, DnsSettings};
+use mesh_core::health::HealthChecker;
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::retry::{RetryBudget, RetryStats};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
 use super::dispatch::EndpointDispatch;
+use super::health::{self, MakeGrpcProbe};
 use super::stack;
 use crate::body::{RequestBody, ResponseBody};
 use crate::connect::Connect;
@@ -33,6 +35,9 @@ pub(crate) struct ServiceClient {
     stack: ServiceStack,
     discovery: Discovery,
     follow: tokio::task::JoinHandle<()>,
+    /// Stops the health checks (every probe task) when the client goes.
+    _health: Option<HealthChecker>,
+    balancer: Arc<Balancer<EndpointPool>>,
 }
 
 impl std::fmt::Debug for ServiceClient {
@@ -54,7 +59,9 @@ impl ServiceClient {
         config: &ServiceConfig,
         dns: &DnsSettings,
         connector: Arc<dyn Connect>,
+        grpc_probe: Option<&Arc<dyn MakeGrpcProbe>>,
     ) -> Result<Self, BoxError> {
+        let probe = health::probe_for(config, &connector, grpc_probe)?;
         let discovery = Discovery::spawn(&config.name, &config.discovery, dns)?;
         let pool_settings = Arc::new(PoolSettings::new(config, connector));
         let balancer = Balancer::new(
@@ -71,6 +78,11 @@ impl ServiceClient {
                 )
             },
         );
+        // Before following discovery, so the first endpoints wait for their first
+        // check too.
+        let health = probe
+            .zip(config.health_check.as_ref())
+            .map(|(probe, check)| HealthChecker::spawn(&balancer, check.settings.clone(), probe));
         let follow = balancer.follow(discovery.subscribe());
         let outlier = config
             .outlier
@@ -80,7 +92,7 @@ impl ServiceClient {
         let dispatch = EndpointDispatch::new(
             &config.name,
             config.protocol,
-            balancer,
+            balancer.clone(),
             outlier.clone().map(|detector| (detector, classifier)),
         );
         let budget = Arc::new(config.retry_budget.build());
@@ -96,6 +108,8 @@ impl ServiceClient {
             outlier,
             discovery,
             follow,
+            _health: health,
+            balancer,
         })
     }
 
@@ -111,6 +125,10 @@ impl ServiceClient {
     /// Ejections outlier detection has made (0 when it is off).
     pub(crate) fn ejections(&self) -> u64 {
         self.outlier.as_ref().map_or(0, |o| o.ejections())
+    }
+
+    pub(crate) fn endpoint_stats(&self) -> BalancerStats {
+        self.balancer.stats()
     }
 
     pub(crate) async fn initialized(&self) {
