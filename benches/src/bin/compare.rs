@@ -9,7 +9,8 @@
 //! Prints a table and, as its last line, one JSON object. The same binary is
 //! also the helper processes it spawns: `serve` (the server), `cold` (one
 //! cold-start client) and `endpoint-bytes` (memory per known endpoint, with
-//! the counting allocator below).
+//! the counting allocator below). `profile raw|mesh N` sends N sequential
+//! requests with one configuration, for profilers.
 
 use std::alloc::System;
 use std::collections::BTreeMap;
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(Path::new(arg(&args, 1))),
         Some("cold") => cold(arg(&args, 1), Path::new(arg(&args, 2)), arg(&args, 3)),
         Some("endpoint-bytes") => endpoint_bytes(),
+        Some("profile") => profile(arg(&args, 1), arg(&args, 2)),
         Some("--full") => run(FULL),
         Some("--quick") | None => run(QUICK),
         Some(other) => Err(format!("unknown argument `{other}`; use --quick or --full").into()),
@@ -182,6 +184,79 @@ fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
         };
         target.call().await?;
         println!("ok");
+        Ok(())
+    })
+}
+
+/// The mesh client's variables: the service `bench` at `addr`, over SPIFFE mTLS.
+fn mesh_vars(pki: &PkiFiles, addr: SocketAddr) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = [
+        ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
+        (
+            format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
+            addr.to_string(),
+        ),
+        (
+            format!("MESH_SERVICE_{}_MAX_CONNECTIONS", SERVICE.to_uppercase()),
+            CONCURRENCY.to_string(),
+        ),
+    ]
+    .into();
+    vars.extend(pki.client_tls_vars());
+    vars
+}
+
+/// Starts the mesh the benchmark measures, ready to send to `addr`. The process
+/// environment wins over the bench's own variables, so
+/// `MESH_DEFAULT_…=… compare` measures another setting.
+async fn start_mesh(pki: &PkiFiles, addr: SocketAddr) -> Result<Mesh, BoxError> {
+    let config = MeshConfig::from_source(&Layered::new(Env, mesh_vars(pki, addr)))?;
+    let mesh = Mesh::new(config)?;
+    mesh.client().ready().await;
+    Ok(mesh)
+}
+
+/// For profilers: starts the server process, then sends `count` sequential
+/// requests with one configuration (`raw` or `mesh`) after a warm-up, and
+/// prints the mean time per request. Under
+/// `valgrind --tool=callgrind` (which follows only this process), the
+/// instructions of `mesh` minus those of `raw`, per request, are what the
+/// mesh's client side costs.
+fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
+    let count: usize = count
+        .parse()
+        .map_err(|_| format!("profile: `{count}` is not a request count"))?;
+    let work = tempfile::tempdir()?;
+    let pki = PkiFiles::generate(work.path())?;
+    let server = ServerProcess::start(&pki)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (target, _mesh): (Arc<dyn Target>, Option<Mesh>) = match kind {
+            "raw" => (
+                Arc::new(RawTarget::new(
+                    server.tls,
+                    SERVER_NAME,
+                    TlsConnect::new(pki.client_config()?),
+                    1,
+                )),
+                None,
+            ),
+            "mesh" => {
+                let mesh = start_mesh(&pki, server.mesh).await?;
+                (Arc::new(MeshTarget::new(mesh.client())), Some(mesh))
+            }
+            _ => return Err(format!("profile: unknown configuration `{kind}`").into()),
+        };
+        load::sequential(&target, count.min(200)).await;
+        let started = Instant::now();
+        let run = load::sequential(&target, count).await;
+        eprintln!(
+            "{kind}: {count} sequential requests, {:.1} µs each, {} errors",
+            started.elapsed().as_secs_f64() * 1e6 / count as f64,
+            run.errors
+        );
         Ok(())
     })
 }
@@ -355,27 +430,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         .build()?;
     let client_tls = pki.client_config()?;
 
-    let mut mesh_vars: BTreeMap<String, String> = [
-        ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
-        (
-            format!("MESH_SERVICE_{}_ENDPOINTS", SERVICE.to_uppercase()),
-            server.mesh.to_string(),
-        ),
-        (
-            format!("MESH_SERVICE_{}_MAX_CONNECTIONS", SERVICE.to_uppercase()),
-            CONCURRENCY.to_string(),
-        ),
-    ]
-    .into();
-    mesh_vars.extend(pki.client_tls_vars());
-    let mesh = runtime.block_on(async {
-        // The process environment wins over the bench's own variables, so
-        // `MESH_DEFAULT_…=… compare` measures another setting.
-        let config = MeshConfig::from_source(&Layered::new(Env, mesh_vars))?;
-        let mesh = Mesh::new(config)?;
-        mesh.client().ready().await;
-        Ok::<_, BoxError>(mesh)
-    })?;
+    let mesh = runtime.block_on(start_mesh(&pki, server.mesh))?;
 
     // The gRPC pair runs without TLS on both sides: what differs is the stack.
     let (channel, mesh_channel) = runtime.block_on(async {
