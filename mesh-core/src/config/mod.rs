@@ -34,6 +34,7 @@
 
 mod error;
 mod raw;
+mod routes;
 mod service;
 pub mod settings;
 mod source;
@@ -220,7 +221,7 @@ impl MeshConfig {
 
         // Defaults are checked even when no service uses them yet.
         let placeholder = raw::RawService {
-            name: "(defaults)".into(),
+            name: service::DEFAULTS_NAME.into(),
             ..Default::default()
         };
         let any_source = crate::discovery::DiscoverySource::Static(Vec::new());
