@@ -210,3 +210,50 @@ async fn fault_layer_injects_the_route_faults_only_on_that_route() {
     let calm = Request::get("http://api/calm").body(()).unwrap();
     assert_eq!(stack.oneshot(calm).await.unwrap().status(), 200);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_route_with_a_hedge_delay_hedges_where_the_service_does_not() {
+    let mut svc = service();
+    let mut r = route("hedged", None, PathMatch::Prefix("/hedged/".into()));
+    r.overrides.hedge_delay = Some(Some(crate::retry::HedgeDelay::Fixed(
+        Duration::from_millis(50),
+    )));
+    svc.routes.push(r);
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    // The first attempt hangs; any later one answers at once.
+    let backend = tower::service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok::<_, BoxError>(status(200))
+        }
+    });
+    let budget = Arc::new(RetryBudget::new(0.2, 100, Duration::from_secs(10)));
+    let retry = RetryLayer::new("api", svc.retry.clone(), budget, |_| ErrorKind::Other);
+    let stack = tower::ServiceBuilder::new()
+        .layer(RouteLayer::new(Arc::new(RouteTable::for_service(&svc))))
+        .layer(retry)
+        .service(backend);
+
+    let started = tokio::time::Instant::now();
+    let hedged = Request::get("http://api/hedged/1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(stack.clone().oneshot(hedged).await.unwrap().status(), 200);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+
+    attempts.store(0, Ordering::SeqCst);
+    let plain = Request::get("http://api/plain")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(stack.oneshot(plain).await.unwrap().status(), 200);
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "the service does not hedge"
+    );
+}
