@@ -96,17 +96,12 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A classifier retrying what `retry_on` names; for gRPC, `UNAVAILABLE` when
-    /// `retry_on` has [`RetryOn::GRPC_UNAVAILABLE`].
+    /// A classifier retrying what `retry_on` names, gRPC status codes included
+    /// (`UNAVAILABLE` by default; a route or gRPC service config may name others).
     pub fn new(retry_on: RetryOn) -> Self {
-        let grpc_retry_on = if retry_on.contains(RetryOn::GRPC_UNAVAILABLE) {
-            GrpcCodes::default()
-        } else {
-            GrpcCodes::NONE
-        };
         Classifier {
             retry_on,
-            grpc_retry_on,
+            grpc_retry_on: retry_on.grpc_codes(),
         }
     }
 
@@ -335,6 +330,16 @@ impl GrpcCodes {
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// The set whose bit `n` stands for the code numbered `n`.
+    pub const fn from_bits(bits: u32) -> Self {
+        GrpcCodes(bits)
+    }
+
+    /// The set as bits (bit `n` for the code numbered `n`).
+    pub const fn bits(self) -> u32 {
+        self.0
     }
 }
 

@@ -29,5 +29,6 @@ pub mod outlier;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
+pub mod route;
 pub mod telemetry;
 pub mod tls;

@@ -13,6 +13,9 @@
 //!   case (`timeout = "2s"` under `[services.api]` or `[defaults]`). Precedence, most
 //!   specific first: the service's variable, the service's file entry, the
 //!   `MESH_DEFAULT_` variable, the file's `[defaults]`, the built-in default.
+//!   The file also holds what a variable cannot: a service's routes,
+//!   `[[services.api.routes]]`, each matching methods and a path and overriding
+//!   the service's timeouts, retries, hedging and faults (see [`crate::route`]).
 //! - A bad value, an unknown `MESH_` variable or file key, or a setting reserved for
 //!   a later feature is a start-up error naming the variable (or file and key), the
 //!   value and what was expected. Every problem is reported at once. Variables that
@@ -34,6 +37,7 @@
 
 mod error;
 mod raw;
+mod routes;
 mod service;
 pub mod settings;
 mod source;
@@ -254,7 +258,7 @@ impl MeshConfig {
 
         // Defaults are checked even when no service uses them yet.
         let placeholder = raw::RawService {
-            name: "(defaults)".into(),
+            name: service::DEFAULTS_NAME.into(),
             ..Default::default()
         };
         let any_source = crate::discovery::DiscoverySource::Static(Vec::new());

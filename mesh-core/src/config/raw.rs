@@ -25,7 +25,34 @@ pub(crate) struct RawService {
     /// only carry the normalized form, shown in lower case).
     pub(crate) name: String,
     pub(crate) settings: HashMap<&'static str, Entry>,
+    /// `[[services.<name>.routes]]` of the file, in order.
+    pub(crate) routes: Vec<RawRoute>,
 }
+
+/// One `[[services.<name>.routes]]` table, its fields untyped.
+#[derive(Debug, Clone)]
+pub(crate) struct RawRoute {
+    /// `name`, `methods`, `path` and `path_prefix`, by key.
+    pub(crate) matching: HashMap<&'static str, Entry>,
+    /// The settings it overrides, by setting name.
+    pub(crate) settings: HashMap<&'static str, Entry>,
+}
+
+/// The keys of a route that say what it matches.
+pub(crate) const ROUTE_MATCH_KEYS: [&str; 4] = ["name", "methods", "path", "path_prefix"];
+
+/// The settings a route may override.
+pub(crate) const ROUTE_SETTINGS: [&str; 9] = [
+    "TIMEOUT",
+    "PER_TRY_TIMEOUT",
+    "RETRY_MAX_ATTEMPTS",
+    "RETRY_ON",
+    "RETRY_METHODS",
+    "RETRY_BACKOFF",
+    "HEDGE_DELAY",
+    "FAULT_DELAY",
+    "FAULT_ABORT",
+];
 
 /// Everything gathered, variables already laid over the file.
 #[derive(Debug, Default)]
@@ -130,6 +157,13 @@ impl RawSettings {
                 ("defaults", Value::Object(table)) => {
                     for (k, v) in table {
                         let dotted = format!("defaults.{k}");
+                        if k == "routes" {
+                            problems.push(Problem::other(
+                                origin(&dotted),
+                                "routes are set per service, as `[[services.<name>.routes]]`",
+                            ));
+                            continue;
+                        }
                         self.file_entry(Scope::Service, None, k, v, origin(&dotted), problems);
                     }
                 }
@@ -156,6 +190,10 @@ impl RawSettings {
                         };
                         for (k, v) in table {
                             let dotted = format!("services.{name}.{k}");
+                            if k == "routes" {
+                                self.file_routes(&key, name, v, &origin, problems);
+                                continue;
+                            }
                             self.file_entry(
                                 Scope::Service,
                                 Some((&key, name.clone())),
@@ -287,6 +325,82 @@ impl RawSettings {
         self.authz_file_rules = Some((parsed, origin("authz.rules")));
     }
 
+    /// Parses `[[services.<name>.routes]]`: tables of what a route matches and the
+    /// settings it overrides, each kept with its key for error messages.
+    fn file_routes(
+        &mut self,
+        key: &str,
+        name: &str,
+        value: &Value,
+        origin: &dyn Fn(&str) -> Origin,
+        problems: &mut Vec<Problem>,
+    ) {
+        let base = format!("services.{name}.routes");
+        let Value::Array(list) = value else {
+            problems.push(Problem::invalid(
+                origin(&base),
+                &value.to_string(),
+                "a list of route tables (`[[services.<name>.routes]]`)",
+            ));
+            return;
+        };
+        let svc = self.services.entry(key.to_string()).or_default();
+        svc.name = name.to_string();
+        for (i, route) in list.iter().enumerate() {
+            let route_key = format!("{base}[{i}]");
+            let Value::Object(table) = route else {
+                problems.push(Problem::invalid(
+                    origin(&route_key),
+                    &route.to_string(),
+                    "a table with `path` or `path_prefix`, `methods`, `name` and the settings it overrides",
+                ));
+                continue;
+            };
+            let mut raw = RawRoute {
+                matching: HashMap::new(),
+                settings: HashMap::new(),
+            };
+            for (k, v) in table {
+                let field_origin = origin(&format!("{route_key}.{k}"));
+                let Some(text) = value_text(v) else {
+                    problems.push(Problem::invalid(
+                        field_origin,
+                        &v.to_string(),
+                        "a string, number, boolean or list of strings",
+                    ));
+                    continue;
+                };
+                let entry = Entry {
+                    value: text,
+                    origin: field_origin,
+                };
+                if let Some(m) = ROUTE_MATCH_KEYS.iter().find(|m| **m == k) {
+                    raw.matching.insert(m, entry);
+                } else if let Some(setting) =
+                    ROUTE_SETTINGS.iter().find(|s| s.to_ascii_lowercase() == *k)
+                {
+                    raw.settings.insert(setting, entry);
+                } else {
+                    let settings: Vec<String> = ROUTE_SETTINGS
+                        .iter()
+                        .map(|s| s.to_ascii_lowercase())
+                        .collect();
+                    problems.push(Problem::new(
+                        entry.origin,
+                        ProblemKind::Unknown {
+                            value: entry.value,
+                            hint: format!(
+                                "a route holds `name`, `methods`, `path` or `path_prefix`, and overrides {}",
+                                settings.join(", ")
+                            ),
+                        },
+                    ));
+                }
+            }
+            svc.routes.push(raw);
+        }
+    }
+
     fn file_entry(
         &mut self,
         scope: Scope,
@@ -320,22 +434,19 @@ impl RawSettings {
             return;
         }
         let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Array(items) if items.iter().all(|i| i.is_string() || i.is_number()) => items
-                .iter()
-                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-                .collect::<Vec<_>>()
-                .join(","),
-            other => {
-                problems.push(Problem::invalid(
-                    origin,
-                    &other.to_string(),
-                    "a string, number, boolean or list of strings",
-                ));
-                return;
-            }
+            // A gRPC service config may be written as the JSON (or TOML) table itself.
+            Value::Object(_) if def.name == "GRPC_SERVICE_CONFIG" => value.to_string(),
+            other => match value_text(other) {
+                Some(text) => text,
+                None => {
+                    problems.push(Problem::invalid(
+                        origin,
+                        &other.to_string(),
+                        "a string, number, boolean or list of strings",
+                    ));
+                    return;
+                }
+            },
         };
         self.insert(
             def.scope,
@@ -410,6 +521,21 @@ impl RawSettings {
             }
         }
     }
+}
+
+/// A file value as the text a variable would hold: lists comma-separated.
+fn value_text(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(items) if items.iter().all(|i| i.is_string() || i.is_number()) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => return None,
+    })
 }
 
 fn hint_for_variable(rest: &str) -> String {

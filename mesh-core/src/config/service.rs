@@ -20,6 +20,8 @@ use crate::retry::{
     parse_hedge_delay, parse_max_attempts, MethodSet, RetryBackoff, RetryBudgetSettings, RetryOn,
     RetryPolicy,
 };
+use crate::route::grpc::GrpcServiceConfig;
+use crate::route::RouteConfig;
 
 /// Which HTTP version the mesh speaks to a service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +103,10 @@ pub struct ServiceConfig {
     pub faults: Faults,
     /// Active health checks; `None` when turned off (the default).
     pub health_check: Option<HealthCheck>,
+    /// Routes, first match wins: the file's `[[services.<name>.routes]]`, then
+    /// those of the gRPC service config; requests none matches follow the
+    /// settings above.
+    pub routes: Vec<RouteConfig>,
 }
 
 impl ServiceConfig {
@@ -110,6 +116,7 @@ impl ServiceConfig {
         let raw = RawService {
             name: name.into(),
             settings: HashMap::new(),
+            routes: Vec::new(),
         };
         let config = resolve(&raw, &HashMap::new(), Some(discovery), &mut problems);
         debug_assert!(
@@ -256,6 +263,7 @@ pub(crate) fn resolve(
     let max_attempts = l.get("RETRY_MAX_ATTEMPTS", parse_max_attempts);
     let retry_on = l.get("RETRY_ON", str::parse::<RetryOn>);
     let methods = l.get("RETRY_METHODS", str::parse::<MethodSet>);
+    let backoff = l.get("RETRY_BACKOFF", str::parse::<RetryBackoff>);
     let replay_buffer = l.get("REPLAY_BUFFER", value::size);
     let hedge_delay = l.get("HEDGE_DELAY", parse_hedge_delay);
     let outlier = outlier_settings(&mut l);
@@ -271,6 +279,29 @@ pub(crate) fn resolve(
     let fault_delay = l.get("FAULT_DELAY", parse_delay);
     let fault_abort = l.get("FAULT_ABORT", parse_abort);
     let health_check = health_check(&mut l, protocol);
+    let grpc = grpc_service_config(&mut l);
+    let budget_ratio =
+        budget_ratio.map(
+            |ratio| match grpc.as_ref().and_then(|g| g.retry_throttling) {
+                Some(t) if !l.is_set("RETRY_BUDGET") => t.token_ratio.min(1.0),
+                _ => ratio,
+            },
+        );
+    let min_per_second =
+        min_per_second.map(
+            |floor| match grpc.as_ref().and_then(|g| g.retry_throttling) {
+                Some(t) if !l.is_set("RETRY_MIN_PER_SECOND") => t.max_tokens / 2,
+                _ => floor,
+            },
+        );
+    let kind = kind.map(|kind| match grpc.as_ref().and_then(|g| g.balancer) {
+        Some(chosen) if !l.is_set("BALANCER") => chosen,
+        _ => kind,
+    });
+    let mut routes = super::routes::file_routes(&service.routes, problems);
+    if let (Some(grpc), Some(retry_on)) = (&grpc, retry_on) {
+        routes.extend(grpc.routes(retry_on));
+    }
     if problems.len() > before {
         return None;
     }
@@ -297,7 +328,7 @@ pub(crate) fn resolve(
             max_attempts: max_attempts?,
             retry_on: retry_on?,
             methods: methods?,
-            backoff: RetryBackoff::default(),
+            backoff: backoff?,
             replay_buffer: usize::try_from(replay_buffer?).unwrap_or(usize::MAX),
             per_try_timeout: per_try_timeout?,
             hedge_delay: hedge_delay?,
@@ -316,6 +347,7 @@ pub(crate) fn resolve(
             abort: fault_abort?,
         },
         health_check: health_check?,
+        routes,
     })
 }
 
@@ -397,6 +429,36 @@ fn parse_health_path(v: &str) -> Result<Option<String>, &'static str> {
         _ => Err(EXPECTED),
     }
 }
+
+
+/// The service's gRPC service config, parsed; what it cannot apply is logged.
+/// An invalid one is a problem naming the variable and the JSON field.
+fn grpc_service_config(l: &mut Lookup<'_>) -> Option<GrpcServiceConfig> {
+    let entry = l
+        .service
+        .settings
+        .get("GRPC_SERVICE_CONFIG")
+        .or_else(|| l.defaults.get("GRPC_SERVICE_CONFIG"))?;
+    match GrpcServiceConfig::from_json(&entry.value) {
+        Ok(config) => {
+            // The defaults are also checked on their own, under this name: warn once.
+            if l.service.name != DEFAULTS_NAME {
+                for ignored in &config.ignored {
+                    tracing::warn!(service = %l.service.name, setting = %entry.origin, "{ignored}");
+                }
+            }
+            Some(config)
+        }
+        Err(e) => {
+            l.problems
+                .push(Problem::other(entry.origin.clone(), e.to_string()));
+            None
+        }
+    }
+}
+
+/// The name the `[defaults]` are checked under, as a service of their own.
+pub(crate) const DEFAULTS_NAME: &str = "(defaults)";
 
 /// The `OUTLIER_*` settings; `Some(None)` when outlier detection is off.
 fn outlier_settings(l: &mut Lookup<'_>) -> Option<Option<OutlierSettings>> {

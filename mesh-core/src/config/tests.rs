@@ -160,16 +160,137 @@ fn kubernetes_variables_for_a_service_named_mesh_are_accepted() {
 }
 
 #[test]
-fn planned_settings_fail_clearly_instead_of_being_ignored() {
-    let e = err(&[
+fn grpc_service_config_maps_onto_routes_budget_and_balancer() {
+    let doc = r#"{"methodConfig": [{"name": [{"service": "pkg.Greeter", "method": "Hello"}],
+        "timeout": "0.5s",
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}],
+        "retryThrottling": {"maxTokens": 20, "tokenRatio": 0.3},
+        "loadBalancingConfig": [{"round_robin": {}}]}"#;
+    let config = MeshConfig::from_source(&[
         ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
-        ("MESH_SERVICE_API_GRPC_SERVICE_CONFIG", "{}"),
-    ]);
-    assert!(e.names_variable("MESH_SERVICE_API_GRPC_SERVICE_CONFIG"));
-    assert!(
-        matches!(e.problems()[0].kind(), ProblemKind::NotSupportedYet),
-        "{e}"
+        ("MESH_SERVICE_API_GRPC_SERVICE_CONFIG", doc),
+        ("MESH_SERVICE_API_RETRY_MIN_PER_SECOND", "3"),
+    ])
+    .unwrap();
+    let svc = config.service_for_host("api").unwrap();
+    assert_eq!(svc.routes.len(), 1);
+    let route = &svc.routes[0];
+    assert_eq!(
+        route.matches.path,
+        crate::route::PathMatch::Exact("/pkg.Greeter/Hello".into())
     );
+    assert_eq!(route.overrides.max_attempts, Some(4));
+    assert_eq!(
+        route.overrides.timeout,
+        Some(Some(Duration::from_millis(500)))
+    );
+    assert!((svc.retry_budget.ratio - 0.3).abs() < 1e-9);
+    assert_eq!(
+        svc.retry_budget.min_per_second, 3,
+        "a variable beats retryThrottling"
+    );
+    assert_eq!(svc.balancer.kind, BalancerKind::RoundRobin);
+}
+
+#[test]
+fn bad_grpc_service_configs_name_the_variable_and_the_field() {
+    let policy = |fields: &str| {
+        format!(
+            r#"{{"methodConfig": [{{"name": [{{}}], "retryPolicy": {{"initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2, {fields}}}}}]}}"#
+        )
+    };
+    let cases = [
+        ("{\"methodConfig\": [", "`$`".to_string()),
+        (
+            &*policy(r#""maxAttempts": 1, "retryableStatusCodes": ["UNAVAILABLE"]"#),
+            "`methodConfig[0].retryPolicy.maxAttempts`".to_string(),
+        ),
+        (
+            &*policy(r#""maxAttempts": 3, "retryableStatusCodes": ["NOT_A_CODE"]"#),
+            "`methodConfig[0].retryPolicy.retryableStatusCodes[0]`".to_string(),
+        ),
+    ];
+    for (doc, field) in cases {
+        let name = "MESH_SERVICE_API_GRPC_SERVICE_CONFIG";
+        let e = err(&[("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"), (name, doc)]);
+        assert!(e.names_variable(name), "{doc}: {e}");
+        assert!(e.to_string().contains(&field), "{doc}: {e}");
+    }
+}
+
+#[test]
+fn routes_come_from_the_config_file_in_order_with_their_overrides() {
+    let path = temp_file(
+        "routes.toml",
+        r#"
+[services.api]
+endpoints = "127.0.0.1:1"
+retry_backoff = "10ms..1s"
+
+[[services.api.routes]]
+name = "pay"
+methods = ["POST"]
+path = "/pay"
+retry_max_attempts = 1
+
+[[services.api.routes]]
+path_prefix = "/items/"
+timeout = "250ms"
+retry_on = "503,resource-exhausted"
+retry_backoff = "50ms..500ms,multiplier=3"
+"#,
+    );
+    let config = MeshConfig::from_source(&[("MESH_CONFIG_FILE", path.to_str().unwrap())]).unwrap();
+    let svc = config.service_for_host("api").unwrap();
+    assert_eq!(svc.retry.backoff.base, Duration::from_millis(10));
+    let [pay, items] = svc.routes.as_slice() else {
+        panic!("two routes: {:?}", svc.routes)
+    };
+    assert_eq!(pay.name, "pay");
+    assert_eq!(pay.matches.methods, Some(vec![http::Method::POST]));
+    assert_eq!(pay.overrides.max_attempts, Some(1));
+    assert_eq!(
+        items.name, "/items/",
+        "an unnamed route is named by its path"
+    );
+    assert_eq!(
+        items.overrides.timeout,
+        Some(Some(Duration::from_millis(250)))
+    );
+    assert_eq!(items.overrides.backoff.unwrap().multiplier, 3.0);
+    assert!(items
+        .overrides
+        .retry_on
+        .unwrap()
+        .grpc_codes()
+        .contains(crate::classify::GrpcCode::ResourceExhausted as u16));
+}
+
+#[test]
+fn bad_routes_name_the_file_key_and_value() {
+    let path = temp_file(
+        "bad-routes.json",
+        r#"{"services": {"api": {"endpoints": "127.0.0.1:1", "routes": [
+            {"path": "pay", "retry_max_attempts": 9},
+            {"methods": "GET,FETCH", "colour": "blue"},
+            {"path": "/a", "path_prefix": "/b"},
+            {"retry_backoff": "1s..10ms"}
+        ]}}, "defaults": {"routes": []}}"#,
+    );
+    let e = err(&[("MESH_CONFIG_FILE", path.to_str().unwrap())]);
+    let text = e.to_string();
+    for needle in [
+        "key `services.api.routes[0].path`=\"pay\"",
+        "key `services.api.routes[0].retry_max_attempts`=\"9\"",
+        "key `services.api.routes[1].methods`",
+        "key `services.api.routes[1].colour`",
+        "key `services.api.routes[2].path_prefix`",
+        "key `services.api.routes[3].retry_backoff`=\"1s..10ms\"",
+        "key `defaults.routes`",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
 }
 
 #[test]
@@ -419,6 +540,22 @@ fn bad_retry_settings_are_start_up_errors_naming_the_variable() {
             "whole number",
         ),
         ("MESH_SERVICE_API_REPLAY_BUFFER", "64kb", "64KiB"),
+        (
+            "MESH_SERVICE_API_RETRY_BACKOFF",
+            "250ms..25ms",
+            "<base>..<max>",
+        ),
+        (
+            "MESH_SERVICE_API_RETRY_BACKOFF",
+            "0ms..1s",
+            "base above zero",
+        ),
+        (
+            "MESH_SERVICE_API_RETRY_BACKOFF",
+            "25ms..1s,multiplier=0",
+            "multiplier",
+        ),
+        ("MESH_SERVICE_API_RETRY_ON", "ok", "gRPC status names"),
         (
             "MESH_DEFAULT_RETRY_MAX_ATTEMPTS",
             "9",

@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 
 use super::{timeout_from_headers, write_headers, Deadline, DeadlineExceeded, RequestTimeout};
 use crate::replay::BoxError;
+use crate::route::SelectedRoute;
 
 /// Inbound: reads the caller's deadline from the request headers, runs the handler
 /// with it as the task's [`Deadline::current`] (and as a request extension), and
@@ -89,7 +90,8 @@ where
     }
 }
 
-/// Outbound: bounds a call by the earliest of the service's timeout, the request's
+/// Outbound: bounds a call by the earliest of the service's timeout (or its
+/// route's, from a [`SelectedRoute`] extension), the request's
 /// [`RequestTimeout`], a [`Deadline`] extension and the task's current deadline
 /// (see the module docs).
 #[derive(Debug, Clone, Copy)]
@@ -137,11 +139,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The route's timeout replaces the service's (a route may turn it off).
+        let timeout = request
+            .extensions()
+            .get::<SelectedRoute>()
+            .map_or(self.timeout, |r| r.policy().timeout());
         let own = request
             .extensions()
             .get::<RequestTimeout>()
             .map(|t| t.0)
-            .or(self.timeout)
+            .or(timeout)
             .map(Deadline::after);
         let inherited = Deadline::earliest(
             request.extensions().get::<Deadline>().copied(),

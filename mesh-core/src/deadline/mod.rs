@@ -4,7 +4,7 @@
 //!   `grpc-timeout` or [`TIMEOUT_HEADER`], cancels the handler when it runs out
 //!   (answering 504), and makes it the [`Deadline::current`] of the handler's task.
 //! - Outbound, [`OutboundDeadlineLayer`] takes the earliest of the service's
-//!   timeout, a per-request [`RequestTimeout`], a [`Deadline`] request extension and
+//!   timeout (its route's, when the route layer selected one), a per-request [`RequestTimeout`], a [`Deadline`] request extension and
 //!   the current task's deadline; fails the call with [`DeadlineExceeded`] when it
 //!   passes; puts the [`Deadline`] in the request's extensions for the retry layer
 //!   (no retry or hedge starts when it cannot finish in time); and writes the

@@ -1,6 +1,7 @@
 //! Fault injection for chaos tests in staging: delay a share of requests, or
 //! answer a share of them with an error status without sending them. Off unless
-//! configured (`FAULT_DELAY`, `FAULT_ABORT`).
+//! configured (`FAULT_DELAY`, `FAULT_ABORT`, per service or per route: a
+//! [`SelectedRoute`] extension's faults replace the layer's own).
 
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 
 use crate::config::value;
+use crate::route::SelectedRoute;
 
 /// `50ms@10%`: delay 10% of requests by 50 ms.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -177,13 +179,16 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let delay = self
-            .faults
+        // The route's faults replace the service's.
+        let faults = request
+            .extensions()
+            .get::<SelectedRoute>()
+            .map_or(*self.faults, |r| *r.policy().faults());
+        let delay = faults
             .delay
             .filter(|d| (self.roll)() < d.share)
             .map(|d| d.delay);
-        let abort = self
-            .faults
+        let abort = faults
             .abort
             .filter(|a| (self.roll)() < a.share)
             .map(|a| a.status);

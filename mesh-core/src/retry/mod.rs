@@ -17,6 +17,8 @@
 //!   service's recent successful attempts): a second attempt to another endpoint
 //!   if the first has not answered in time; the first good answer wins
 //!   and the other is cancelled (dropped);
+//! - follows the policy of the request's route when the route layer selected one
+//!   ([`SelectedRoute`]), else its own (the service's);
 //! - tells the dispatch which endpoints earlier attempts used ([`TriedEndpoints`]),
 //!   and lets it record its picks in an [`AttemptLog`].
 //!
@@ -55,6 +57,7 @@ use crate::deadline::Deadline;
 use crate::extensions::TriedEndpoints;
 use crate::metric_names::{self, label};
 use crate::replay::{BoxError, ReplayBody};
+use crate::route::SelectedRoute;
 
 /// Attempts allowed for requests nothing was sent for, even when the policy allows
 /// fewer (connect failures move to another endpoint, as they always did).
@@ -173,11 +176,23 @@ type Outcome<RB> = Result<Response<RB>, BoxError>;
 /// What is fixed for all attempts of one request.
 struct Plan {
     parts: http::request::Parts,
+    /// The route's policy, when the route layer selected one.
+    route: Option<SelectedRoute>,
+    classifier: Classifier,
     max_attempts: u32,
     method_allows: bool,
     hedge_delay: Option<Duration>,
     deadline: Option<Deadline>,
     log: AttemptLog,
+}
+
+impl Plan {
+    /// The route's retry policy, else the layer's own.
+    fn policy<'a>(&'a self, shared: &'a Shared) -> &'a RetryPolicy {
+        self.route
+            .as_ref()
+            .map_or(&shared.policy, |r| r.policy().retry())
+    }
 }
 
 async fn run<S, B, RB>(shared: Arc<Shared>, inner: S, request: Request<B>) -> Outcome<RB>
@@ -208,9 +223,15 @@ where
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin,
 {
-    let policy = &shared.policy;
     shared.budget.deposit();
     let (parts, body) = request.into_parts();
+    let route = parts.extensions.get::<SelectedRoute>().cloned();
+    let policy = route
+        .as_ref()
+        .map_or(&shared.policy, |r| r.policy().retry());
+    let classifier = route
+        .as_ref()
+        .map_or(shared.classifier, |r| r.policy().classifier());
     let upgrade =
         parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE);
     let marked = parts.extensions.get::<Retryable>().map(|r| r.0);
@@ -234,6 +255,8 @@ where
     };
     let body = ReplayBody::new(body, if upgrade { 0 } else { policy.replay_buffer });
     let plan = Plan {
+        route,
+        classifier,
         deadline: parts.extensions.get::<Deadline>().copied(),
         parts,
         max_attempts,
@@ -253,10 +276,11 @@ where
         };
         // The policy's limit applies to retries after something was sent;
         // transparent ones may go up to TRANSPARENT_ATTEMPTS.
+        let policy = plan.policy(&shared);
         let limit = if reason.nothing_sent() {
             plan.max_attempts
         } else {
-            shared.policy.max_attempts
+            policy.max_attempts
         };
         if attempts >= limit
             || !(reason.nothing_sent() || plan.method_allows)
@@ -267,7 +291,7 @@ where
         let wait = if reason.nothing_sent() {
             Duration::ZERO
         } else {
-            let backoff = shared.policy.backoff.delay(waits);
+            let backoff = policy.backoff.delay(waits);
             match outcome.as_ref().ok().and_then(|r| retry_after(r.headers())) {
                 Some(after) if after > MAX_RETRY_AFTER => return outcome,
                 Some(after) => after.max(backoff),
@@ -278,7 +302,7 @@ where
         // last attempt took (or the per-try timeout, when shorter) must fit.
         if let Some(deadline) = plan.deadline {
             let mut need = started.elapsed();
-            if let Some(per_try) = shared.policy.per_try_timeout {
+            if let Some(per_try) = policy.per_try_timeout {
                 need = need.min(per_try);
             }
             if deadline.cannot_fit(wait + need) {
@@ -332,7 +356,7 @@ where
     ));
     let hedge_at = plan
         .hedge_delay
-        .filter(|_| attempts_before + 2 <= shared.policy.max_attempts);
+        .filter(|_| attempts_before + 2 <= plan.policy(shared).max_attempts);
     let Some(delay) = hedge_at else {
         let (outcome, class) = first.await;
         return (outcome, class, 1);
@@ -419,7 +443,7 @@ where
     }
     let call = inner.oneshot(request);
     let started = Instant::now();
-    let outcome = match shared.policy.per_try_timeout {
+    let outcome = match plan.policy(shared).per_try_timeout {
         Some(per_try) => match tokio::time::timeout(per_try, call).await {
             Ok(result) => result.map_err(Into::into),
             Err(_) => Err(PerTryTimeout.into()),
@@ -427,11 +451,11 @@ where
         None => call.await.map_err(Into::into),
     };
     let class = match &outcome {
-        Ok(response) => shared
+        Ok(response) => plan
             .classifier
             .response(response.status(), response.headers()),
-        Err(e) if e.is::<PerTryTimeout>() => shared.classifier.error(ErrorKind::PerTryTimeout),
-        Err(e) => shared.classifier.error((shared.error_kind)(e)),
+        Err(e) if e.is::<PerTryTimeout>() => plan.classifier.error(ErrorKind::PerTryTimeout),
+        Err(e) => plan.classifier.error((shared.error_kind)(e)),
     };
     if class == Class::Success {
         shared.latencies.record(started.elapsed());

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::classify::{GrpcCode, GrpcCodes};
+
 /// Most attempts a request may make, counting the first (gRPC clamps
 /// `maxAttempts` to 5, gRFC A6).
 pub const MAX_ATTEMPTS_CAP: u32 = 5;
@@ -13,37 +15,77 @@ pub const MAX_ATTEMPTS_CAP: u32 = 5;
 /// which nothing reached the server for and are always retried).
 ///
 /// Parsed from a comma-separated list: `503`, `5xx`, `gateway-error` (502, 503,
-/// 504), `reset`, `per-try-timeout`, `unavailable` (gRPC), and the always-on
-/// `connect-failure` and `refused-stream`, accepted for clarity.
+/// 504), `reset`, `per-try-timeout`, gRPC status codes by name (`unavailable`,
+/// `resource-exhausted`, `RESOURCE_EXHAUSTED`, …: any code but `ok`), and the
+/// always-on `connect-failure` and `refused-stream`, accepted for clarity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryOn(u8);
+pub struct RetryOn {
+    http: u8,
+    grpc: GrpcCodes,
+}
 
 impl RetryOn {
     /// HTTP 503.
-    pub const UNAVAILABLE_503: RetryOn = RetryOn(1);
+    pub const UNAVAILABLE_503: RetryOn = RetryOn::http(1);
     /// Any HTTP 5xx.
-    pub const SERVER_ERROR: RetryOn = RetryOn(1 << 1);
+    pub const SERVER_ERROR: RetryOn = RetryOn::http(1 << 1);
     /// HTTP 502, 503, 504.
-    pub const GATEWAY_ERROR: RetryOn = RetryOn(1 << 2);
+    pub const GATEWAY_ERROR: RetryOn = RetryOn::http(1 << 2);
     /// A connection reset after the request may have been sent.
-    pub const RESET: RetryOn = RetryOn(1 << 3);
+    pub const RESET: RetryOn = RetryOn::http(1 << 3);
     /// An attempt that ran out of its per-try timeout.
-    pub const PER_TRY_TIMEOUT: RetryOn = RetryOn(1 << 4);
+    pub const PER_TRY_TIMEOUT: RetryOn = RetryOn::http(1 << 4);
     /// gRPC `UNAVAILABLE` (read by the gRPC classifier).
-    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 5);
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn {
+        http: 0,
+        grpc: GrpcCodes::from_bits(1 << GrpcCode::Unavailable as u32),
+    };
     /// Nothing.
-    pub const NONE: RetryOn = RetryOn(0);
+    pub const NONE: RetryOn = RetryOn::http(0);
+
+    const fn http(bits: u8) -> RetryOn {
+        RetryOn {
+            http: bits,
+            grpc: GrpcCodes::NONE,
+        }
+    }
+
+    /// Retrying exactly the gRPC status codes `codes` (a gRPC service config's
+    /// `retryableStatusCodes`).
+    pub fn grpc(codes: GrpcCodes) -> RetryOn {
+        RetryOn {
+            http: 0,
+            grpc: codes,
+        }
+    }
 
     /// Whether every condition in `other` is in `self`.
     pub fn contains(self, other: RetryOn) -> bool {
-        self.0 & other.0 == other.0
+        self.http & other.http == other.http
+            && self.grpc.bits() & other.grpc.bits() == other.grpc.bits()
+    }
+
+    /// The gRPC status codes retried.
+    pub fn grpc_codes(self) -> GrpcCodes {
+        self.grpc
+    }
+
+    /// The same HTTP conditions, with exactly `codes` as the gRPC codes retried.
+    pub fn with_grpc_codes(self, codes: GrpcCodes) -> RetryOn {
+        RetryOn {
+            http: self.http,
+            grpc: codes,
+        }
     }
 }
 
 impl std::ops::BitOr for RetryOn {
     type Output = RetryOn;
     fn bitor(self, rhs: RetryOn) -> RetryOn {
-        RetryOn(self.0 | rhs.0)
+        RetryOn {
+            http: self.http | rhs.http,
+            grpc: GrpcCodes::from_bits(self.grpc.bits() | rhs.grpc.bits()),
+        }
     }
 }
 
@@ -61,7 +103,7 @@ impl Default for RetryOn {
 impl std::str::FromStr for RetryOn {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const EXPECTED: &str = "a comma-separated list of connect-failure, refused-stream, 503, 5xx, gateway-error, reset, per-try-timeout, unavailable (or `none`)";
+        const EXPECTED: &str = "a comma-separated list of connect-failure, refused-stream, 503, 5xx, gateway-error, reset, per-try-timeout, or gRPC status names such as unavailable or resource-exhausted (or `none`)";
         let mut on = RetryOn::NONE;
         for item in crate::config::value::list(s) {
             on = on
@@ -72,7 +114,13 @@ impl std::str::FromStr for RetryOn {
                     "gateway-error" => RetryOn::GATEWAY_ERROR,
                     "reset" => RetryOn::RESET,
                     "per-try-timeout" => RetryOn::PER_TRY_TIMEOUT,
-                    "unavailable" => RetryOn::GRPC_UNAVAILABLE,
+                    // gRPC codes by name only: a number would read as an HTTP status.
+                    name if name.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+                        match name.replace('-', "_").parse::<GrpcCode>() {
+                            Ok(GrpcCode::Ok) | Err(_) => return Err(EXPECTED),
+                            Ok(code) => RetryOn::grpc(GrpcCodes::of([code])),
+                        }
+                    }
                     _ => return Err(EXPECTED),
                 };
         }
@@ -134,21 +182,25 @@ impl std::str::FromStr for MethodSet {
 }
 
 /// Exponential backoff with full jitter between retries: before retry `n` (0 for
-/// the first), wait a random time in `0..=min(base × 2ⁿ, max)` (Envoy, gRFC A6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the first), wait a random time in `0..=min(base × multiplierⁿ, max)` (Envoy,
+/// gRFC A6).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBackoff {
     /// The first retry's cap.
     pub base: Duration,
     /// The largest cap.
     pub max: Duration,
+    /// How much the cap grows from one retry to the next (2: it doubles).
+    pub multiplier: f64,
 }
 
 impl Default for RetryBackoff {
-    /// 25 ms base, 250 ms max (Envoy).
+    /// 25 ms base, 250 ms max, doubling (Envoy).
     fn default() -> Self {
         RetryBackoff {
             base: Duration::from_millis(25),
             max: Duration::from_millis(250),
+            multiplier: 2.0,
         }
     }
 }
@@ -156,13 +208,52 @@ impl Default for RetryBackoff {
 impl RetryBackoff {
     /// The cap of the wait before retry number `retry` (0 for the first).
     pub fn cap(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.max)
+        let exponent = i32::try_from(retry).unwrap_or(i32::MAX);
+        // In nanoseconds, so whole multiples stay exact; an overflow is the max.
+        let nanos = self.base.as_nanos() as f64 * self.multiplier.powi(exponent);
+        let max = self.max.as_nanos() as f64;
+        if nanos.is_finite() && nanos < max {
+            Duration::from_nanos(nanos as u64)
+        } else {
+            self.max
+        }
     }
 
     /// The wait before retry number `retry`, drawn with full jitter.
     pub fn delay(&self, retry: u32) -> Duration {
         self.cap(retry).mul_f64(rand::random::<f64>())
+    }
+}
+
+impl std::str::FromStr for RetryBackoff {
+    type Err = &'static str;
+    /// `25ms..250ms`, optionally `,multiplier=1.6` (default 2): base above zero, max
+    /// no shorter than base, multiplier from 1 to 10.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "`<base>..<max>` such as 25ms..250ms (base above zero, max no shorter), optionally `,multiplier=1.6` (1 to 10; default 2)";
+        let (range, multiplier) = match s.trim().split_once(',') {
+            Some((range, rest)) => {
+                let m = rest
+                    .trim()
+                    .strip_prefix("multiplier=")
+                    .and_then(|m| m.trim().parse::<f64>().ok())
+                    .filter(|m| (1.0..=10.0).contains(m))
+                    .ok_or(EXPECTED)?;
+                (range, m)
+            }
+            None => (s, 2.0),
+        };
+        let (base, max) = range.trim().split_once("..").ok_or(EXPECTED)?;
+        let base = crate::config::value::duration(base).map_err(|_| EXPECTED)?;
+        let max = crate::config::value::duration(max).map_err(|_| EXPECTED)?;
+        if base.is_zero() || max < base {
+            return Err(EXPECTED);
+        }
+        Ok(RetryBackoff {
+            base,
+            max,
+            multiplier,
+        })
     }
 }
 
@@ -250,6 +341,7 @@ mod tests {
         assert_eq!(b.cap(3), Duration::from_millis(200));
         assert_eq!(b.cap(4), Duration::from_millis(250));
         assert_eq!(b.cap(40), Duration::from_millis(250));
+        assert_eq!(b.cap(u32::MAX), Duration::from_millis(250));
         // Full jitter: draws spread over the whole of 0..=cap, not around it.
         let draws: Vec<Duration> = (0..2000).map(|_| b.delay(3)).collect();
         assert!(draws.iter().all(|d| *d <= Duration::from_millis(200)));
@@ -283,5 +375,42 @@ mod tests {
         }
         assert!(parse_max_attempts("0").is_err());
         assert!(parse_max_attempts("6").is_err());
+    }
+
+    #[test]
+    fn backoff_parses_with_an_optional_multiplier_and_rejects_bad_ranges() {
+        let b: RetryBackoff = "100ms..1s".parse().unwrap();
+        assert_eq!(b.base, Duration::from_millis(100));
+        assert_eq!(b.max, Duration::from_secs(1));
+        assert_eq!(b.cap(1), Duration::from_millis(200));
+        let b: RetryBackoff = "100ms..1s,multiplier=1.5".parse().unwrap();
+        assert_eq!(b.cap(1), Duration::from_millis(150));
+        assert_eq!(b.cap(2), Duration::from_millis(225));
+        for bad in [
+            "0ms..1s",
+            "1s..100ms",
+            "100ms",
+            "-5ms..1s",
+            "10ms..1s,multiplier=0.5",
+            "10ms..1s,factor=2",
+        ] {
+            assert!(bad.parse::<RetryBackoff>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_on_takes_grpc_status_names_but_not_numbers_or_ok() {
+        let on: RetryOn = "503,resource-exhausted,CANCELLED".parse().unwrap();
+        assert!(on.contains(RetryOn::UNAVAILABLE_503));
+        assert!(on.grpc_codes().contains(GrpcCode::ResourceExhausted as u16));
+        assert!(on.grpc_codes().contains(GrpcCode::Cancelled as u16));
+        assert!(!on.contains(RetryOn::GRPC_UNAVAILABLE));
+        assert!("unavailable"
+            .parse::<RetryOn>()
+            .unwrap()
+            .contains(RetryOn::GRPC_UNAVAILABLE));
+        for bad in ["ok", "8", "resource_exhaust"] {
+            assert!(bad.parse::<RetryOn>().is_err(), "{bad}");
+        }
     }
 }

@@ -2,7 +2,10 @@
 //! knows the full stack.
 //!
 //! ```text
-//! telemetry (call: one span and one duration sample per logical request)
+//! route (matches method and path once; puts the route's policy, a SelectedRoute,
+//!        in the request's extensions for the deadline, fault and retry layers,
+//!        and its name for telemetry; nothing when the service has no routes)
+//!   ─▶ telemetry (call: one span and one duration sample per logical request)
 //!   ─▶ deadline (service TIMEOUT, inherited deadline, per-request RequestTimeout;
 //!                writes x-mesh-timeout-ms / grpc-timeout)
 //!   ─▶ rate limit, concurrency limit (per service, optional: fail fast, nothing sent)
@@ -29,6 +32,7 @@ use mesh_core::fault::FaultLayer;
 use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
 use mesh_core::replay::ReplayBody;
 use mesh_core::retry::{RetryBudget, RetryLayer};
+use mesh_core::route::{RouteLayer, RouteTable};
 use tower::util::option_layer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -71,11 +75,14 @@ pub(crate) fn service_stack(
             },
         )
     });
-    let faults = config
-        .faults
-        .is_active()
+    let routes = Arc::new(RouteTable::for_service(config));
+    // Routes may inject faults the service does not; the layer reads the route's.
+    let faults = routes
+        .injects_faults()
         .then(|| FaultLayer::new(config.faults));
+    let route = (!routes.is_empty()).then(|| RouteLayer::new(routes));
     let stack = ServiceBuilder::new()
+        .layer(option_layer(route))
         .layer(ClientTelemetryLayer::new(&config.name))
         .layer(OutboundDeadlineLayer::new(config.timeout))
         .layer(option_layer(rate_limit))
