@@ -146,11 +146,11 @@ mod client {
             let opened = async {
                 let client = WorkloadApiClient::connect(self.endpoint.clone())
                     .await
-                    .map_err(|e| format!("cannot connect: {e}"))?;
+                    .map_err(|e| format!("cannot connect: {}", with_causes(&e)))?;
                 client
                     .stream_x509_contexts()
                     .await
-                    .map_err(|e| format!("FetchX509SVID failed: {e}"))
+                    .map_err(|e| format!("FetchX509SVID failed: {}", with_causes(&e)))
             };
             let mut stream = tokio::select! {
                 opened = opened => match opened {
@@ -264,6 +264,21 @@ mod client {
                 let _ = stop.await;
             }
         }
+    }
+
+    /// `error: cause: cause`, so "transport error" says which (no such file…).
+    fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let more = cause.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = cause.source();
+        }
+        text
     }
 
     /// Whether an error is the stream failing (reconnect) rather than one bad
