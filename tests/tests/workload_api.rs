@@ -294,3 +294,70 @@ async fn a_pushed_svid_whose_key_does_not_match_is_refused_and_the_last_good_sta
         "a bad update does not break the stream"
     );
 }
+
+#[tokio::test]
+async fn a_broken_stream_keeps_the_identity_and_reconnects_for_the_next_svid() {
+    let pki = Pki::new("example.org");
+    let agent = WorkloadApiServer::start().await;
+    let first = pki.ca().issue(&spiffe_id(BACKEND_ID)).unwrap();
+    agent.push(response(&first, pki.ca(), &[]));
+    let source = IdentitySource::from_workload_api(&WorkloadApiConfig::new(agent.address()))
+        .await
+        .expect("first SVID");
+
+    // The agent restarts: the stream breaks, the mesh opens a new one.
+    agent.hang_up();
+    tokio::time::timeout(Duration::from_secs(60), agent.wait_streams(2))
+        .await
+        .expect("the mesh reconnects after the stream breaks");
+    assert_eq!(
+        source.current().serial(),
+        first.serial,
+        "the identity in force stays"
+    );
+
+    let second = pki.ca().issue(&spiffe_id(BACKEND_ID)).unwrap();
+    agent.push(response(&second, pki.ca(), &[]));
+    let mut generations = source.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while source.current().serial() != second.serial {
+            generations.changed().await.expect("identity source alive");
+        }
+    })
+    .await
+    .expect("an SVID pushed on the new stream becomes current");
+    // The new stream replays the latest response first (the same SVID): not a rotation.
+    assert_eq!(source.generation(), 1);
+}
+
+#[tokio::test]
+async fn the_test_agent_refuses_calls_without_the_security_header_like_spire() {
+    use mesh_tests::workload_api::proto::{X509svidRequest, X509svidResponse};
+    let agent = WorkloadApiServer::start().await;
+    let path = agent.address().trim_start_matches("unix://").to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect to the agent");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<X509svidRequest, X509svidResponse>::default();
+    let status = grpc
+        .server_streaming(
+            tonic::Request::new(X509svidRequest {}),
+            http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID"),
+            codec,
+        )
+        .await
+        .expect_err("no header, no SVID");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "security header missing from request");
+    assert_eq!(agent.refused_without_header(), 1);
+    assert_eq!(agent.streams_opened(), 0);
+}

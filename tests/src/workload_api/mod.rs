@@ -50,8 +50,12 @@ struct State {
     current: watch::Sender<Option<X509svidResponse>>,
     streams_opened: AtomicU64,
     refused_without_header: AtomicU64,
-    /// Responses sent, over all streams; `sent_changed` fires on each.
+    /// Responses sent, over all streams.
     sent: watch::Sender<u64>,
+    /// Streams opened, to await.
+    opened: watch::Sender<u64>,
+    /// Bumped to break every open stream with UNAVAILABLE (an agent restart).
+    hang_ups: watch::Sender<u64>,
 }
 
 impl WorkloadApiServer {
@@ -65,6 +69,8 @@ impl WorkloadApiServer {
             streams_opened: AtomicU64::new(0),
             refused_without_header: AtomicU64::new(0),
             sent: watch::Sender::new(0),
+            opened: watch::Sender::new(0),
+            hang_ups: watch::Sender::new(0),
         });
         let incoming = futures_util::stream::unfold(listener, |listener| async move {
             let accepted = listener.accept().await.map(|(stream, _)| stream);
@@ -99,6 +105,21 @@ impl WorkloadApiServer {
     /// How many `FetchX509SVID` streams were accepted.
     pub fn streams_opened(&self) -> u64 {
         self.state.streams_opened.load(Ordering::Relaxed)
+    }
+
+    /// Breaks every open stream with `UNAVAILABLE`, as an agent restart does;
+    /// clients may open new ones, which start with the latest response.
+    pub fn hang_up(&self) {
+        self.state.hang_ups.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until `count` streams have been opened in all.
+    pub async fn wait_streams(&self, count: u64) {
+        let mut opened = self.state.opened.subscribe();
+        opened
+            .wait_for(|n| *n >= count)
+            .await
+            .expect("server alive");
     }
 
     /// Waits until `count` responses have been sent in all (an event, not a sleep).
@@ -170,6 +191,44 @@ fn first_uri(cert_pem: &str) -> String {
 #[derive(Debug)]
 struct Agent(Arc<State>);
 
+/// One `FetchX509SVID` stream: the latest response first, then every push,
+/// until the agent hangs up.
+struct Updates {
+    state: Arc<State>,
+    updates: watch::Receiver<Option<X509svidResponse>>,
+    hang_ups: watch::Receiver<u64>,
+    first: bool,
+    ended: bool,
+}
+
+impl Updates {
+    async fn next(mut self) -> Option<(Result<X509svidResponse, Status>, Self)> {
+        if self.ended {
+            return None;
+        }
+        let mut look = std::mem::take(&mut self.first);
+        loop {
+            if look {
+                let latest = self.updates.borrow_and_update().clone();
+                if let Some(response) = latest {
+                    self.state.sent.send_modify(|n| *n += 1);
+                    return Some((Ok(response), self));
+                }
+            }
+            // Nothing (new) to send: stay silent until a push or a hang-up.
+            look = true;
+            tokio::select! {
+                changed = self.updates.changed() => changed.ok()?,
+                hung_up = self.hang_ups.changed() => {
+                    hung_up.ok()?;
+                    self.ended = true;
+                    return Some((Err(Status::unavailable("agent restarting")), self));
+                }
+            }
+        }
+    }
+}
+
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -194,26 +253,20 @@ impl SpiffeWorkloadApi for Agent {
             ));
         }
         self.0.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let updates = self.0.current.subscribe();
-        let state = self.0.clone();
-        let stream = futures_util::stream::unfold((updates, true), move |(mut rx, first)| {
-            let state = state.clone();
-            async move {
-                if !first && rx.changed().await.is_err() {
-                    return None;
-                }
-                loop {
-                    let current = rx.borrow_and_update().clone();
-                    if let Some(response) = current {
-                        state.sent.send_modify(|n| *n += 1);
-                        return Some((Ok(response), (rx, false)));
-                    }
-                    // Nothing pushed yet: stay silent until something is.
-                    rx.changed().await.ok()?;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        self.0.opened.send_modify(|n| *n += 1);
+        let mut hang_ups = self.0.hang_ups.subscribe();
+        hang_ups.mark_unchanged();
+        let stream = Updates {
+            state: self.0.clone(),
+            updates: self.0.current.subscribe(),
+            hang_ups,
+            first: true,
+            ended: false,
+        };
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(
+            stream,
+            Updates::next,
+        ))))
     }
 
     type FetchX509BundlesStream = Streamed<X509BundlesResponse>;
