@@ -8,7 +8,7 @@
 //!
 //! [`IdentitySource`] holds the current [`Identity`] and swaps it atomically
 //! when the files change, or when the SPIFFE Workload API streams a new SVID
-//! ([`IdentitySource::from_workload_api`], cargo feature `workload-api`).
+//! (`IdentitySource::from_workload_api`, cargo feature `workload-api`).
 //! From files:
 //!
 //! ```no_run
