@@ -2,9 +2,14 @@
 //! configuration: the workload identity (loaded and watched once, shared by both
 //! directions), the outbound [`MeshClient`], and the inbound mTLS server.
 //!
+//! The identity comes from `MESH_TLS_*` files or, when `SPIFFE_ENDPOINT_SOCKET` is
+//! set instead, from the SPIFFE Workload API (a SPIRE agent), whose first SVID
+//! [`Mesh::start`] awaits:
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh_http::BoxError> {
-//! let mesh = mesh_http::Mesh::from_env()?; // MESH_TLS_*, MESH_INBOUND_ADDR, MESH_SERVICE_*
+//! // MESH_TLS_* or SPIFFE_ENDPOINT_SOCKET, MESH_INBOUND_ADDR, MESH_SERVICE_*
+//! let mesh = mesh_http::Mesh::start_from_env().await?;
 //! let app = axum::Router::new()
 //!     .route("/", axum::routing::get(|| async { "hello" }))
 //!     .with_state(mesh.client());
@@ -20,7 +25,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh_core::authz::Policy;
 use mesh_core::config::MeshConfig;
-use mesh_core::identity::{IdentitySource, IdentityWatch};
+use mesh_core::identity::{IdentitySource, IdentityWatch, WorkloadApiConfig};
 
 use crate::client::MeshClient;
 use crate::error::BoxError;
@@ -45,10 +50,41 @@ impl Mesh {
         Self::new(MeshConfig::from_env()?)
     }
 
-    /// Loads the identity, if `config` has one (an unreadable or invalid file is an
-    /// error naming it), starts watching its files, and starts the client. Needs a
-    /// tokio runtime.
+    /// Reads `MESH_` variables (and `MESH_CONFIG_FILE`, and `SPIFFE_ENDPOINT_SOCKET`)
+    /// and starts the mesh; see [`start`](Self::start).
+    pub async fn start_from_env() -> Result<Self, BoxError> {
+        Self::start(MeshConfig::from_env()?).await
+    }
+
+    /// Starts the mesh with the identity `config` chooses: from files (as
+    /// [`new`](Self::new)), or from the SPIFFE Workload API, waiting up to
+    /// `MESH_WORKLOAD_API_TIMEOUT` for the first SVID (an error naming the socket
+    /// when none arrives) and following its updates for as long as the mesh lives.
+    pub async fn start(config: MeshConfig) -> Result<Self, BoxError> {
+        match config.workload_api() {
+            Some(api) => {
+                let identity = workload_api_identity(api).await?;
+                Self::assemble(config, Some(identity), None)
+            }
+            None => Self::new(config),
+        }
+    }
+
+    /// Loads the identity, if `config` has identity files (an unreadable or
+    /// invalid file is an error naming it), starts watching its files, and starts
+    /// the client. Needs a tokio runtime.
+    ///
+    /// An identity from the SPIFFE Workload API has to be awaited: with
+    /// `SPIFFE_ENDPOINT_SOCKET` set this returns an error pointing to
+    /// [`start`](Self::start), rather than running without mTLS.
     pub fn new(config: MeshConfig) -> Result<Self, BoxError> {
+        if let Some(api) = config.workload_api() {
+            return Err(format!(
+                "SPIFFE_ENDPOINT_SOCKET ({}) takes the identity from the SPIFFE Workload API, which start-up awaits: use `Mesh::start(config).await` (or `Mesh::start_from_env().await`) instead of `Mesh::new`",
+                api.socket
+            )
+            .into());
+        }
         let (identity, watch) = match config.identity() {
             Some(files) => {
                 let identity = IdentitySource::from_files(files.clone())?;
@@ -57,6 +93,14 @@ impl Mesh {
             }
             None => (None, None),
         };
+        Self::assemble(config, identity, watch)
+    }
+
+    fn assemble(
+        config: MeshConfig,
+        identity: Option<IdentitySource>,
+        watch: Option<IdentityWatch>,
+    ) -> Result<Self, BoxError> {
         let authz = config.authz().map(|a| Arc::new(a.policy()));
         let limits = InboundLimiters::new(config.inbound_limits());
         let mut client = MeshClient::builder(config);
@@ -111,7 +155,7 @@ impl Mesh {
         let identity = self
             .identity
             .as_ref()
-            .ok_or("the inbound listener is strict mTLS: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE")?;
+            .ok_or("the inbound listener is strict mTLS: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE, or SPIFFE_ENDPOINT_SOCKET")?;
         let tls = mesh_core::tls::server_config(identity, []);
         Ok(InboundServer::bind(addr, tls)
             .await?
@@ -179,4 +223,19 @@ impl Mesh {
             None => server.serve(service, shutdown).await,
         }
     }
+}
+
+#[cfg(feature = "workload-api")]
+async fn workload_api_identity(api: &WorkloadApiConfig) -> Result<IdentitySource, BoxError> {
+    Ok(IdentitySource::from_workload_api(api).await?)
+}
+
+/// Built without the Workload API client: say so rather than run without mTLS.
+#[cfg(not(feature = "workload-api"))]
+async fn workload_api_identity(api: &WorkloadApiConfig) -> Result<IdentitySource, BoxError> {
+    Err(format!(
+        "SPIFFE_ENDPOINT_SOCKET ({}) is set, but mesh-http was built without its `workload-api` feature: enable the feature, or unset SPIFFE_ENDPOINT_SOCKET and set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE",
+        api.socket
+    )
+    .into())
 }

@@ -55,7 +55,7 @@ pub use source::{Env, Layered, Source};
 use crate::authz::{AuthzConfig, Mode, Rule};
 use crate::concurrency::LimitAlgorithm;
 use crate::discovery::DnsSettings;
-use crate::identity::{parse_federated_bundles, IdentityFiles};
+use crate::identity::{parse_federated_bundles, IdentityFiles, WorkloadApiConfig};
 use crate::ratelimit::Rate;
 use raw::{Entry, RawSettings};
 
@@ -115,6 +115,7 @@ pub struct InboundLimits {
 pub struct MeshConfig {
     service_name: String,
     identity: Option<IdentityFiles>,
+    workload_api: Option<WorkloadApiConfig>,
     inbound_addr: Option<SocketAddr>,
     inbound_mode: InboundMode,
     authz: Option<AuthzConfig>,
@@ -218,7 +219,9 @@ impl MeshConfig {
             ));
         }
 
-        let identity = identity_files(&raw.global, problems);
+        let workload_api = workload_api_config(raw, source, problems);
+        let identity = identity_files(&raw.global, workload_api.is_some(), problems);
+        let has_identity = identity.is_some() || workload_api.is_some();
         let inbound_addr = typed(global("INBOUND_ADDR"), problems, |v| {
             v.trim()
                 .parse::<SocketAddr>()
@@ -229,10 +232,10 @@ impl MeshConfig {
             _ => Err("`strict` (permissive mode is not supported yet)"),
         })
         .unwrap_or_default();
-        if let (Some(entry), None) = (global("INBOUND_ADDR"), &identity) {
+        if let (Some(entry), false) = (global("INBOUND_ADDR"), has_identity) {
             problems.push(Problem::other(
                 entry.origin.clone(),
-                "the inbound listener is strict mTLS and needs an identity: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE",
+                "the inbound listener is strict mTLS and needs an identity: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE, or SPIFFE_ENDPOINT_SOCKET for the SPIFFE Workload API",
             ));
         }
 
@@ -269,7 +272,7 @@ impl MeshConfig {
             .filter_map(|svc| service::resolve(svc, &raw.defaults, None, problems))
             .collect();
 
-        if identity.is_none() {
+        if !has_identity {
             for svc in raw.services.values() {
                 if let Some(entry) = svc
                     .settings
@@ -278,7 +281,7 @@ impl MeshConfig {
                 {
                     problems.push(Problem::other(
                         entry.origin.clone(),
-                        format!("service `{}` expects a server identity, but mTLS is off: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE", svc.name),
+                        format!("service `{}` expects a server identity, but mTLS is off: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE, or SPIFFE_ENDPOINT_SOCKET", svc.name),
                     ));
                 }
             }
@@ -286,6 +289,7 @@ impl MeshConfig {
         let mut builder = MeshConfig::builder(service_name).egress(egress).dns(dns);
         builder.zone = zone;
         builder.identity = identity;
+        builder.workload_api = workload_api;
         builder.inbound_addr = inbound_addr;
         builder.inbound_mode = inbound_mode;
         builder.metrics_addr = metrics_addr;
@@ -307,6 +311,7 @@ impl MeshConfig {
         MeshConfigBuilder {
             service_name: service_name.into(),
             identity: None,
+            workload_api: None,
             inbound_addr: None,
             inbound_mode: InboundMode::Strict,
             authz: None,
@@ -325,9 +330,22 @@ impl MeshConfig {
         &self.service_name
     }
 
-    /// The files of this workload's SPIFFE identity, when mTLS is on.
+    /// The files of this workload's SPIFFE identity, when mTLS is on with
+    /// identity files (`MESH_TLS_*`).
     pub fn identity(&self) -> Option<&IdentityFiles> {
         self.identity.as_ref()
+    }
+
+    /// The SPIFFE Workload API to take this workload's identity from, when
+    /// `SPIFFE_ENDPOINT_SOCKET` is set and `MESH_TLS_*` are not. At most one of
+    /// this and [`identity`](Self::identity) is set.
+    pub fn workload_api(&self) -> Option<&WorkloadApiConfig> {
+        self.workload_api.as_ref()
+    }
+
+    /// Whether mTLS is on: an identity comes from files or the Workload API.
+    pub fn has_identity(&self) -> bool {
+        self.identity.is_some() || self.workload_api.is_some()
     }
 
     /// Where the inbound mTLS listener binds, if configured.
@@ -403,17 +421,80 @@ impl MeshConfig {
     }
 }
 
+/// The standard variable naming the SPIFFE Workload API (not ours, so not `MESH_`).
+const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+/// The identity files' variables, which the Workload API excludes.
+const TLS_FILE_PARTS: [&str; 3] = ["TLS_CERT", "TLS_KEY", "TLS_BUNDLE"];
+
+/// `SPIFFE_ENDPOINT_SOCKET` (read through `source`, like every variable) turns
+/// on the Workload API. Together with `MESH_TLS_*` files it is an error rather
+/// than a silent precedence: which identity a workload presents must never
+/// depend on a rule the operator has to remember.
+fn workload_api_config(
+    raw: &RawSettings,
+    source: &(impl Source + ?Sized),
+    problems: &mut Vec<Problem>,
+) -> Option<WorkloadApiConfig> {
+    // Checked even without a socket, so a typo is found before it matters.
+    let timeout = typed(
+        raw.global.get("WORKLOAD_API_TIMEOUT"),
+        problems,
+        value::duration,
+    );
+    let socket = source
+        .get(SPIFFE_ENDPOINT_SOCKET)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())?;
+    let origin = Origin::Variable(SPIFFE_ENDPOINT_SOCKET.into());
+    if !(socket.starts_with("unix:") || socket.starts_with("tcp:")) {
+        problems.push(Problem::invalid(
+            origin,
+            &socket,
+            "a Workload API address, `unix:///path/to/agent.sock` (or `tcp:ip:port`)",
+        ));
+        return None;
+    }
+    let files: Vec<String> = TLS_FILE_PARTS
+        .iter()
+        .filter(|p| raw.global.contains_key(*p))
+        .map(|p| format!("MESH_{p}"))
+        .collect();
+    if !files.is_empty() {
+        problems.push(Problem::other(
+            origin,
+            format!(
+                "both SPIFFE_ENDPOINT_SOCKET ({socket}) and {} choose where the workload identity comes from: unset SPIFFE_ENDPOINT_SOCKET to use the files, or remove {} to use the SPIFFE Workload API",
+                files.join(", "),
+                files.join(", ")
+            ),
+        ));
+        return None;
+    }
+    let mut config = WorkloadApiConfig::new(socket);
+    if let Some(timeout) = timeout {
+        config.startup_timeout = timeout;
+    }
+    Some(config)
+}
+
 /// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_BUNDLE` go together (plus any
 /// federated bundles); a partial set is an error naming what is missing.
 fn identity_files(
     global: &HashMap<&'static str, Entry>,
+    workload_api: bool,
     problems: &mut Vec<Problem>,
 ) -> Option<IdentityFiles> {
-    const PARTS: [&str; 3] = ["TLS_CERT", "TLS_KEY", "TLS_BUNDLE"];
+    const PARTS: [&str; 3] = TLS_FILE_PARTS;
     let present: Vec<&Entry> = PARTS.iter().filter_map(|p| global.get(p)).collect();
     let federated = global.get("TLS_FEDERATED_BUNDLES");
     if present.is_empty() {
-        if let Some(entry) = federated {
+        if let (Some(entry), true) = (federated, workload_api) {
+            problems.push(Problem::other(
+                entry.origin.clone(),
+                "the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET) delivers federated bundles itself: remove MESH_TLS_FEDERATED_BUNDLES",
+            ));
+        } else if let Some(entry) = federated {
             problems.push(Problem::other(entry.origin.clone(), "federated bundles need our own identity: set MESH_TLS_CERT, MESH_TLS_KEY and MESH_TLS_BUNDLE"));
         }
         return None;
@@ -526,6 +607,7 @@ fn typed<T, E: std::fmt::Display>(
 pub struct MeshConfigBuilder {
     service_name: String,
     identity: Option<IdentityFiles>,
+    workload_api: Option<WorkloadApiConfig>,
     inbound_addr: Option<SocketAddr>,
     inbound_mode: InboundMode,
     authz: Option<AuthzConfig>,
@@ -542,6 +624,13 @@ impl MeshConfigBuilder {
     /// Turns on mTLS with the SPIFFE identity in these files.
     pub fn identity(mut self, files: IdentityFiles) -> Self {
         self.identity = Some(files);
+        self
+    }
+
+    /// Turns on mTLS with the SPIFFE identity the Workload API hands out
+    /// (exclusive with [`identity`](Self::identity)).
+    pub fn workload_api(mut self, workload_api: WorkloadApiConfig) -> Self {
+        self.workload_api = Some(workload_api);
         self
     }
 
@@ -615,12 +704,22 @@ impl MeshConfigBuilder {
                 ));
             }
         }
+        if let (Some(_), Some(api)) = (&self.identity, &self.workload_api) {
+            problems.push(Problem::other(
+                Origin::Code("identity and workload_api".into()),
+                format!(
+                    "both identity files and the SPIFFE Workload API ({}) are configured; choose one",
+                    api.socket
+                ),
+            ));
+        }
         if !problems.is_empty() {
             return Err(ConfigError::new(problems));
         }
         Ok(MeshConfig {
             service_name: self.service_name,
             identity: self.identity,
+            workload_api: self.workload_api,
             inbound_addr: self.inbound_addr,
             inbound_mode: self.inbound_mode,
             authz: self.authz,

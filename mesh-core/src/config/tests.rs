@@ -428,6 +428,81 @@ fn tls_files_turn_on_mtls_together_or_not_at_all() {
 }
 
 #[test]
+fn spiffe_endpoint_socket_alone_selects_the_workload_api_with_its_timeout() {
+    let config = MeshConfig::from_source(&[
+        ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock"),
+        ("MESH_INBOUND_ADDR", "127.0.0.1:8443"),
+        ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),
+        ("MESH_SERVICE_API_IDENTITY", "spiffe://example.org/api"),
+    ])
+    .expect("the Workload API is an identity for inbound and expectations");
+    assert!(config.identity().is_none());
+    assert!(config.has_identity());
+    let api = config.workload_api().expect("Workload API selected");
+    assert_eq!(api.socket, "unix:///run/spire/agent.sock");
+    assert_eq!(
+        api.startup_timeout,
+        Duration::from_secs(30),
+        "the documented default"
+    );
+
+    let config = MeshConfig::from_source(&[
+        ("SPIFFE_ENDPOINT_SOCKET", "unix:/tmp/agent.sock"),
+        ("MESH_WORKLOAD_API_TIMEOUT", "2s"),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.workload_api().unwrap().startup_timeout,
+        Duration::from_secs(2)
+    );
+    assert!(MeshConfig::from_source(&[("MESH_SERVICE_NAME", "x")])
+        .unwrap()
+        .workload_api()
+        .is_none());
+}
+
+#[test]
+fn spiffe_endpoint_socket_with_tls_files_is_an_error_saying_what_to_remove() {
+    let e = err(&[
+        ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock"),
+        ("MESH_TLS_CERT", "/c"),
+        ("MESH_TLS_KEY", "/k"),
+        ("MESH_TLS_BUNDLE", "/b"),
+    ]);
+    assert!(e.names_variable("SPIFFE_ENDPOINT_SOCKET"), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("unset SPIFFE_ENDPOINT_SOCKET")
+            && text.contains("remove MESH_TLS_CERT, MESH_TLS_KEY, MESH_TLS_BUNDLE"),
+        "{text}"
+    );
+
+    let e = err(&[
+        ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock"),
+        ("MESH_TLS_FEDERATED_BUNDLES", "partner.org=/p.pem"),
+    ]);
+    assert!(e.names_variable("MESH_TLS_FEDERATED_BUNDLES"), "{e}");
+    assert!(e.to_string().contains("delivers federated bundles"), "{e}");
+
+    let e = MeshConfig::builder("x")
+        .identity(crate::identity::IdentityFiles::new("/c", "/k", "/b"))
+        .workload_api(WorkloadApiConfig::new("unix:/a.sock"))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("choose one"), "{e}");
+}
+
+#[test]
+fn bad_workload_api_values_are_refused_naming_the_variable() {
+    let e = err(&[("SPIFFE_ENDPOINT_SOCKET", "/run/spire/agent.sock")]);
+    assert!(e.names_variable("SPIFFE_ENDPOINT_SOCKET"), "{e}");
+    assert!(e.to_string().contains("unix:///path/to/agent.sock"), "{e}");
+
+    let e = err(&[("MESH_WORKLOAD_API_TIMEOUT", "soon")]);
+    assert!(e.names_variable("MESH_WORKLOAD_API_TIMEOUT"), "{e}");
+}
+
+#[test]
 fn identity_settings_without_mtls_or_with_bad_values_are_refused() {
     let e = err(&[
         ("MESH_SERVICE_API_ENDPOINTS", "127.0.0.1:1"),

@@ -1,6 +1,7 @@
 //! Why an identity could not be loaded. Every error names the file at fault.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{SvidError, TrustDomain};
 
@@ -110,6 +111,33 @@ pub enum IdentityError {
         /// What notify reported.
         source: notify::Error,
     },
+    /// `SPIFFE_ENDPOINT_SOCKET` is not a Workload API address.
+    #[error("SPIFFE_ENDPOINT_SOCKET={socket:?} is not a Workload API address ({detail}); expected `unix:///path/to/agent.sock` (or `tcp:ip:port`)")]
+    WorkloadApiAddress {
+        /// The value given.
+        socket: String,
+        /// What the address parser reported.
+        detail: String,
+    },
+    /// No valid X.509 SVID came from the Workload API within the start-up timeout.
+    #[error("no valid X.509 SVID from the SPIFFE Workload API at {socket} (SPIFFE_ENDPOINT_SOCKET) within {waited:?}{}; check that the SPIRE agent serves that socket and this workload is registered, or raise MESH_WORKLOAD_API_TIMEOUT", last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    WorkloadApiTimeout {
+        /// The Workload API address.
+        socket: String,
+        /// How long start-up waited.
+        waited: Duration,
+        /// The last thing that went wrong, if anything did (as opposed to silence).
+        last_error: Option<String>,
+    },
+    /// An update from the Workload API is not a usable identity; the last good
+    /// one stays.
+    #[error("the SPIFFE Workload API at {socket} sent an unusable identity: {detail}")]
+    WorkloadApiUpdate {
+        /// The Workload API address.
+        socket: String,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 impl IdentityError {
@@ -128,6 +156,9 @@ impl IdentityError {
             | Self::Watch { path, .. } => Some(path),
             Self::KeyMismatch { key, .. } => Some(key),
             Self::Untrusted { cert, .. } => Some(cert),
+            Self::WorkloadApiAddress { .. }
+            | Self::WorkloadApiTimeout { .. }
+            | Self::WorkloadApiUpdate { .. } => None,
         }
     }
 }

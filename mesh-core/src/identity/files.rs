@@ -1,17 +1,13 @@
 //! Loading an identity from PEM files (as written by cert-manager, SPIRE's
 //! helper or the dev CA).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use webpki::{ExtendedKeyUsageValidator, KeyPurposeIdIter};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::snapshot::{Identity, TrustBundle};
-use super::x509::leaf_facts;
+use super::snapshot::Identity;
+use super::validate::{BundleRef, Invalid, Material};
 use super::{IdentityError, TrustDomain};
 
 /// Where an identity's PEM files are.
@@ -56,8 +52,6 @@ impl IdentityFiles {
     /// bundles, one per trust domain; and our SVID verifying against our own
     /// bundle at this moment (so a half-rotated or expired set is refused).
     pub fn load(&self) -> Result<Identity, IdentityError> {
-        let provider = crate::tls::crypto_provider();
-
         let chain = read_certs(&self.cert)?;
         if chain.is_empty() {
             return Err(IdentityError::NoCertificate {
@@ -65,48 +59,76 @@ impl IdentityFiles {
             });
         }
         let key = read_key(&self.key)?;
-        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-            IdentityError::UnsupportedKey {
+        let own_bundle = read_certs(&self.bundle)?;
+        let federated = self
+            .federated
+            .iter()
+            .map(|(domain, path)| Ok((domain.clone(), read_certs(path)?)))
+            .collect::<Result<Vec<_>, IdentityError>>()?;
+        let material = Material {
+            chain,
+            key,
+            own_bundle,
+            federated,
+        };
+        material.validate().map_err(|e| self.locate(e))
+    }
+
+    /// Names the file a validation problem is about.
+    fn locate(&self, invalid: Invalid) -> IdentityError {
+        let bundle_path = |which: BundleRef| match which {
+            BundleRef::Own => self.bundle.clone(),
+            BundleRef::Federated(i) => self.federated[i].1.clone(),
+        };
+        match invalid {
+            Invalid::NoCertificate => IdentityError::NoCertificate {
+                path: self.cert.clone(),
+            },
+            Invalid::UnsupportedKey(detail) => IdentityError::UnsupportedKey {
                 path: self.key.clone(),
-                detail: e.to_string(),
-            }
-        })?;
-        let certified_key = CertifiedKey::new(chain, signing_key);
-        if certified_key.keys_match().is_err() {
-            return Err(IdentityError::KeyMismatch {
+                detail,
+            },
+            Invalid::KeyMismatch => IdentityError::KeyMismatch {
                 cert: self.cert.clone(),
                 key: self.key.clone(),
-            });
-        }
-        let facts =
-            leaf_facts(&certified_key.cert[0]).map_err(|source| IdentityError::NotAnSvid {
+            },
+            Invalid::NotAnSvid(source) => IdentityError::NotAnSvid {
                 path: self.cert.clone(),
                 source,
-            })?;
-
-        let own_domain = facts.spiffe_id.trust_domain();
-        let mut bundles = HashMap::new();
-        let own_bundle = read_bundle(&self.bundle, own_domain.clone())?;
-        bundles.insert(own_domain.clone(), own_bundle);
-        for (domain, path) in &self.federated {
-            if bundles.contains_key(domain) {
-                return Err(IdentityError::DuplicateTrustDomain {
-                    trust_domain: domain.clone(),
-                    path: path.clone(),
-                });
-            }
-            bundles.insert(domain.clone(), read_bundle(path, domain.clone())?);
+            },
+            Invalid::EmptyBundle {
+                bundle,
+                trust_domain,
+            } => IdentityError::EmptyBundle {
+                path: bundle_path(bundle),
+                trust_domain,
+            },
+            Invalid::BadTrustAnchor {
+                bundle,
+                index,
+                detail,
+            } => IdentityError::BadTrustAnchor {
+                path: bundle_path(bundle),
+                index,
+                detail,
+            },
+            Invalid::DuplicateTrustDomain {
+                bundle,
+                trust_domain,
+            } => IdentityError::DuplicateTrustDomain {
+                trust_domain,
+                path: bundle_path(bundle),
+            },
+            Invalid::Untrusted {
+                trust_domain,
+                detail,
+            } => IdentityError::Untrusted {
+                cert: self.cert.clone(),
+                bundle: self.bundle.clone(),
+                trust_domain,
+                detail,
+            },
         }
-
-        self.verify_own_chain(&certified_key, &bundles[&own_domain], &own_domain)?;
-
-        Ok(Identity {
-            spiffe_id: facts.spiffe_id,
-            certified_key: Arc::new(certified_key),
-            not_after: facts.not_after,
-            serial: facts.serial,
-            bundles,
-        })
     }
 
     /// The directories holding the files. Watching directories (not files)
@@ -123,34 +145,6 @@ impl IdentityFiles {
         dirs.sort();
         dirs.dedup();
         dirs
-    }
-
-    fn verify_own_chain(
-        &self,
-        key: &CertifiedKey,
-        bundle: &TrustBundle,
-        domain: &TrustDomain,
-    ) -> Result<(), IdentityError> {
-        let untrusted = |detail: String| IdentityError::Untrusted {
-            cert: self.cert.clone(),
-            bundle: self.bundle.clone(),
-            trust_domain: domain.clone(),
-            detail,
-        };
-        let leaf =
-            webpki::EndEntityCert::try_from(&key.cert[0]).map_err(|e| untrusted(e.to_string()))?;
-        let algs = crate::tls::crypto_provider().signature_verification_algorithms;
-        leaf.verify_for_usage(
-            algs.all,
-            bundle.anchors(),
-            &key.cert[1..],
-            UnixTime::now(),
-            AnyUsage,
-            None,
-            None,
-        )
-        .map(|_| ())
-        .map_err(|e| untrusted(describe_chain_error(&e)))
     }
 }
 
@@ -185,36 +179,6 @@ pub fn parse_federated_bundles(
         .collect()
 }
 
-/// Our own SVID serves both as client and server certificate; at load time
-/// only the chain matters, the handshake checks the usage.
-struct AnyUsage;
-
-impl ExtendedKeyUsageValidator for AnyUsage {
-    fn validate(&self, _: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
-        Ok(())
-    }
-}
-
-/// Says what an operator should know about why our own chain failed.
-fn describe_chain_error(error: &webpki::Error) -> String {
-    match error {
-        webpki::Error::CertExpired { not_after, .. } => format!(
-            "it expired at Unix time {}; renew the SVID",
-            not_after.as_secs()
-        ),
-        webpki::Error::CertNotValidYet { not_before, .. } => format!(
-            "it is not valid before Unix time {}; check the clock",
-            not_before.as_secs()
-        ),
-        // A CA with the same name but another key shows up as a bad signature.
-        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
-            "it was not issued by a CA in that bundle (wrong bundle, or a rotation half done)"
-                .to_owned()
-        }
-        other => format!("{other:?}"),
-    }
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|source| IdentityError::Read {
         path: path.to_path_buf(),
@@ -243,28 +207,4 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
             detail: e.to_string(),
         },
     })
-}
-
-fn read_bundle(path: &Path, trust_domain: TrustDomain) -> Result<TrustBundle, IdentityError> {
-    let certs = read_certs(path)?;
-    if certs.is_empty() {
-        return Err(IdentityError::EmptyBundle {
-            path: path.to_path_buf(),
-            trust_domain,
-        });
-    }
-    let anchors = certs
-        .iter()
-        .enumerate()
-        .map(|(index, cert)| {
-            webpki::anchor_from_trusted_cert(cert)
-                .map(|a| a.to_owned())
-                .map_err(|e| IdentityError::BadTrustAnchor {
-                    path: path.to_path_buf(),
-                    index,
-                    detail: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TrustBundle::new(trust_domain, certs, anchors))
 }

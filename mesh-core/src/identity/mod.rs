@@ -7,7 +7,9 @@
 //! can never vouch for an ID in domain B (see [`crate::tls`]).
 //!
 //! [`IdentitySource`] holds the current [`Identity`] and swaps it atomically
-//! when the files change:
+//! when the files change, or when the SPIFFE Workload API streams a new SVID
+//! (`IdentitySource::from_workload_api`, cargo feature `workload-api`).
+//! From files:
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh_core::identity::IdentityError> {
@@ -25,6 +27,8 @@ mod files;
 mod snapshot;
 mod source;
 mod spiffe_id;
+mod validate;
+mod workload_api;
 mod x509;
 
 pub use error::IdentityError;
@@ -32,6 +36,7 @@ pub use files::{parse_federated_bundles, FederatedBundlesError, IdentityFiles};
 pub use snapshot::{Identity, TrustBundle};
 pub use source::{IdentitySource, IdentityWatch, Reload};
 pub use spiffe_id::{ExpectedIdentity, SpiffeId, SpiffeIdError, SpiffeIdErrorReason, TrustDomain};
+pub use workload_api::WorkloadApiConfig;
 pub use x509::{spiffe_id_of, SvidError};
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! The current identity, swapped atomically on rotation.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::snapshot::Identity;
 use super::{IdentityError, IdentityFiles, TrustDomain};
@@ -36,6 +36,9 @@ struct Inner {
     current: ArcSwap<Identity>,
     files: Option<IdentityFiles>,
     generation: watch::Sender<u64>,
+    /// For a source fed by a task (the Workload API stream): dropped with the
+    /// last clone, which tells the task to stop.
+    _stop: Option<oneshot::Sender<()>>,
 }
 
 /// What a reload did.
@@ -54,20 +57,72 @@ impl IdentitySource {
         Ok(Self::build(identity, Some(files)))
     }
 
+    /// Connects to the SPIFFE Workload API (a SPIRE agent, say) and waits up to
+    /// `config.startup_timeout` for the first valid X.509 SVID; then follows the
+    /// stream for as long as the source (or a clone) lives. Needs a tokio runtime.
+    ///
+    /// Every update is validated like [`IdentityFiles::load`] validates files
+    /// and swapped in whole; an invalid update is refused and counted
+    /// (`mesh.config.reloads{mesh.source="workload_api", mesh.outcome="rejected"}`),
+    /// keeping the last good identity. A broken stream keeps the identity in
+    /// force too, is counted (`mesh.outcome="error"`), logged once per outage,
+    /// and reopened with backoff (100 ms doubling to 5 s).
+    ///
+    /// Errors: [`IdentityError::WorkloadApiAddress`] for an address that is not
+    /// `unix:`/`tcp:`, [`IdentityError::WorkloadApiTimeout`] (naming the socket
+    /// and the last problem seen) when no valid SVID arrives in time.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), mesh_core::identity::IdentityError> {
+    /// use mesh_core::identity::{IdentitySource, WorkloadApiConfig};
+    /// let config = WorkloadApiConfig::new("unix:///run/spire/agent.sock");
+    /// let source = IdentitySource::from_workload_api(&config).await?;
+    /// println!("we are {}", source.current().spiffe_id());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "workload-api")]
+    pub async fn from_workload_api(
+        config: &super::WorkloadApiConfig,
+    ) -> Result<Self, IdentityError> {
+        super::workload_api::start(config).await
+    }
+
     /// A source holding a fixed identity (for identities obtained elsewhere).
     pub fn from_identity(identity: Identity) -> Self {
         Self::build(identity, None)
     }
 
     fn build(identity: Identity, files: Option<IdentityFiles>) -> Self {
+        Self::build_with(identity, files, None)
+    }
+
+    /// A source that a task keeps current with [`replace`](Self::replace); the
+    /// task holds a [`WeakSource`] and `stop` closes when the last clone drops.
+    #[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+    pub(crate) fn pushed(identity: Identity, stop: oneshot::Sender<()>) -> Self {
+        Self::build_with(identity, None, Some(stop))
+    }
+
+    fn build_with(
+        identity: Identity,
+        files: Option<IdentityFiles>,
+        stop: Option<oneshot::Sender<()>>,
+    ) -> Self {
         record_expiry(&identity);
         Self {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(identity),
                 files,
                 generation: watch::Sender::new(0),
+                _stop: stop,
             }),
         }
+    }
+
+    /// A handle that does not keep the source alive.
+    #[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakSource {
+        WeakSource(Arc::downgrade(&self.inner))
     }
 
     /// The identity in force now. Cheap; take it once per handshake.
@@ -168,6 +223,19 @@ impl IdentitySource {
             _watcher: watcher,
             task,
         })
+    }
+}
+
+/// An [`IdentitySource`] that does not keep it alive, for the task feeding it.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+pub(crate) struct WeakSource(Weak<Inner>);
+
+#[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+impl WeakSource {
+    /// The source, while any clone of it lives.
+    pub(crate) fn upgrade(&self) -> Option<IdentitySource> {
+        self.0.upgrade().map(|inner| IdentitySource { inner })
     }
 }
 

@@ -119,6 +119,10 @@ impl MeshClientBuilder {
                 let watch = identity.watch()?;
                 (Some(identity), Some(watch))
             }
+            // Never fall back to plaintext when the configuration asks for mTLS.
+            (None, None) if self.config.workload_api().is_some() => {
+                return Err("SPIFFE_ENDPOINT_SOCKET takes the identity from the SPIFFE Workload API, which start-up awaits: use `mesh_http::Mesh::start`, or pass `.identity(IdentitySource::from_workload_api(..).await?)`".into());
+            }
             (None, None) => (None, None),
         };
         let config = Arc::new(self.config);
