@@ -17,6 +17,8 @@
 mod channel;
 pub mod service_config;
 mod status;
+pub mod telemetry;
 
 pub use channel::{GrpcChannelExt, MeshChannel};
 pub use status::status_from_error;
+pub use telemetry::GrpcServerTelemetryLayer;

@@ -25,6 +25,7 @@ use mesh_core::identity::{IdentitySource, IdentityWatch};
 use crate::client::MeshClient;
 use crate::error::BoxError;
 use crate::server::{shutdown_signal, AuthzLayer, InboundServer, Readiness};
+use crate::telemetry::ServerTelemetryLayer;
 
 /// The mesh inside one service.
 #[derive(Debug)]
@@ -116,7 +117,8 @@ impl Mesh {
 
     /// Serves `service` (an axum `Router`, say) on the inbound listener until
     /// SIGTERM or Ctrl-C, then turns [not ready](Self::readiness) and drains
-    /// in-flight requests within the grace period. When authorization is
+    /// in-flight requests within the grace period. Every request is measured and
+    /// traced ([`serve_inbound`](Self::serve_inbound)). When authorization is
     /// configured, every request passes the policy first ([`AuthzLayer`]); each
     /// request's deadline (`grpc-timeout` or `x-mesh-timeout-ms`) then bounds its
     /// handler and every outbound call the handler makes
@@ -152,8 +154,12 @@ impl Mesh {
     }
 
     /// Serves `service` on `server` (from [`inbound`](Self::inbound), say, when
-    /// the caller needs its address first) with the mesh's authorization
-    /// policy in front, until `shutdown` completes.
+    /// the caller needs its address first) with the mesh's server telemetry
+    /// ([`ServerTelemetryLayer`]: metrics, a span continuing the caller's trace,
+    /// the access log when `MESH_ACCESS_LOG=json`, the peer's SPIFFE ID in both)
+    /// outermost, so refused requests are measured too, then the authorization
+    /// policy, until `shutdown` completes. Put the layer inside your router as
+    /// well to label requests with route templates; they are still recorded once.
     pub async fn serve_inbound<S, B, F>(&self, server: InboundServer, service: S, shutdown: F)
     where
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -164,12 +170,17 @@ impl Mesh {
         F: Future<Output = ()>,
     {
         let service = tower::Layer::layer(&mesh_core::deadline::DeadlineLayer::new(), service);
+        let telemetry = ServerTelemetryLayer::from_config(self.config()).https();
         match &self.authz {
             Some(policy) => {
                 let service = tower::Layer::layer(&AuthzLayer::new(policy.clone()), service);
+                let service = tower::Layer::layer(&telemetry, service);
                 server.serve(service, shutdown).await;
             }
-            None => server.serve(service, shutdown).await,
+            None => {
+                let service = tower::Layer::layer(&telemetry, service);
+                server.serve(service, shutdown).await
+            }
         }
     }
 }
