@@ -334,7 +334,100 @@ where
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+    use metrics::{Counter, Gauge, Key, KeyName, Metadata, Unit};
+
     use super::*;
+
+    /// Records each histogram sample as "name{labels}".
+    #[derive(Default, Clone)]
+    struct Samples(Arc<parking_lot::Mutex<Vec<String>>>);
+
+    struct Sample(Samples, String);
+
+    impl metrics::HistogramFn for Sample {
+        fn record(&self, _: f64) {
+            self.0 .0.lock().push(self.1.clone());
+        }
+    }
+
+    impl metrics::Recorder for Samples {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            let labels: Vec<_> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let id = format!("{}{{{}}}", key.name(), labels.join(","));
+            Histogram::from_arc(Arc::new(Sample(self.clone(), id)))
+        }
+    }
+
+    /// A gRPC answer: status in the trailers, or trailers-only.
+    fn answer(
+        code: &str,
+        trailers_only: bool,
+    ) -> Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>> {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", code.parse().unwrap());
+        if trailers_only {
+            let mut response = Response::new(http_body_util::Empty::new().boxed());
+            *response.headers_mut() = trailers;
+            response
+        } else {
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter([
+                Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                Ok(Frame::trailers(trailers)),
+            ]));
+            Response::new(body.boxed())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn server_calls_are_recorded_with_status_and_unknown_methods_collapse() {
+        let samples = Samples::default();
+        let _local = metrics::set_default_local_recorder(&samples);
+        let service = tower::service_fn(|request: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(match request.uri().path() {
+                "/helloworld.Greeter/SayHello" => answer("0", false),
+                "/helloworld.Greeter/Fail" => answer("14", false),
+                _ => answer("12", true),
+            })
+        });
+        let mut service = tower::Layer::layer(&GrpcServerTelemetryLayer::new(), service);
+        for path in [
+            "/helloworld.Greeter/SayHello",
+            "/helloworld.Greeter/Fail",
+            "/no.Such/Method1",
+            "/no.Such/Method2",
+        ] {
+            let request = Request::post(path).body(()).unwrap();
+            let response = tower::Service::call(&mut service, request).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        let mut seen = samples.0.lock().clone();
+        seen.sort();
+        let server = |method: &str, status: &str| {
+            format!("rpc.server.call.duration{{rpc.system.name=grpc,rpc.method={method},rpc.response.status_code={status}}}")
+        };
+        assert_eq!(
+            seen,
+            vec![
+                server("_OTHER", "UNIMPLEMENTED"),
+                server("_OTHER", "UNIMPLEMENTED"),
+                server("helloworld.Greeter/Fail", "UNAVAILABLE"),
+                server("helloworld.Greeter/SayHello", "OK"),
+            ]
+        );
+    }
 
     #[test]
     fn status_names_follow_the_codes() {
