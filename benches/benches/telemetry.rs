@@ -3,13 +3,23 @@
 //!
 //! `cargo bench -p mesh-benches --bench telemetry` (full) or add `-- --quick`.
 //!
-//! Set-ups, as `mesh` runs them: the Prometheus recorder installed and metrics
-//! recorded; with `+spans`, a `tracing` subscriber turning spans into sampled
-//! OpenTelemetry spans (no exporter) and `traceparent` injected / extracted.
+//! Set-ups:
+//! - `metrics`: the Prometheus recorder installed and metrics recorded, no
+//!   `tracing` subscriber;
+//! - `metrics+propagation`: what `mesh` runs by default: a subscriber with the
+//!   OpenTelemetry layer but no span exporter, so the layers make no spans and
+//!   only carry the trace context: the request arrives with a `traceparent`
+//!   (server: extracted and attached while the handler runs; client: called
+//!   inside that context and injected into the request);
+//! - `metrics+spans`: spans recorded (what an exporter with every trace sampled
+//!   costs per request: root spans, sampled), `traceparent` injected.
+//!
 //! Futures are polled once with `now_or_never`: the no-op answers at once, so no
 //! runtime cost is mixed in and `noop` is the floor every figure is read against.
 
 use std::convert::Infallible;
+
+use bytes::Bytes;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
@@ -19,22 +29,46 @@ use mesh_http::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer, ServerTe
 use tower::{Layer, Service, ServiceBuilder};
 use tracing_subscriber::layer::SubscriberExt;
 
+/// An empty body with a known length, as most GETs and small answers have.
+type Body = http_body_util::Empty<Bytes>;
+
 fn noop() -> impl Service<
-    Request<()>,
-    Response = Response<()>,
+    Request<Body>,
+    Response = Response<Body>,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<()>, Infallible>>,
+    Future = std::future::Ready<Result<Response<Body>, Infallible>>,
 > + Clone {
-    tower::service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
+    tower::service_fn(|_req: Request<Body>| std::future::ready(Ok(Response::new(Body::new()))))
 }
 
-fn request() -> Request<()> {
-    Request::get("http://orders/orders/42").body(()).unwrap()
+fn request() -> Request<Body> {
+    Request::get("http://orders/orders/42")
+        .body(Body::new())
+        .unwrap()
 }
 
-fn run<S>(c: &mut Criterion, name: &str, mut service: S)
+/// A request from a traced caller.
+fn traced_request() -> Request<Body> {
+    Request::get("http://orders/orders/42")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(Body::new())
+        .unwrap()
+}
+
+fn run<S>(c: &mut Criterion, name: &str, service: S)
 where
-    S: Service<Request<()>, Response = Response<()>>,
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    run_with(c, name, request, service)
+}
+
+fn run_with<S>(c: &mut Criterion, name: &str, request: fn() -> Request<Body>, mut service: S)
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: std::fmt::Debug,
 {
     c.bench_function(name, |b| {
@@ -79,6 +113,21 @@ fn bench(c: &mut Criterion) {
 
     let subscriber = tracing_subscriber::registry().with(telemetry.otel_layer());
     tracing::subscriber::with_default(subscriber, || {
+        // As `init` leaves it with no span exporter: context carried, no spans.
+        mesh_core::telemetry::record_spans(false);
+        let inbound = mesh_core::telemetry::extract(traced_request().headers());
+        {
+            let _attached = inbound.attach();
+            run(c, "telemetry/client/metrics+propagation", client());
+        }
+        run_with(
+            c,
+            "telemetry/server/metrics+propagation",
+            traced_request,
+            server(),
+        );
+
+        mesh_core::telemetry::record_spans(true);
         run(c, "telemetry/noop+spans", noop());
         run(c, "telemetry/client/metrics+spans", client());
         run(c, "telemetry/server/metrics+spans", server());

@@ -83,10 +83,13 @@ pub mod label {
     pub const ERROR_TYPE: &str = "error.type";
     /// `grpc`.
     pub const RPC_SYSTEM_NAME: &str = "rpc.system.name";
-    /// Full gRPC method, `package.Service/Method`.
+    /// Full gRPC method, `package.Service/Method`, or `_OTHER` for a method the
+    /// server does not serve (a peer must not mint label values).
     pub const RPC_METHOD: &str = "rpc.method";
-    /// gRPC status code name.
-    pub const RPC_STATUS_CODE: &str = "rpc.status_code";
+    /// gRPC status code name (`OK`, `UNAVAILABLE`), from headers or trailers
+    /// (OpenTelemetry RPC conventions, release candidate; older versions called
+    /// it `rpc.grpc.status_code` and held the number).
+    pub const RPC_STATUS_CODE: &str = "rpc.response.status_code";
     /// Logical service (as configured) the metric is about.
     pub const SERVICE: &str = "mesh.service";
     /// Discovery source kind: `static`, `dns`, `srv`, `file`.
@@ -177,14 +180,26 @@ metrics! {
     EGRESS_REQUESTS = "mesh.egress.requests", Counter, Unit::Count,
         [SERVER_ADDRESS, OUTCOME],
         "Requests to hosts the mesh does not know (egress), by outcome";
-    /// Bytes of outbound request bodies.
+    /// Bytes of outbound request bodies whose size was known up front (an exact
+    /// size hint or `Content-Length`); bodies streamed without a length are not
+    /// counted.
     HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size", Histogram, Unit::Bytes,
-        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT],
-        "Size of outbound HTTP request bodies";
-    /// Bytes of inbound request bodies.
+        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE],
+        "Size of outbound HTTP request bodies (those with a known length)";
+    /// Bytes of inbound response bodies whose size was known when headers
+    /// arrived.
+    HTTP_CLIENT_RESPONSE_BODY_SIZE = "http.client.response.body.size", Histogram, Unit::Bytes,
+        [HTTP_REQUEST_METHOD, SERVER_ADDRESS, SERVER_PORT, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE],
+        "Size of HTTP response bodies the client received (those with a known length)";
+    /// Bytes of inbound request bodies whose size was known up front.
     HTTP_SERVER_REQUEST_BODY_SIZE = "http.server.request.body.size", Histogram, Unit::Bytes,
-        [HTTP_REQUEST_METHOD, HTTP_ROUTE, URL_SCHEME],
-        "Size of inbound HTTP request bodies";
+        [HTTP_REQUEST_METHOD, HTTP_ROUTE, URL_SCHEME, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE],
+        "Size of inbound HTTP request bodies (those with a known length)";
+    /// Bytes of response bodies the server sent whose size was known when the
+    /// handler answered.
+    HTTP_SERVER_RESPONSE_BODY_SIZE = "http.server.response.body.size", Histogram, Unit::Bytes,
+        [HTTP_REQUEST_METHOD, HTTP_ROUTE, URL_SCHEME, HTTP_RESPONSE_STATUS_CODE, ERROR_TYPE],
+        "Size of HTTP response bodies the server sent (those with a known length)";
     /// Attempts sent to endpoints (first tries, retries and hedges alike).
     ATTEMPTS = "mesh.client.attempts", Counter, Unit::Count,
         [SERVICE, OUTCOME],

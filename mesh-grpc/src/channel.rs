@@ -2,15 +2,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use mesh_core::deadline::{parse_grpc_timeout, Deadline, GRPC_TIMEOUT_HEADER};
 use mesh_core::retry::Retryable;
-use mesh_http::{BoxError, Error, Mesh, MeshClient, ResponseBody};
+use mesh_http::{BoxError, Mesh, MeshClient, ResponseBody};
 
 use crate::status::status_from_error;
+use crate::telemetry::{PendingCall, RpcHandles};
 
 /// A gRPC channel to one logical service of the mesh: `Clone` (clones share
 /// everything), and a `tower::Service` over HTTP requests that tonic's
@@ -30,6 +32,8 @@ use crate::status::status_from_error;
 ///   header) becomes the call's deadline, clipped by the service's timeout and by
 ///   the deadline of the inbound call being handled, and the time actually left
 ///   is what `grpc-timeout` tells the server;
+/// - `rpc.client.call.duration` is recorded per call (see
+///   [`telemetry`](crate::telemetry)), on top of the HTTP client metrics;
 /// - a failure with no gRPC answer (deadline passed, no endpoint reachable) comes
 ///   back as the `tonic::Status` a gRPC client would report
 ///   ([`status_from_error`](crate::status_from_error)).
@@ -37,6 +41,8 @@ use crate::status::status_from_error;
 pub struct MeshChannel {
     client: MeshClient,
     authority: Authority,
+    /// `rpc.client.call.duration` handles, shared by clones.
+    rpc: Arc<RpcHandles>,
 }
 
 impl MeshChannel {
@@ -55,7 +61,11 @@ impl MeshChannel {
         let authority = service
             .parse::<Authority>()
             .map_err(|e| format!("the service name `{service}` cannot be a gRPC authority: {e}"))?;
-        Ok(MeshChannel { client, authority })
+        Ok(MeshChannel {
+            client,
+            authority,
+            rpc: RpcHandles::client(service),
+        })
     }
 
     fn prepare<B>(&self, mut request: Request<B>) -> Request<B> {
@@ -118,10 +128,19 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let request = self.prepare(request);
+        // Started before the mesh's own layers, so the duration is the call's as
+        // the application sees it (queueing, retries and all).
+        let pending = PendingCall::start(&self.rpc, &request);
         let call = tower::Service::call(&mut self.client, request);
         Box::pin(async move {
-            call.await
-                .map_err(|e: Error| Box::new(status_from_error(e)) as BoxError)
+            match call.await {
+                Ok(response) => Ok(pending.respond(response).map(ResponseBody::new)),
+                Err(e) => {
+                    let status = status_from_error(e);
+                    pending.failed(status.code());
+                    Err(Box::new(status) as BoxError)
+                }
+            }
         })
     }
 }

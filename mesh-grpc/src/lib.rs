@@ -18,6 +18,8 @@ mod channel;
 pub mod health;
 pub mod service_config;
 mod status;
+pub mod telemetry;
 
 pub use channel::{GrpcChannelExt, MeshChannel};
 pub use status::status_from_error;
+pub use telemetry::GrpcServerTelemetryLayer;

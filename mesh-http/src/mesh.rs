@@ -29,7 +29,7 @@ use mesh_core::identity::{IdentitySource, IdentityWatch, WorkloadApiConfig};
 
 use crate::client::MeshClient;
 use crate::error::BoxError;
-use crate::server::{shutdown_signal, AuthzLayer, InboundLimiters, InboundServer, Readiness};
+use crate::server::{shutdown_signal, InboundServer, InboundStack, Readiness};
 
 /// The mesh inside one service.
 #[derive(Debug)]
@@ -37,10 +37,9 @@ pub struct Mesh {
     identity: Option<IdentitySource>,
     _watch: Option<IdentityWatch>,
     client: MeshClient,
-    /// Built once, so its log-once memory spans the whole run.
-    authz: Option<Arc<Policy>>,
-    /// Built once, so every connection and every `serve` call share the limits.
-    limits: InboundLimiters,
+    /// Built once, so every connection and every `serve` call share its limits,
+    /// metric handles and the authorization policy's log-once memory.
+    inbound: InboundStack,
     readiness: Readiness,
 }
 
@@ -101,15 +100,13 @@ impl Mesh {
         identity: Option<IdentitySource>,
         watch: Option<IdentityWatch>,
     ) -> Result<Self, BoxError> {
-        let authz = config.authz().map(|a| Arc::new(a.policy()));
-        let limits = InboundLimiters::new(config.inbound_limits());
+        let inbound = InboundStack::new(&config);
         let mut client = MeshClient::builder(config);
         if let Some(identity) = &identity {
             client = client.identity(identity.clone());
         }
         Ok(Mesh {
-            authz,
-            limits,
+            inbound,
             readiness: Readiness::new(),
             client: client.build()?,
             identity,
@@ -142,7 +139,7 @@ impl Mesh {
     /// The authorization policy [`serve`](Self::serve) applies, when
     /// `MESH_AUTHZ_RULES` or `MESH_AUTHZ_DEFAULT` are set.
     pub fn authz(&self) -> Option<&Arc<Policy>> {
-        self.authz.as_ref()
+        self.inbound.authz()
     }
 
     /// Binds the inbound mTLS listener on `MESH_INBOUND_ADDR`. It accepts clients
@@ -164,8 +161,10 @@ impl Mesh {
 
     /// Serves `service` (an axum `Router`, say) on the inbound listener until
     /// SIGTERM or Ctrl-C, then turns [not ready](Self::readiness) and drains
-    /// in-flight requests within the grace period. When authorization is
-    /// configured, every request passes the policy first ([`AuthzLayer`]); then
+    /// in-flight requests within the grace period. Every request is measured and
+    /// traced ([`serve_inbound`](Self::serve_inbound)). When authorization is
+    /// configured, every request passes the policy first
+    /// ([`AuthzLayer`](crate::server::AuthzLayer)); then
     /// the inbound limits that are configured (`MESH_INBOUND_RATE_LIMIT`,
     /// `MESH_INBOUND_PEER_RATE_LIMIT`: 429; `MESH_INBOUND_CONCURRENCY`: 503, the
     /// handler never sees a refused request); each request's deadline
@@ -203,8 +202,12 @@ impl Mesh {
     }
 
     /// Serves `service` on `server` (from [`inbound`](Self::inbound), say, when
-    /// the caller needs its address first) with the mesh's authorization
-    /// policy in front, until `shutdown` completes.
+    /// the caller needs its address first) with the mesh's server telemetry
+    /// ([`ServerTelemetryLayer`](crate::telemetry::ServerTelemetryLayer): metrics, a span continuing the caller's trace,
+    /// the access log when `MESH_ACCESS_LOG=json`, the peer's SPIFFE ID in both)
+    /// outermost, so refused requests are measured too, then the authorization
+    /// policy, until `shutdown` completes. Put the layer inside your router as
+    /// well to label requests with route templates; they are still recorded once.
     pub async fn serve_inbound<S, B, F>(&self, server: InboundServer, service: S, shutdown: F)
     where
         S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -214,14 +217,7 @@ impl Mesh {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        let service = self.limits.layer(service);
-        match &self.authz {
-            Some(policy) => {
-                let service = tower::Layer::layer(&AuthzLayer::new(policy.clone()), service);
-                server.serve(service, shutdown).await;
-            }
-            None => server.serve(service, shutdown).await,
-        }
+        self.inbound.serve(server, service, shutdown).await;
     }
 }
 

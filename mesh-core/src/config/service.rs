@@ -430,7 +430,6 @@ fn parse_health_path(v: &str) -> Result<Option<String>, &'static str> {
     }
 }
 
-
 /// The service's gRPC service config, parsed; what it cannot apply is logged.
 /// An invalid one is a problem naming the variable and the JSON field.
 fn grpc_service_config(l: &mut Lookup<'_>) -> Option<GrpcServiceConfig> {

@@ -1,6 +1,8 @@
 //! Trace context in and out of HTTP headers, and the bounded attribute values
 //! both directions share.
 
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::Context;
@@ -31,11 +33,23 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Writes `span`'s trace context (and the current baggage) into `headers` with
-/// the propagators `OTEL_PROPAGATORS` chose. Writes nothing when no tracer is
-/// installed and no context came in.
+/// Writes the trace context of the call being made into `headers` with the
+/// propagators `OTEL_PROPAGATORS` chose: `span`'s context when the mesh made a
+/// span for this call, otherwise the current OpenTelemetry context (the
+/// inbound request's, attached by the server layer, or the app's own span's).
+/// Writes nothing, and costs no propagator call, when there is no trace and no
+/// baggage to carry.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let cx = span.context();
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::trace::TraceContextExt;
+    let cx = if span.is_none() {
+        Context::current()
+    } else {
+        span.context()
+    };
+    if !cx.span().span_context().is_valid() && cx.baggage().is_empty() {
+        return;
+    }
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut HeaderInjector(headers))
     });
@@ -46,22 +60,112 @@ pub fn extract(headers: &HeaderMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
+/// [`extract`], skipped (an empty context) when `headers` has none of the
+/// fields the supported propagators read: most requests inside a service
+/// carry no trace context, and a propagator call is not free.
+pub fn extract_if_present(headers: &HeaderMap) -> Context {
+    const FIELDS: [&str; 4] = ["traceparent", "baggage", "b3", "x-b3-traceid"];
+    if FIELDS.iter().any(|f| headers.contains_key(*f)) {
+        extract(headers)
+    } else {
+        Context::new()
+    }
+}
+
 /// Makes the trace context a caller sent in `headers` the parent of `span` (an
 /// inbound request's server span). Without one, `span` starts a new trace.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &HeaderMap) {
-    let cx = extract(headers);
+    set_parent(span, extract(headers));
+}
+
+/// Makes `cx` (from [`extract`]) the parent of `span` when it carries a trace.
+pub fn set_parent(span: &tracing::Span, cx: Context) {
     use opentelemetry::trace::TraceContextExt;
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }
 }
 
-/// The trace ID of `span` as 32 hex digits, if it is part of a trace, for log lines.
+/// The trace ID of `span` as 32 hex digits, if it is part of a trace, for log
+/// lines. For a span the mesh did not make (`Span::none()`), the current
+/// OpenTelemetry context's.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
-    let cx = span.context();
+    let cx = if span.is_none() {
+        Context::current()
+    } else {
+        span.context()
+    };
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// Whether the mesh's layers make spans (see [`record_spans`]).
+const SPANS_AUTO: u8 = 0;
+const SPANS_ON: u8 = 1;
+const SPANS_OFF: u8 = 2;
+static SPAN_MODE: AtomicU8 = AtomicU8::new(SPANS_AUTO);
+/// Whether the sampler follows the parent's decision (`parentbased_*`).
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+
+/// Tells the mesh's layers whether to make spans for each call, attempt and
+/// inbound request.
+///
+/// A span costs microseconds (tracing-opentelemetry builds an OpenTelemetry
+/// span for it); without an exporter nobody sees it, so [`init`](super::init)
+/// turns spans on only when it starts a span exporter and its sampler can keep
+/// anything. With spans off the trace context is still carried: the server
+/// layer attaches the caller's context while the handler runs, and the client
+/// layer injects the current context, so traces pass through unbroken and log
+/// lines still carry the caller's trace ID. Apps that export spans with a
+/// tracer of their own, not through `init`, call `record_spans(true)`. Until
+/// either happens, spans are made whenever a `tracing` subscriber wants them.
+pub fn record_spans(on: bool) {
+    SPAN_MODE.store(if on { SPANS_ON } else { SPANS_OFF }, Ordering::Relaxed);
+}
+
+pub(crate) fn set_parent_based(parent_based: bool) {
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
+}
+
+/// Whether a mesh layer should make a span for a call whose parent is
+/// `parent` (the extracted caller's context inbound, the current context
+/// outbound). No, when spans are off, or when the sampler follows the parent
+/// and the parent was not sampled: that span would be dropped anyway.
+pub fn span_wanted(parent: &Context) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    match SPAN_MODE.load(Ordering::Relaxed) {
+        SPANS_OFF => false,
+        _ => {
+            if PARENT_BASED.load(Ordering::Relaxed) {
+                let span = parent.span();
+                let sc = span.span_context();
+                !sc.is_valid() || sc.is_sampled()
+            } else {
+                true
+            }
+        }
+    }
+}
+
+/// Whether a mesh layer should make a span for an outbound call or attempt
+/// starting now: [`span_wanted`] with the current context as parent.
+pub fn want_client_span() -> bool {
+    spans_on() && span_wanted(&Context::current())
+}
+
+/// Whether `cx` carries a trace (a valid span context) or baggage: something
+/// worth attaching while a handler runs.
+pub fn carries_context(cx: &Context) -> bool {
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::trace::TraceContextExt;
+    cx.span().span_context().is_valid() || !cx.baggage().is_empty()
+}
+
+/// Whether the mesh's layers make spans at all now (for callers that need no
+/// parent to decide).
+pub fn spans_on() -> bool {
+    SPAN_MODE.load(Ordering::Relaxed) != SPANS_OFF
 }
 
 /// `http.request.method` as the semantic conventions bound it: the known
@@ -79,6 +183,38 @@ pub fn method_label(method: &http::Method) -> &'static str {
         http::Method::TRACE => "TRACE",
         _ => "_OTHER",
     }
+}
+
+/// A small number for [`method_label`]'s value (0 for `_OTHER`), to key caches
+/// of metric handles without hashing strings.
+pub fn method_code(method: &http::Method) -> u8 {
+    match *method {
+        http::Method::GET => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::HEAD => 5,
+        http::Method::OPTIONS => 6,
+        http::Method::PATCH => 7,
+        http::Method::CONNECT => 8,
+        http::Method::TRACE => 9,
+        _ => 0,
+    }
+}
+
+/// The size of a body when it is known before it is read: the body's exact
+/// size hint (a buffered body, or hyper's from `Content-Length`), else the
+/// `Content-Length` header. `None` for bodies streamed without a length: body
+/// size metrics skip those rather than wrap every body to count its frames.
+pub fn body_size(headers: &HeaderMap, hint: &http_body::SizeHint) -> Option<u64> {
+    hint.exact().or_else(|| {
+        headers
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    })
 }
 
 /// `http.response.status_code` as a label value without allocating for the
@@ -124,6 +260,19 @@ mod tests {
         let weird = http::Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(method_label(&weird), "_OTHER");
         assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(method_code(&weird), 0);
+    }
+
+    #[test]
+    fn body_size_is_the_exact_hint_or_the_content_length() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            body_size(&headers, &http_body::SizeHint::with_exact(7)),
+            Some(7)
+        );
+        assert_eq!(body_size(&headers, &http_body::SizeHint::new()), None);
+        headers.insert(http::header::CONTENT_LENGTH, "42".parse().unwrap());
+        assert_eq!(body_size(&headers, &http_body::SizeHint::new()), Some(42));
     }
 
     #[test]

@@ -33,6 +33,8 @@
 
 mod context;
 mod error;
+pub mod handles;
+mod log_context;
 #[cfg(feature = "otlp")]
 pub mod metrics_bridge;
 mod otel_env;
@@ -48,8 +50,17 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
-pub use context::{extract, inject, method_label, set_parent_from_headers, status_label, trace_id};
+pub use context::{
+    body_size, carries_context, extract, extract_if_present, inject, method_code, method_label,
+    record_spans, set_parent, set_parent_from_headers, span_wanted, spans_on, status_label,
+    trace_id, want_client_span,
+};
 pub use error::TelemetryError;
+pub use handles::HandleCache;
+pub use log_context::{TraceIdFormat, TraceIds};
+/// The OpenTelemetry context (trace and baggage) a request carries, as
+/// [`extract`] returns it.
+pub use opentelemetry::Context as OtelContext;
 pub use otel_env::{
     MetricsExporterKind, OtelSettings, OtlpProtocol, OtlpTarget, PropagatorKind, SamplerKind,
 };
@@ -84,8 +95,9 @@ pub const SIZE_BUCKETS: [f64; 12] = [
 ];
 
 /// Sets telemetry up from `config` and the process's `OTEL_*` variables, and
-/// installs a default `tracing` subscriber (`RUST_LOG` filter, formatted lines,
-/// spans exported) unless the app installed one. Needs a tokio runtime.
+/// installs a default `tracing` subscriber (`RUST_LOG` filter, formatted lines
+/// ending in `trace_id=… span_id=…` inside a trace ([`TraceIdFormat`]), spans
+/// exported) unless the app installed one. Needs a tokio runtime.
 pub fn init(config: &MeshConfig) -> Result<TelemetryGuard, TelemetryError> {
     builder(config).init()
 }
@@ -148,6 +160,15 @@ impl TelemetryBuilder<'_> {
             guard.tracer = Some(provider.tracer("mesh"));
             guard.tracer_provider = Some(provider);
         }
+        // Spans only where someone will see them: an exporter is running and the
+        // sampler can keep something. Trace context is carried either way.
+        context::set_parent_based(matches!(
+            settings.sampler,
+            SamplerKind::ParentBasedAlwaysOn
+                | SamplerKind::ParentBasedAlwaysOff
+                | SamplerKind::ParentBasedTraceIdRatio(_)
+        ));
+        record_spans(guard.span_exporter && !matches!(settings.sampler, SamplerKind::AlwaysOff));
 
         if self.install_subscriber {
             install_subscriber(&guard);
@@ -299,7 +320,10 @@ fn install_subscriber(guard: &TelemetryGuard) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(TraceIdFormat::new(tracing_subscriber::fmt::format())),
+        )
         .with(guard.otel_layer())
         .try_init();
     if installed.is_err() {

@@ -32,6 +32,12 @@ pub fn propagator(kinds: &[PropagatorKind]) -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(list)
 }
 
+/// Makes [`propagator`]`(kinds)` the process's propagator (what
+/// [`init`](super::init) does from `OTEL_PROPAGATORS`).
+pub fn install(kinds: &[PropagatorKind]) {
+    opentelemetry::global::set_text_map_propagator(propagator(kinds));
+}
+
 /// Zipkin B3 propagation, single-header (`b3: {trace}-{span}-{sampled}`) or
 /// multi-header (`X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`). Extraction
 /// accepts both forms either way.

@@ -47,7 +47,7 @@ pub use authz::{Authz, AuthzLayer};
 pub use options::InboundOptions;
 pub use peer::{MissingPeerIdentity, PeerIdentity};
 pub use readiness::{Readiness, ReadinessStatus};
-pub(crate) use stack::InboundLimiters;
+pub(crate) use stack::InboundStack;
 
 /// Wait after an accept error such as EMFILE, so a full file table does not
 /// turn the accept loop into a busy loop: 5 ms doubling up to one second.

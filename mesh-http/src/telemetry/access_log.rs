@@ -3,8 +3,9 @@
 //! Fields: `ts` (Unix seconds), `method` and `route` (bounded, as in metrics),
 //! `path` (the raw path: a log may carry it, a metric label may not), `status`
 //! (absent when the service failed without a response), `duration_ms`, `peer`
-//! (the socket address, when axum's `ConnectInfo` is available), `trace_id`
-//! (to find the request's trace).
+//! (the socket address, when axum's `ConnectInfo` is available),
+//! `peer_identity` (the caller's SPIFFE ID, behind the mesh's mTLS listener),
+//! `trace_id` (to find the request's trace).
 
 use std::fmt;
 use std::io::Write;
@@ -56,6 +57,7 @@ pub(crate) struct AccessLogLine<'a> {
     pub(crate) status: Option<u16>,
     pub(crate) duration: Duration,
     pub(crate) peer: Option<SocketAddr>,
+    pub(crate) peer_identity: Option<&'a str>,
     pub(crate) trace_id: Option<&'a str>,
 }
 
@@ -78,6 +80,9 @@ impl AccessLogLine<'_> {
         }
         if let Some(peer) = self.peer {
             obj.insert("peer".into(), peer.to_string().into());
+        }
+        if let Some(identity) = self.peer_identity {
+            obj.insert("peer_identity".into(), identity.into());
         }
         if let Some(trace_id) = self.trace_id {
             obj.insert("trace_id".into(), trace_id.into());

@@ -3,20 +3,27 @@
 //! which carries the trace context to the server).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use http_body::Body;
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
 use mesh_core::metric_names::{
-    label, ATTEMPTS, ATTEMPT_DURATION, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_DURATION,
+    label, ATTEMPTS, ATTEMPT_DURATION, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_BODY_SIZE,
+    HTTP_CLIENT_REQUEST_DURATION, HTTP_CLIENT_RESPONSE_BODY_SIZE,
 };
-use mesh_core::telemetry::{inject, method_label, status_label};
-use metrics::{Label, SharedString};
+use mesh_core::telemetry::{
+    body_size, inject, method_code, method_label, status_label, want_client_span, HandleCache,
+};
+use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
+use tracing::Span;
 
 use crate::error::{BoxError, Error};
 
@@ -26,16 +33,78 @@ use crate::error::{BoxError, Error};
 /// Labels stay bounded: the method (unknown ones become `_OTHER`), the logical
 /// service name as `server.address`, the port, the status code and a fixed
 /// `error.type` word; never the path.
+///
+/// `http.client.request.body.size` and `http.client.response.body.size` are
+/// recorded for bodies whose length is known when the call starts or the
+/// response headers arrive (exact size hint or `Content-Length`); bodies
+/// streamed without a length are not counted, which keeps the layer from
+/// wrapping every body.
+///
+/// Metric handles are resolved once per label combination and shared by every
+/// clone of the layer, so a call records into atomics without building keys.
 #[derive(Debug, Clone)]
 pub struct ClientTelemetryLayer {
+    handles: Arc<ClientHandles>,
+}
+
+/// Metric handles of one logical service, by bounded label values.
+#[derive(Debug)]
+struct ClientHandles {
     service: SharedString,
+    /// By method and port.
+    active: HandleCache<u32, Gauge>,
+    /// By [`CallKey`].
+    call: HandleCache<u64, CallHandles>,
+}
+
+/// The histograms one finished call records into.
+#[derive(Clone)]
+struct CallHandles {
+    duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+/// `error.type` of a finished call, as a small number for the cache key.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// A response that is not an error.
+    Ok,
+    /// A 4xx or 5xx response: `error.type` is its status code.
+    Status,
+    /// No response: `error.type` is this word.
+    Failed(&'static str),
+}
+
+const ERROR_WORDS: [&str; 5] = [
+    "timeout",
+    "connect",
+    "no_endpoint",
+    "unknown_service",
+    "_OTHER",
+];
+
+/// Packs method, port, status and outcome into one word: the cache key.
+fn call_key(method: u8, port: u16, status: u16, outcome: Outcome) -> u64 {
+    let outcome = match outcome {
+        Outcome::Ok => 0,
+        Outcome::Status => 1,
+        Outcome::Failed(word) => {
+            2 + ERROR_WORDS.iter().position(|w| *w == word).unwrap_or(4) as u64
+        }
+    };
+    u64::from(method) | u64::from(port) << 8 | u64::from(status) << 24 | outcome << 40
 }
 
 impl ClientTelemetryLayer {
     /// Telemetry for calls to the logical service `service`.
     pub fn new(service: &str) -> Self {
         ClientTelemetryLayer {
-            service: SharedString::from_owned(service.to_string()),
+            handles: Arc::new(ClientHandles {
+                service: SharedString::from_owned(service.to_string()),
+                active: HandleCache::new(),
+                call: HandleCache::new(),
+            }),
         }
     }
 }
@@ -46,7 +115,7 @@ impl<S> tower::Layer<S> for ClientTelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ClientTelemetry {
             inner,
-            service: self.service.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -55,7 +124,66 @@ impl<S> tower::Layer<S> for ClientTelemetryLayer {
 #[derive(Debug, Clone)]
 pub struct ClientTelemetry<S> {
     inner: S,
-    service: SharedString,
+    handles: Arc<ClientHandles>,
+}
+
+impl ClientHandles {
+    fn base_labels(&self, method: &'static str, port: u16) -> Vec<Label> {
+        vec![
+            Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
+            Label::new(label::SERVER_ADDRESS, self.service.clone()),
+            Label::new(label::SERVER_PORT, port_label(port)),
+        ]
+    }
+
+    fn active(&self, method: &'static str, code: u8, port: u16) -> Gauge {
+        self.active
+            .get(&(u32::from(code) | u32::from(port) << 8), |_| {
+                metrics::gauge!(
+                    HTTP_CLIENT_ACTIVE_REQUESTS.name,
+                    self.base_labels(method, port)
+                )
+            })
+    }
+
+    fn call(
+        &self,
+        method: &'static str,
+        code: u8,
+        port: u16,
+        status: Option<http::StatusCode>,
+        outcome: Outcome,
+        record: impl FnOnce(&CallHandles),
+    ) {
+        let key = call_key(code, port, status.map_or(0, |s| s.as_u16()), outcome);
+        let make = |_: &u64| {
+            let mut labels = self.base_labels(method, port);
+            if let Some(status) = status {
+                labels.push(Label::new(
+                    label::HTTP_RESPONSE_STATUS_CODE,
+                    status_label(status),
+                ));
+            }
+            match (outcome, status) {
+                (Outcome::Status, Some(status)) => {
+                    labels.push(Label::new(label::ERROR_TYPE, status_label(status)))
+                }
+                (Outcome::Failed(word), _) => {
+                    labels.push(Label::from_static_parts(label::ERROR_TYPE, word))
+                }
+                _ => {}
+            }
+            CallHandles {
+                duration: metrics::histogram!(HTTP_CLIENT_REQUEST_DURATION.name, labels.clone()),
+                request_size: metrics::histogram!(
+                    HTTP_CLIENT_REQUEST_BODY_SIZE.name,
+                    labels.clone()
+                ),
+                response_size: metrics::histogram!(HTTP_CLIENT_RESPONSE_BODY_SIZE.name, labels),
+            }
+        };
+        self.call.with(&key, make, record)
+    }
 }
 
 fn port_label(port: u16) -> SharedString {
@@ -67,7 +195,7 @@ fn port_label(port: u16) -> SharedString {
 }
 
 /// Decrements the active-requests gauge however the call ends (dropped included).
-struct ActiveGuard(metrics::Gauge);
+struct ActiveGuard(Gauge);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -79,6 +207,8 @@ impl<S, B, RB> tower::Service<Request<B>> for ClientTelemetry<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
+    B: Body,
+    RB: Body,
 {
     type Response = Response<RB>;
     type Error = BoxError;
@@ -90,6 +220,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let method = method_label(request.method());
+        let code = method_code(request.method());
         let port = request.uri().port_u16().unwrap_or(
             if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
                 443
@@ -97,23 +228,26 @@ where
                 80
             },
         );
-        let span = tracing::info_span!(
-            "http.client.call",
-            otel.name = method,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            http.request.method = method,
-            server.address = &*self.service,
-            server.port = port,
-            http.response.status_code = Empty,
-            error.type = Empty,
-        );
-        let labels = vec![
-            Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
-            Label::new(label::SERVER_ADDRESS, self.service.clone()),
-            Label::new(label::SERVER_PORT, port_label(port)),
-        ];
-        let active = metrics::gauge!(HTTP_CLIENT_ACTIVE_REQUESTS.name, labels.clone());
+        let request_size = body_size(request.headers(), &request.body().size_hint());
+        // A span only when someone will record it: building one costs
+        // microseconds. Without it the current trace context still reaches the
+        // attempt layer, which injects it.
+        let span = if want_client_span() {
+            tracing::info_span!(
+                "http.client.call",
+                otel.name = method,
+                otel.kind = "client",
+                otel.status_code = Empty,
+                http.request.method = method,
+                server.address = &*self.handles.service,
+                server.port = port,
+                http.response.status_code = Empty,
+                error.type = Empty,
+            )
+        } else {
+            Span::none()
+        };
+        let active = self.handles.active(method, code, port);
         active.increment(1.0);
         let future = {
             // Entered while the inner stack builds its future, so the attempt
@@ -124,7 +258,11 @@ where
         CallFuture {
             inner: future.instrument(span),
             start: Instant::now(),
-            labels,
+            handles: self.handles.clone(),
+            method,
+            code,
+            port,
+            request_size,
             _active: ActiveGuard(active),
         }
     }
@@ -136,7 +274,11 @@ pin_project! {
         #[pin]
         inner: Instrumented<F>,
         start: Instant,
-        labels: Vec<Label>,
+        handles: Arc<ClientHandles>,
+        method: &'static str,
+        code: u8,
+        port: u16,
+        request_size: Option<u64>,
         _active: ActiveGuard,
     }
 }
@@ -165,6 +307,7 @@ impl<F, RB, E> Future for CallFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
     E: Into<BoxError>,
+    RB: Body,
 {
     type Output = Result<Response<RB>, BoxError>;
 
@@ -174,32 +317,47 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result.map_err(Into::into),
         };
+        let elapsed = this.start.elapsed().as_secs_f64();
         let span = this.inner.span();
-        let mut labels = std::mem::take(this.labels);
-        match &result {
+        let (status, outcome, response_size) = match &result {
             Ok(response) => {
                 let status = response.status();
                 span.record("http.response.status_code", status.as_u16());
-                labels.push(Label::new(
-                    label::HTTP_RESPONSE_STATUS_CODE,
-                    status_label(status),
-                ));
                 // For a client every 4xx and 5xx is an error of the call.
-                if status.is_client_error() || status.is_server_error() {
+                let outcome = if status.is_client_error() || status.is_server_error() {
                     span.record("error.type", status.as_str());
                     span.record("otel.status_code", "ERROR");
-                    labels.push(Label::new(label::ERROR_TYPE, status_label(status)));
-                }
+                    Outcome::Status
+                } else {
+                    Outcome::Ok
+                };
+                let size = body_size(response.headers(), &response.body().size_hint());
+                (Some(status), outcome, size)
             }
             Err(error) => {
                 let kind = error_type(error);
                 span.record("error.type", kind);
                 span.record("otel.status_code", "ERROR");
-                labels.push(Label::from_static_parts(label::ERROR_TYPE, kind));
+                (None, Outcome::Failed(kind), None)
             }
-        }
-        metrics::histogram!(HTTP_CLIENT_REQUEST_DURATION.name, labels)
-            .record(this.start.elapsed().as_secs_f64());
+        };
+        let request_size = *this.request_size;
+        this.handles.call(
+            this.method,
+            *this.code,
+            *this.port,
+            status,
+            outcome,
+            |handles| {
+                handles.duration.record(elapsed);
+                if let Some(size) = request_size {
+                    handles.request_size.record(size as f64);
+                }
+                if let Some(size) = response_size {
+                    handles.response_size.record(size as f64);
+                }
+            },
+        );
         Poll::Ready(result)
     }
 }
@@ -211,14 +369,28 @@ where
 /// per endpoint that answered.
 #[derive(Debug, Clone)]
 pub struct AttemptTelemetryLayer {
+    handles: Arc<AttemptHandles>,
+}
+
+/// Metric handles of one service's attempts.
+#[derive(Debug)]
+struct AttemptHandles {
     service: SharedString,
+    /// By outcome: `ok` (true) or `error`.
+    attempts: HandleCache<bool, metrics::Counter>,
+    /// By the endpoint that answered (bounded by the endpoint set).
+    duration: HandleCache<SocketAddr, Histogram>,
 }
 
 impl AttemptTelemetryLayer {
     /// Attempt telemetry for the logical service `service`.
     pub fn new(service: &str) -> Self {
         AttemptTelemetryLayer {
-            service: SharedString::from_owned(service.to_string()),
+            handles: Arc::new(AttemptHandles {
+                service: SharedString::from_owned(service.to_string()),
+                attempts: HandleCache::new(),
+                duration: HandleCache::new(),
+            }),
         }
     }
 }
@@ -229,7 +401,7 @@ impl<S> tower::Layer<S> for AttemptTelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AttemptTelemetry {
             inner,
-            service: self.service.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -238,7 +410,7 @@ impl<S> tower::Layer<S> for AttemptTelemetryLayer {
 #[derive(Debug, Clone)]
 pub struct AttemptTelemetry<S> {
     inner: S,
-    service: SharedString,
+    handles: Arc<AttemptHandles>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for AttemptTelemetry<S>
@@ -254,22 +426,28 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let method = method_label(request.method());
-        // Endpoints earlier attempts used: this attempt's resend count.
-        let resends = request
-            .extensions()
-            .get::<TriedEndpoints>()
-            .map_or(0, |t| t.0.len());
-        let span = tracing::info_span!(
-            "http.client.attempt",
-            otel.name = method,
-            otel.kind = "client",
-            http.request.method = method,
-            http.request.resend_count = resends,
-            network.peer.address = Empty,
-            network.peer.port = Empty,
-            http.response.status_code = Empty,
-        );
+        let span = if want_client_span() {
+            let method = method_label(request.method());
+            // Endpoints earlier attempts used: this attempt's resend count.
+            let resends = request
+                .extensions()
+                .get::<TriedEndpoints>()
+                .map_or(0, |t| t.0.len());
+            tracing::info_span!(
+                "http.client.attempt",
+                otel.name = method,
+                otel.kind = "client",
+                http.request.method = method,
+                http.request.resend_count = resends,
+                network.peer.address = Empty,
+                network.peer.port = Empty,
+                http.response.status_code = Empty,
+            )
+        } else {
+            Span::none()
+        };
+        // With no span of ours, the current context (the call span's, the
+        // app's, or the inbound request's) is what the server continues.
         inject(&span, request.headers_mut());
         let future = {
             let _entered = span.enter();
@@ -278,7 +456,7 @@ where
         AttemptFuture {
             inner: future.instrument(span),
             start: Instant::now(),
-            service: self.service.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -289,7 +467,7 @@ pin_project! {
         #[pin]
         inner: Instrumented<F>,
         start: Instant,
-        service: SharedString,
+        handles: Arc<AttemptHandles>,
     }
 }
 
@@ -308,34 +486,42 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let result = std::task::ready!(this.inner.as_mut().poll(cx));
-        let outcome = match &result {
+        let handles = &**this.handles;
+        let ok = match &result {
             Ok(response) => {
                 let span = this.inner.span();
                 span.record("http.response.status_code", response.status().as_u16());
                 if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
                     span.record("network.peer.address", tracing::field::display(addr.ip()));
                     span.record("network.peer.port", addr.port());
-                    metrics::histogram!(
-                        ATTEMPT_DURATION.name,
-                        label::SERVICE => this.service.clone(),
-                        label::ENDPOINT => addr.to_string(),
-                    )
-                    .record(this.start.elapsed().as_secs_f64());
+                    let elapsed = this.start.elapsed().as_secs_f64();
+                    handles.duration.with(
+                        addr,
+                        |addr| {
+                            metrics::histogram!(
+                                ATTEMPT_DURATION.name,
+                                label::SERVICE => handles.service.clone(),
+                                label::ENDPOINT => addr.to_string(),
+                            )
+                        },
+                        |h| h.record(elapsed),
+                    );
                 }
-                if response.status().is_server_error() {
-                    "error"
-                } else {
-                    "ok"
-                }
+                !response.status().is_server_error()
             }
-            Err(_) => "error",
+            Err(_) => false,
         };
-        metrics::counter!(
-            ATTEMPTS.name,
-            label::SERVICE => this.service.clone(),
-            label::OUTCOME => outcome,
-        )
-        .increment(1);
+        handles.attempts.with(
+            &ok,
+            |ok| {
+                metrics::counter!(
+                    ATTEMPTS.name,
+                    label::SERVICE => handles.service.clone(),
+                    label::OUTCOME => if *ok { "ok" } else { "error" },
+                )
+            },
+            |c| c.increment(1),
+        );
         Poll::Ready(result)
     }
 }

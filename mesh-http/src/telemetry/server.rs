@@ -1,24 +1,36 @@
 //! Inbound telemetry for any axum router (or any `tower::Service` of HTTP
-//! requests): `http.server.request.duration`, `http.server.active_requests`, a
-//! server span that continues the caller's trace, and the access log line.
+//! requests): `http.server.request.duration`, `http.server.active_requests`,
+//! body sizes, a server span that continues the caller's trace (or, with spans
+//! off, the caller's trace context attached while the handler runs), and the
+//! access log line.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response};
+use http_body::Body;
 use mesh_core::config::{AccessLog, MeshConfig};
-use mesh_core::metric_names::{label, HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_DURATION};
-use mesh_core::telemetry::{method_label, set_parent_from_headers, status_label, trace_id};
-use metrics::{Label, SharedString};
+use mesh_core::metric_names::{
+    label, HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_BODY_SIZE,
+    HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
+};
+use mesh_core::telemetry::{
+    body_size, carries_context, extract_if_present, method_code, method_label, set_parent,
+    span_wanted, spans_on, status_label, trace_id, HandleCache, OtelContext,
+};
+use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
+use tracing::Span;
 
 use super::access_log::{AccessLogLine, AccessLogSink};
+use crate::server::PeerIdentity;
 
 /// The `http.route` value when the layer sits outside the router, or the request
 /// matched no route: one fixed word, so unmatched paths cannot mint series.
@@ -29,6 +41,20 @@ pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 /// Put it inside the router with `Router::layer` so `http.route` is the matched
 /// route template (`/users/{id}`); outside the router every request gets
 /// [`UNMATCHED_ROUTE`], never the raw path.
+///
+/// The peer's SPIFFE ID ([`PeerIdentity`], set by the mesh's inbound server)
+/// goes into the access log (`peer_identity`) and the span
+/// (`mesh.peer.identity`), not into metric labels: identities are bounded per
+/// mesh, but a label per calling workload multiplies every series.
+///
+/// Layered twice — [`Mesh::serve`](crate::Mesh::serve) applies it around the
+/// whole service, and an app may also put it inside its router for route
+/// templates — the request is recorded once: the inner layer only tells the
+/// outer one the matched route.
+///
+/// Body sizes (`http.server.request.body.size`, `http.server.response.body.size`)
+/// are recorded for bodies whose length is known up front (exact size hint or
+/// `Content-Length`); bodies streamed without a length are not counted.
 ///
 /// ```no_run
 /// # fn app() -> axum::Router {
@@ -42,6 +68,40 @@ pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 pub struct ServerTelemetryLayer {
     access_log: Option<AccessLogSink>,
     scheme: Scheme,
+    handles: Arc<ServerHandles>,
+}
+
+/// Metric handles resolved once per label combination, shared by every clone.
+#[derive(Debug, Default)]
+struct ServerHandles {
+    /// By method code (the scheme is the layer's).
+    active: HandleCache<u8, Gauge>,
+    /// By route template, then by [`finish_key`].
+    routes: HandleCache<String, Arc<RouteHandles>>,
+}
+
+#[derive(Debug)]
+struct RouteHandles {
+    route: SharedString,
+    finished: HandleCache<u64, FinishedHandles>,
+}
+
+/// The histograms one finished request records into.
+#[derive(Clone)]
+struct FinishedHandles {
+    duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+/// Put on a request by the outermost server layer; an inner one (inside the
+/// router) fills in the matched route instead of recording the request again.
+#[derive(Clone, Debug, Default)]
+struct RouteSlot(Arc<std::sync::OnceLock<Box<str>>>);
+
+/// Method and status (0 when the service failed): the rest of the labels.
+fn finish_key(method: u8, status: u16) -> u64 {
+    u64::from(method) | u64::from(status) << 8
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,6 +145,8 @@ impl ServerTelemetryLayer {
     /// Labels requests `url.scheme="https"` (behind the mesh's TLS listener).
     pub fn https(mut self) -> Self {
         self.scheme = Scheme::Https;
+        // Handles carry the scheme label: start from a fresh set.
+        self.handles = Arc::default();
         self
     }
 }
@@ -97,6 +159,7 @@ impl<S> tower::Layer<S> for ServerTelemetryLayer {
             inner,
             access_log: self.access_log.clone(),
             scheme: self.scheme,
+            handles: self.handles.clone(),
         }
     }
 }
@@ -107,10 +170,11 @@ pub struct ServerTelemetry<S> {
     inner: S,
     access_log: Option<AccessLogSink>,
     scheme: Scheme,
+    handles: Arc<ServerHandles>,
 }
 
 /// Decrements the active-requests gauge however the request ends.
-struct ActiveGuard(metrics::Gauge);
+struct ActiveGuard(Gauge);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -123,11 +187,14 @@ struct Pending {
     sink: AccessLogSink,
     path: String,
     peer: Option<SocketAddr>,
+    peer_identity: Option<String>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for ServerTelemetry<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
+    B: Body,
+    RB: Body,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -137,30 +204,62 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Some(slot) = request.extensions().get::<RouteSlot>() {
+            // An outer server layer records this request; tell it the route.
+            if let Some(matched) = request.extensions().get::<MatchedPath>() {
+                let _ = slot.0.set(matched.as_str().into());
+            }
+            return ServerFuture {
+                inner: self.inner.call(request).instrument(Span::none()),
+                attach: None,
+                record: None,
+            };
+        }
+        let slot = RouteSlot::default();
+        request.extensions_mut().insert(slot.clone());
         let method = method_label(request.method());
-        let route: SharedString = match request.extensions().get::<MatchedPath>() {
-            Some(matched) => SharedString::from_owned(matched.as_str().to_string()),
-            None => SharedString::const_str(UNMATCHED_ROUTE),
-        };
+        let code = method_code(request.method());
         let scheme = self.scheme.as_str();
-        let span = tracing::info_span!(
-            "http.server",
-            otel.name = %format_args!("{method} {route}"),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            http.request.method = method,
-            http.route = &*route,
-            url.scheme = scheme,
-            http.response.status_code = Empty,
-            error.type = Empty,
-        );
-        set_parent_from_headers(&span, request.headers());
-        let active = metrics::gauge!(
-            HTTP_SERVER_ACTIVE_REQUESTS.name,
-            label::HTTP_REQUEST_METHOD => method,
-            label::URL_SCHEME => scheme,
-        );
+        let route_name = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED_ROUTE, |m| m.as_str());
+        let route = route_handles(&self.handles, route_name);
+        let peer_identity = request.extensions().get::<PeerIdentity>();
+        let request_size = body_size(request.headers(), &request.body().size_hint());
+
+        // The caller's trace context: the parent of our span, or, when we make
+        // none, attached while the handler runs so its logs, its own spans and
+        // its outbound calls continue the caller's trace.
+        let parent = extract_if_present(request.headers());
+        let (span, attach) = if spans_on() && span_wanted(&parent) {
+            let span = tracing::info_span!(
+                "http.server",
+                otel.name = %format_args!("{method} {}", &*route.route),
+                otel.kind = "server",
+                otel.status_code = Empty,
+                http.request.method = method,
+                http.route = &*route.route,
+                url.scheme = scheme,
+                http.response.status_code = Empty,
+                error.type = Empty,
+                mesh.peer.identity = peer_identity.map(|p| tracing::field::display(&p.0)),
+            );
+            set_parent(&span, parent);
+            (span, None)
+        } else {
+            let attach = carries_context(&parent).then_some(parent);
+            (Span::none(), attach)
+        };
+
+        let active = self.handles.active.get(&code, |_| {
+            metrics::gauge!(
+                HTTP_SERVER_ACTIVE_REQUESTS.name,
+                label::HTTP_REQUEST_METHOD => method,
+                label::URL_SCHEME => scheme,
+            )
+        });
         active.increment(1.0);
         let pending = self.access_log.clone().map(|sink| Pending {
             sink,
@@ -169,20 +268,30 @@ where
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0),
+            peer_identity: peer_identity.map(|p| p.0.to_string()),
         });
         let future = {
-            // Entered while the app builds its future, so its spans are children.
+            // Entered (or the caller's context attached) while the app builds
+            // its future, so what it starts there is a child too.
             let _entered = span.enter();
+            let _attached = attach.as_ref().map(|cx| cx.clone().attach());
             self.inner.call(request)
         };
         ServerFuture {
             inner: future.instrument(span),
-            start: Instant::now(),
-            method,
-            route,
-            scheme,
-            pending,
-            _active: ActiveGuard(active),
+            attach,
+            record: Some(Record {
+                start: Instant::now(),
+                method,
+                code,
+                scheme,
+                route,
+                slot,
+                handles: self.handles.clone(),
+                request_size,
+                pending,
+                _active: ActiveGuard(active),
+            }),
         }
     }
 }
@@ -192,13 +301,37 @@ pin_project! {
     pub struct ServerFuture<F> {
         #[pin]
         inner: Instrumented<F>,
-        start: Instant,
-        method: &'static str,
-        route: SharedString,
-        scheme: &'static str,
-        pending: Option<Pending>,
-        _active: ActiveGuard,
+        attach: Option<OtelContext>,
+        // `None` when an outer server layer records the request.
+        record: Option<Record>,
     }
+}
+
+/// What the outermost layer needs to record a finished request.
+struct Record {
+    start: Instant,
+    method: &'static str,
+    code: u8,
+    scheme: &'static str,
+    route: Arc<RouteHandles>,
+    slot: RouteSlot,
+    handles: Arc<ServerHandles>,
+    request_size: Option<u64>,
+    pending: Option<Pending>,
+    _active: ActiveGuard,
+}
+
+fn route_handles(handles: &ServerHandles, name: &str) -> Arc<RouteHandles> {
+    handles.routes.get(name, |name| {
+        Arc::new(RouteHandles {
+            route: if name == UNMATCHED_ROUTE {
+                SharedString::const_str(UNMATCHED_ROUTE)
+            } else {
+                SharedString::from_owned(name.to_string())
+            },
+            finished: HandleCache::new(),
+        })
+    })
 }
 
 impl<F> std::fmt::Debug for ServerFuture<F> {
@@ -210,55 +343,162 @@ impl<F> std::fmt::Debug for ServerFuture<F> {
 impl<F, RB, E> Future for ServerFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
+    RB: Body,
 {
     type Output = Result<Response<RB>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
         let result = std::task::ready!(this.inner.as_mut().poll(cx));
-        let elapsed = this.start.elapsed();
+        let Some(mut record) = this.record.take() else {
+            return Poll::Ready(result);
+        };
+        let elapsed = record.start.elapsed();
         let span = this.inner.span();
-        let mut labels = vec![
-            Label::from_static_parts(label::HTTP_REQUEST_METHOD, this.method),
-            Label::new(label::HTTP_ROUTE, this.route.clone()),
-            Label::from_static_parts(label::URL_SCHEME, this.scheme),
-        ];
-        let status = match &result {
+        if let Some(name) = record.slot.0.get() {
+            // An inner layer saw the route the router matched.
+            record.route = route_handles(&record.handles, name);
+            span.record("http.route", &**name);
+            span.record(
+                "otel.name",
+                tracing::field::display(format_args!("{} {name}", record.method)),
+            );
+        }
+        let (status, response_size) = match &result {
             Ok(response) => {
                 let status = response.status();
                 span.record("http.response.status_code", status.as_u16());
-                labels.push(Label::new(
-                    label::HTTP_RESPONSE_STATUS_CODE,
-                    status_label(status),
-                ));
                 // For a server only 5xx is its own failure; 4xx is the caller's.
                 if status.is_server_error() {
                     span.record("error.type", status.as_str());
                     span.record("otel.status_code", "ERROR");
-                    labels.push(Label::new(label::ERROR_TYPE, status_label(status)));
                 }
-                Some(status.as_u16())
+                let size = body_size(response.headers(), &response.body().size_hint());
+                (Some(status), size)
             }
             Err(_) => {
                 span.record("error.type", "_OTHER");
                 span.record("otel.status_code", "ERROR");
-                labels.push(Label::from_static_parts(label::ERROR_TYPE, "_OTHER"));
-                None
+                (None, None)
             }
         };
-        metrics::histogram!(HTTP_SERVER_REQUEST_DURATION.name, labels)
-            .record(elapsed.as_secs_f64());
-        if let Some(pending) = this.pending.take() {
+        let (method, scheme, route) = (record.method, record.scheme, &*record.route);
+        let make = |_: &u64| {
+            let mut labels = vec![
+                Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
+                Label::new(label::HTTP_ROUTE, route.route.clone()),
+                Label::from_static_parts(label::URL_SCHEME, scheme),
+            ];
+            match status {
+                Some(status) => {
+                    labels.push(Label::new(
+                        label::HTTP_RESPONSE_STATUS_CODE,
+                        status_label(status),
+                    ));
+                    if status.is_server_error() {
+                        labels.push(Label::new(label::ERROR_TYPE, status_label(status)));
+                    }
+                }
+                None => labels.push(Label::from_static_parts(label::ERROR_TYPE, "_OTHER")),
+            }
+            FinishedHandles {
+                duration: metrics::histogram!(HTTP_SERVER_REQUEST_DURATION.name, labels.clone()),
+                request_size: metrics::histogram!(
+                    HTTP_SERVER_REQUEST_BODY_SIZE.name,
+                    labels.clone()
+                ),
+                response_size: metrics::histogram!(HTTP_SERVER_RESPONSE_BODY_SIZE.name, labels),
+            }
+        };
+        let request_size = record.request_size;
+        let key = finish_key(record.code, status.map_or(0, |s| s.as_u16()));
+        route.finished.with(&key, make, |handles| {
+            handles.duration.record(elapsed.as_secs_f64());
+            if let Some(size) = request_size {
+                handles.request_size.record(size as f64);
+            }
+            if let Some(size) = response_size {
+                handles.response_size.record(size as f64);
+            }
+        });
+        if let Some(pending) = record.pending.take() {
             pending.sink.write(&AccessLogLine {
-                method: this.method,
-                route: this.route,
+                method,
+                route: &route.route,
                 path: &pending.path,
-                status,
+                status: status.map(|s| s.as_u16()),
                 duration: elapsed,
                 peer: pending.peer,
+                peer_identity: pending.peer_identity.as_deref(),
                 trace_id: trace_id(span).as_deref(),
             });
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use axum::Router;
+    use parking_lot::Mutex;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    fn captured() -> (AccessLogSink, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink_lines = lines.clone();
+        let sink = AccessLogSink::new(move |line| sink_lines.lock().push(line.to_string()));
+        (sink, lines)
+    }
+
+    #[tokio::test]
+    async fn nested_layers_log_once_with_the_route_and_peer_identity() {
+        let (sink, lines) = captured();
+        let router = Router::new()
+            .route("/users/{id}", get(|| async { "hi" }))
+            .layer(ServerTelemetryLayer::new());
+        let app = ServerTelemetryLayer::new().access_log(sink).layer(router);
+        let peer: mesh_core::identity::SpiffeId =
+            "spiffe://example.org/ns/prod/sa/web".parse().unwrap();
+        let mut request = Request::get("/users/42")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(PeerIdentity(peer));
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+
+        let lines = lines.lock();
+        assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(line["route"], "/users/{id}");
+        assert_eq!(line["path"], "/users/42");
+        assert_eq!(line["peer_identity"], "spiffe://example.org/ns/prod/sa/web");
+    }
+
+    #[tokio::test]
+    async fn the_callers_trace_id_reaches_the_access_log_without_spans() {
+        mesh_core::telemetry::record_spans(false);
+        mesh_core::telemetry::propagation::install(&[
+            mesh_core::telemetry::PropagatorKind::TraceContext,
+        ]);
+        let (sink, lines) = captured();
+        let app = ServerTelemetryLayer::new()
+            .access_log(sink)
+            .layer(Router::new().route("/", get(|| async { "hi" })));
+        let request = Request::get("/")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.oneshot(request).await.unwrap();
+        let line: serde_json::Value = serde_json::from_str(&lines.lock()[0]).unwrap();
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

@@ -1,0 +1,235 @@
+//! Metric handles resolved once per label combination, so the request path
+//! records into an atomic instead of building a key, hashing labels and looking
+//! the series up in the recorder's registry on every request.
+//!
+//! Readers take no lock: the map is an immutable snapshot behind an `ArcSwap`,
+//! replaced (copied with the new entry) under a mutex the first time a label
+//! combination is seen. Label values are bounded by design (metric_names.rs),
+//! so the map stops changing after warm-up; a hard cap still keeps a bug that
+//! mints values from growing it: past the cap handles are resolved per use.
+//!
+//! The `metrics` facade has one global recorder, but tests (and some apps) set
+//! a thread-local one for a while. A cached handle belongs to the recorder that
+//! made it, so the snapshot remembers which recorder that was and starts over
+//! when another one is in force.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+/// Label combinations one cache holds at most; beyond it, handles are resolved
+/// per use (correct, only slower).
+pub const MAX_CACHED_SERIES: usize = 4096;
+
+/// A cache of metric handles (`metrics::Counter`, `Histogram`, `Gauge`, or a
+/// struct of them) keyed by the bounded label values that pick the series.
+pub struct HandleCache<K, V> {
+    snapshot: ArcSwap<Snapshot<K, V>>,
+    write: Mutex<()>,
+}
+
+struct Snapshot<K, V> {
+    /// The recorder the handles were made by (its address), see the module docs.
+    recorder: usize,
+    map: HashMap<K, V, BuildHasherDefault<FxHasher>>,
+}
+
+impl<K, V> Default for HandleCache<K, V> {
+    fn default() -> Self {
+        HandleCache {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                recorder: 0,
+                map: HashMap::default(),
+            }),
+            write: Mutex::new(()),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for HandleCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleCache")
+            .field("series", &self.snapshot.load().map.len())
+            .finish()
+    }
+}
+
+/// Which recorder is in force on this thread now (local, global or no-op).
+fn current_recorder() -> usize {
+    metrics::with_recorder(|r| r as *const dyn metrics::Recorder as *const () as usize)
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> HandleCache<K, V> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls `use_it` with the handle for `key`, making it with `make` the first
+    /// time `key` is seen under the current recorder.
+    pub fn with<Q, R>(&self, key: &Q, make: impl FnOnce(&Q) -> V, use_it: impl FnOnce(&V) -> R) -> R
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
+    {
+        let recorder = current_recorder();
+        {
+            let snapshot = self.snapshot.load();
+            if snapshot.recorder == recorder {
+                if let Some(handle) = snapshot.map.get(key) {
+                    return use_it(handle);
+                }
+            }
+        }
+        let handle = make(key);
+        self.insert(recorder, key, &handle);
+        use_it(&handle)
+    }
+
+    /// The handle for `key`, cloned (an `Arc` increment), for handles a future
+    /// keeps until it completes.
+    pub fn get<Q>(&self, key: &Q, make: impl FnOnce(&Q) -> V) -> V
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
+    {
+        self.with(key, make, V::clone)
+    }
+
+    fn insert<Q>(&self, recorder: usize, key: &Q, handle: &V)
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
+    {
+        let _write = self.write.lock();
+        let current = self.snapshot.load();
+        let mut map = if current.recorder == recorder {
+            if current.map.len() >= MAX_CACHED_SERIES || current.map.contains_key(key) {
+                return;
+            }
+            current.map.clone()
+        } else {
+            HashMap::default()
+        };
+        map.insert(key.to_owned(), handle.clone());
+        self.snapshot.store(Arc::new(Snapshot { recorder, map }));
+    }
+}
+
+/// A fast non-cryptographic hasher (the rustc "Fx" multiply-rotate) for the
+/// small keys the caches use; label values come from our own bounded sets, so
+/// there is no adversary to flood the map with collisions.
+#[derive(Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn a_handle_is_made_once_per_key() {
+        let made = AtomicUsize::new(0);
+        let cache = HandleCache::<u32, u32>::new();
+        for _ in 0..3 {
+            for key in [1, 2] {
+                let v = cache.get(&key, |k| {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    k * 10
+                });
+                assert_eq!(v, key * 10);
+            }
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn keys_past_the_cap_are_served_but_not_kept() {
+        let cache = HandleCache::<usize, usize>::new();
+        for key in 0..MAX_CACHED_SERIES + 10 {
+            assert_eq!(cache.get(&key, |k| *k), key);
+        }
+        assert_eq!(cache.snapshot.load().map.len(), MAX_CACHED_SERIES);
+    }
+
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn handles_follow_the_recorder_in_force() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        let cache = HandleCache::<&'static str, metrics::Counter>::new();
+        let first = PrometheusBuilder::new().build_recorder();
+        let second = PrometheusBuilder::new().build_recorder();
+        let count = |recorder: &metrics_exporter_prometheus::PrometheusRecorder| {
+            metrics::with_local_recorder(recorder, || {
+                cache.with(
+                    &"x",
+                    |_| metrics::counter!("handles_test"),
+                    |c| c.increment(1),
+                );
+            });
+        };
+        count(&first);
+        count(&second);
+        count(&second);
+        assert!(first.handle().render().contains("handles_test 1"));
+        assert!(second.handle().render().contains("handles_test 2"));
+    }
+}
