@@ -70,10 +70,15 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     }
 }
 
-/// Serves the same handler behind the mesh's inbound stack (`InboundServer`
-/// with the SPIFFE-verifying server configuration) until the task is dropped.
-pub async fn serve_mesh(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    mesh_http::server::InboundServer::from_listener(listener, tls)
-        .serve(tower::service_fn(handle), std::future::pending())
+/// Serves the same handler behind the mesh's whole inbound stack, as
+/// `Mesh::serve` builds it (`InboundServer` with the SPIFFE-verifying server
+/// configuration, server telemetry, deadline), until the task is dropped.
+pub async fn serve_mesh(listener: TcpListener, mesh: mesh_http::Mesh) {
+    let identity = mesh
+        .identity()
+        .expect("the bench's server mesh has an identity");
+    let tls = mesh_core::tls::server_config(identity, []);
+    let server = mesh_http::server::InboundServer::from_listener(listener, tls);
+    mesh.serve_inbound(server, tower::service_fn(handle), std::future::pending())
         .await;
 }

@@ -33,7 +33,6 @@ use mesh_benches::server;
 use mesh_benches::sidecar::Sidecars;
 use mesh_benches::target::{BoxError, MeshTarget, RawTarget, Target, TcpConnect, TlsConnect};
 use mesh_core::config::{Env, Layered, MeshConfig};
-use mesh_core::identity::IdentitySource;
 use mesh_http::{Mesh, MeshClient};
 use serde_json::json;
 use tokio::time::Instant;
@@ -131,8 +130,15 @@ fn serve(dir: &Path) -> Result<(), BoxError> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let identity = IdentitySource::from_files(pki.server_identity())?;
-    let mesh_tls = mesh_core::tls::server_config(&identity, []);
+    // The server's mesh records its metrics like any service's (Prometheus
+    // recorder; no span exporter).
+    let (server_mesh, _telemetry) = runtime.block_on(async {
+        let config = MeshConfig::builder("bench-server")
+            .identity(pki.server_identity())
+            .build()?;
+        let telemetry = mesh_core::telemetry::init(&config)?;
+        Ok::<_, BoxError>((Mesh::new(config)?, telemetry))
+    })?;
     let (tls_addr, plain_addr, mesh_addr, grpc_addr) = runtime.block_on(async {
         let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
         let (tls_listener, plain_listener, mesh_listener, grpc_listener) =
@@ -145,7 +151,7 @@ fn serve(dir: &Path) -> Result<(), BoxError> {
         );
         tokio::spawn(server::serve_tls(tls_listener, tls));
         tokio::spawn(server::serve_plain(plain_listener));
-        tokio::spawn(server::serve_mesh(mesh_listener, mesh_tls));
+        tokio::spawn(server::serve_mesh(mesh_listener, server_mesh));
         tokio::spawn(grpc::serve_grpc(grpc_listener));
         Ok::<_, std::io::Error>(addrs)
     })?;
@@ -174,10 +180,13 @@ fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
             }
             "mesh" => {
                 let mesh = Mesh::from_env()?;
+                let telemetry = mesh_core::telemetry::init(mesh.config())?;
                 let client = mesh.client();
                 client.ready().await;
-                // The handle owns the identity watch; it lives as long as the process.
+                // The handles own the identity watch and the metrics recorder; they
+                // live as long as the process.
                 std::mem::forget(mesh);
+                std::mem::forget(telemetry);
                 Arc::new(MeshTarget::new(client))
             }
             _ => return Err(format!("unknown cold-start kind `{kind}`").into()),
@@ -206,14 +215,20 @@ fn mesh_vars(pki: &PkiFiles, addr: SocketAddr) -> BTreeMap<String, String> {
     vars
 }
 
-/// Starts the mesh the benchmark measures, ready to send to `addr`. The process
+/// Starts the mesh the benchmark measures, ready to send to `addr`, with its
+/// telemetry as a service would set it up (metrics recorded, trace context
+/// propagated, no span exporter unless `OTEL_*` asks for one). The process
 /// environment wins over the bench's own variables, so
 /// `MESH_DEFAULT_…=… compare` measures another setting.
-async fn start_mesh(pki: &PkiFiles, addr: SocketAddr) -> Result<Mesh, BoxError> {
+async fn start_mesh(
+    pki: &PkiFiles,
+    addr: SocketAddr,
+) -> Result<(Mesh, mesh_core::telemetry::TelemetryGuard), BoxError> {
     let config = MeshConfig::from_source(&Layered::new(Env, mesh_vars(pki, addr)))?;
+    let telemetry = mesh_core::telemetry::init(&config)?;
     let mesh = Mesh::new(config)?;
     mesh.client().ready().await;
-    Ok(mesh)
+    Ok((mesh, telemetry))
 }
 
 /// For profilers: starts the server process, then sends `count` sequential
@@ -233,7 +248,7 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (target, _mesh): (Arc<dyn Target>, Option<Mesh>) = match kind {
+        let (target, _mesh): (Arc<dyn Target>, Option<_>) = match kind {
             "raw" => (
                 Arc::new(RawTarget::new(
                     server.tls,
@@ -245,7 +260,7 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
             ),
             "mesh" => {
                 let mesh = start_mesh(&pki, server.mesh).await?;
-                (Arc::new(MeshTarget::new(mesh.client())), Some(mesh))
+                (Arc::new(MeshTarget::new(mesh.0.client())), Some(mesh))
             }
             _ => return Err(format!("profile: unknown configuration `{kind}`").into()),
         };
@@ -430,7 +445,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         .build()?;
     let client_tls = pki.client_config()?;
 
-    let mesh = runtime.block_on(start_mesh(&pki, server.mesh))?;
+    let (mesh, _telemetry) = runtime.block_on(start_mesh(&pki, server.mesh))?;
 
     // The gRPC pair runs without TLS on both sides: what differs is the stack.
     let (channel, mesh_channel) = runtime.block_on(async {
@@ -762,7 +777,7 @@ fn summarise(
         "generator: worst release lag p99 {lag_p99:.1} µs; at {:.0}/s its p50 is {check:.2}× the sequential p50 (should be ≈ 1)",
         plan.check_rate
     );
-    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS), the default outbound stack (call telemetry, deadline, retry budget and replay, attempt telemetry, P2C PeakEWMA with outlier detection; breaker and limits are off by default) → InboundServer");
+    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS), the default outbound stack (route, call telemetry, deadline, retry budget and replay, attempt telemetry, P2C PeakEWMA with outlier detection; breaker and limits are off by default), metrics recorded by the Prometheus recorder, trace context propagated, no span exporter → Mesh::serve_inbound (server telemetry, deadline) on InboundServer");
 
     let summary = json!({
         "mode": plan.name,
@@ -785,7 +800,7 @@ fn summarise(
         "generator_lag_p99_us_max": round3(lag_p99),
         "generator_low_rate_p50_over_sequential_p50": round3(check),
         "mesh_transport": "mtls-spiffe",
-        "mesh_inbound": "InboundServer",
+        "mesh_inbound": "Mesh::serve_inbound",
         "mesh_stack": "default",
         "configs": per_config,
     });
