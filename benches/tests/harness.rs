@@ -142,13 +142,14 @@ async fn closed_loop_counts_only_successes_as_throughput() {
 async fn mesh_client_from_variables_reaches_the_mesh_inbound_server_over_spiffe_mtls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = PkiFiles::generate(dir.path()).unwrap();
-    let identity = mesh_core::identity::IdentitySource::from_files(pki.server_identity()).unwrap();
+    let server_config = mesh_core::config::MeshConfig::builder("bench-server")
+        .identity(pki.server_identity())
+        .build()
+        .unwrap();
+    let server_mesh = mesh_http::Mesh::new(server_config).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_mesh(
-        listener,
-        mesh_core::tls::server_config(&identity, []),
-    ));
+    tokio::spawn(server::serve_mesh(listener, server_mesh));
 
     let mut vars = pki.client_tls_vars();
     vars.push(("MESH_SERVICE_NAME".into(), "bench-client".into()));
