@@ -347,6 +347,14 @@ where
         // Only reachable if the body failed between the check and now.
         return (Err(crate::replay::NotReplayable.into()), Class::Failure, 1);
     };
+    let hedge_at = plan
+        .hedge_delay
+        .filter(|_| attempts_before + 2 <= plan.policy(shared).max_attempts);
+    let Some(delay) = hedge_at else {
+        // No race to run: the attempt is awaited in place, with no allocation.
+        let (outcome, class) = attempt(shared, inner, plan, first_body, attempts_before).await;
+        return (outcome, class, 1);
+    };
     let mut first = Box::pin(attempt(
         shared,
         inner.clone(),
@@ -354,13 +362,6 @@ where
         first_body,
         attempts_before,
     ));
-    let hedge_at = plan
-        .hedge_delay
-        .filter(|_| attempts_before + 2 <= plan.policy(shared).max_attempts);
-    let Some(delay) = hedge_at else {
-        let (outcome, class) = first.await;
-        return (outcome, class, 1);
-    };
     tokio::select! {
         (outcome, class) = &mut first => return (outcome, class, 1),
         () = tokio::time::sleep(delay) => {}
