@@ -11,7 +11,7 @@
 //! - A gRPC call (`content-type: application/grpc…`) is refused as gRPC refuses:
 //!   `PERMISSION_DENIED` and `INVALID_ARGUMENT` respectively, in a trailers-only
 //!   response with the same message
-//!   ([`GrpcRefusal`](mesh_core::grpc_refusal::GrpcRefusal)).
+//!   ([`GrpcRefusal`]).
 //! - An allowed request is passed on with its path in canonical form, so the
 //!   router serves the very path the rules were checked against (`/api/../admin`
 //!   cannot be let in as `/api/…` and routed as `/admin`).
