@@ -22,6 +22,7 @@ pub mod deadline;
 pub mod discovery;
 pub mod extensions;
 pub mod fault;
+pub mod grpc_refusal;
 pub mod health;
 pub mod identity;
 pub mod metric_names;

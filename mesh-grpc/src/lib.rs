@@ -1,7 +1,8 @@
 //! gRPC glue for the in-process mesh: [`MeshChannel`], a channel any tonic
 //! generated client takes, sending its calls through the mesh's outbound stack
 //! (discovery, our balancer, mTLS over HTTP/2, retries and hedging under the
-//! service's budget, deadlines).
+//! service's budget, deadlines). [`start_mesh_from_env`] starts a
+//! [`Mesh`](mesh_http::Mesh) whose services may use `grpc.health.v1` checks.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh_http::BoxError> {
@@ -17,9 +18,11 @@
 mod channel;
 pub mod health;
 pub mod service_config;
+mod start;
 mod status;
 pub mod telemetry;
 
 pub use channel::{GrpcChannelExt, MeshChannel};
+pub use start::{mesh_builder, start_mesh_from_env};
 pub use status::status_from_error;
 pub use telemetry::GrpcServerTelemetryLayer;

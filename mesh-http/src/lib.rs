@@ -15,4 +15,4 @@ pub mod telemetry;
 pub use body::ResponseBody;
 pub use client::MeshClient;
 pub use error::{BoxError, Error};
-pub use mesh::Mesh;
+pub use mesh::{Mesh, MeshBuilder};

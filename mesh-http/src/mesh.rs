@@ -27,9 +27,10 @@ use mesh_core::authz::Policy;
 use mesh_core::config::MeshConfig;
 use mesh_core::identity::{IdentitySource, IdentityWatch, WorkloadApiConfig};
 
-use crate::client::MeshClient;
+use crate::client::{GrpcProbeTarget, MakeGrpcProbe, MeshClient};
 use crate::error::BoxError;
 use crate::server::{shutdown_signal, InboundServer, InboundStack, Readiness};
+use mesh_core::health::Probe;
 
 /// The mesh inside one service.
 #[derive(Debug)]
@@ -60,12 +61,17 @@ impl Mesh {
     /// `MESH_WORKLOAD_API_TIMEOUT` for the first SVID (an error naming the socket
     /// when none arrives) and following its updates for as long as the mesh lives.
     pub async fn start(config: MeshConfig) -> Result<Self, BoxError> {
-        match config.workload_api() {
-            Some(api) => {
-                let identity = workload_api_identity(api).await?;
-                Self::assemble(config, Some(identity), None)
-            }
-            None => Self::new(config),
+        Self::builder(config).start().await
+    }
+
+    /// A builder, for a mesh that needs what this crate cannot supply itself: the
+    /// `grpc.health.v1` probe (`mesh_grpc::health::GrpcHealthProbe`) for services
+    /// configured with `MESH_SERVICE_<NAME>_HEALTH_CHECK_GRPC_SERVICE`.
+    /// `mesh_grpc::start_mesh_from_env()` does it in one call.
+    pub fn builder(config: MeshConfig) -> MeshBuilder {
+        MeshBuilder {
+            config,
+            grpc_probe: None,
         }
     }
 
@@ -77,6 +83,10 @@ impl Mesh {
     /// `SPIFFE_ENDPOINT_SOCKET` set this returns an error pointing to
     /// [`start`](Self::start), rather than running without mTLS.
     pub fn new(config: MeshConfig) -> Result<Self, BoxError> {
+        Self::builder(config).build()
+    }
+
+    fn load(config: MeshConfig, grpc_probe: Option<SharedProbe>) -> Result<Self, BoxError> {
         if let Some(api) = config.workload_api() {
             return Err(format!(
                 "SPIFFE_ENDPOINT_SOCKET ({}) takes the identity from the SPIFFE Workload API, which start-up awaits: use `Mesh::start(config).await` (or `Mesh::start_from_env().await`) instead of `Mesh::new`",
@@ -92,18 +102,22 @@ impl Mesh {
             }
             None => (None, None),
         };
-        Self::assemble(config, identity, watch)
+        Self::assemble(config, identity, watch, grpc_probe)
     }
 
     fn assemble(
         config: MeshConfig,
         identity: Option<IdentitySource>,
         watch: Option<IdentityWatch>,
+        grpc_probe: Option<SharedProbe>,
     ) -> Result<Self, BoxError> {
         let inbound = InboundStack::new(&config);
         let mut client = MeshClient::builder(config);
         if let Some(identity) = &identity {
             client = client.identity(identity.clone());
+        }
+        if let Some(probe) = grpc_probe {
+            client = client.grpc_health_probe(probe);
         }
         Ok(Mesh {
             inbound,
@@ -218,6 +232,65 @@ impl Mesh {
         F: Future<Output = ()>,
     {
         self.inbound.serve(server, service, shutdown).await;
+    }
+}
+
+/// Builds a [`Mesh`] (from [`Mesh::builder`]) with a gRPC health probe.
+///
+/// ```no_run
+/// # async fn run(probe: impl mesh_http::client::MakeGrpcProbe) -> Result<(), mesh_http::BoxError> {
+/// // probe: mesh_grpc::health::GrpcHealthProbe
+/// let config = mesh_core::config::MeshConfig::from_env()?;
+/// let mesh = mesh_http::Mesh::builder(config).grpc_health_probe(probe).start().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MeshBuilder {
+    config: MeshConfig,
+    grpc_probe: Option<SharedProbe>,
+}
+
+impl MeshBuilder {
+    /// Probes the endpoints of services configured with
+    /// `MESH_SERVICE_<NAME>_HEALTH_CHECK_GRPC_SERVICE` through `make`
+    /// (`mesh_grpc::health::GrpcHealthProbe`). Without it such a service is a
+    /// start-up error, as for [`MeshClientBuilder::grpc_health_probe`](crate::client::MeshClientBuilder::grpc_health_probe).
+    pub fn grpc_health_probe(mut self, make: impl MakeGrpcProbe) -> Self {
+        self.grpc_probe = Some(SharedProbe(Arc::new(make)));
+        self
+    }
+
+    /// Starts the mesh as [`Mesh::new`] does: identity from files, or none.
+    pub fn build(self) -> Result<Mesh, BoxError> {
+        Mesh::load(self.config, self.grpc_probe)
+    }
+
+    /// Starts the mesh as [`Mesh::start`] does: also from the SPIFFE Workload
+    /// API, awaiting the first SVID.
+    pub async fn start(self) -> Result<Mesh, BoxError> {
+        match self.config.workload_api() {
+            Some(api) => {
+                let identity = workload_api_identity(api).await?;
+                Mesh::assemble(self.config, Some(identity), None, self.grpc_probe)
+            }
+            None => self.build(),
+        }
+    }
+}
+
+/// The builder's probe, handed on to the client builder.
+#[derive(Clone)]
+struct SharedProbe(Arc<dyn MakeGrpcProbe>);
+
+impl std::fmt::Debug for SharedProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MakeGrpcProbe")
+    }
+}
+
+impl MakeGrpcProbe for SharedProbe {
+    fn make_probe(&self, target: GrpcProbeTarget) -> Arc<dyn Probe> {
+        self.0.make_probe(target)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The inbound concurrency limit as a tower layer: 503 without calling the
-//! handler when the limit is reached.
+//! The inbound concurrency limit as a tower layer: 503 (a gRPC call:
+//! `UNAVAILABLE`) without calling the handler when the limit is reached.
 
 use std::fmt;
 use std::future::Future;
@@ -10,10 +10,13 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 
 use super::ConcurrencyLimit;
+use crate::classify::{grpc_status, is_grpc, GrpcCode};
+use crate::grpc_refusal::GrpcRefusal;
 use crate::metric_names::{label, CONCURRENCY_LIMIT, SHED};
 
 /// Sheds requests beyond the limit with `503 Service Unavailable` (which a mesh
-/// client retries on another endpoint) and feeds each handled request's latency to
+/// client retries on another endpoint; a gRPC call gets `UNAVAILABLE`, which mesh
+/// and gRPC clients retry the same way, see [`GrpcRefusal`]) and feeds each handled request's latency to
 /// the limit. Every clone shares the limit, so it covers the whole server.
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimitLayer {
@@ -76,10 +79,7 @@ where
                 Box::pin(async move {
                     let result = future.await;
                     let dropped = match &result {
-                        Ok(response) => matches!(
-                            response.status(),
-                            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-                        ),
+                        Ok(response) => overloaded(response),
                         Err(_) => true,
                     };
                     permit.record(dropped);
@@ -90,10 +90,31 @@ where
             }
             Err(_) => {
                 metrics::counter!(SHED.name, label::SOURCE => "inbound").increment(1);
-                let mut response = Response::new(RB::default());
-                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                let response = if is_grpc(request.headers()) {
+                    // No pushback: the caller should retry elsewhere at once.
+                    GrpcRefusal::new(
+                        GrpcCode::Unavailable,
+                        "overloaded: the server's concurrency limit is reached, try another endpoint",
+                    )
+                    .into_response()
+                } else {
+                    let mut response = Response::new(RB::default());
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response
+                };
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
+}
+
+/// Whether the handler answered "overloaded": 503 or 429, or (a trailers-only
+/// gRPC answer) UNAVAILABLE or RESOURCE_EXHAUSTED. The limit backs off on these.
+fn overloaded<B>(response: &Response<B>) -> bool {
+    matches!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) || grpc_status(response.headers()).is_some_and(|code| {
+        code == GrpcCode::Unavailable as u16 || code == GrpcCode::ResourceExhausted as u16
+    })
 }

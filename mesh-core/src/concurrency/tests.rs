@@ -92,3 +92,63 @@ async fn aimd_adds_one_per_busy_sample_and_backs_off_on_a_drop() {
     }
     assert_eq!(limit.limit(), 20, "never below the minimum");
 }
+
+fn grpc_request() -> http::Request<()> {
+    http::Request::post("/pkg.Svc/Method")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_beyond_the_limit_get_unavailable_and_never_reach_the_handler() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let counter = handled.clone();
+    let handler = tower::service_fn(move |_req: http::Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut released = released.clone();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        }
+    });
+    let limit = ConcurrencyLimit::new(LimitAlgorithm::Fixed(1));
+    let svc = ConcurrencyLimitLayer::new(limit).layer(handler);
+    let first = tokio::spawn(svc.clone().oneshot(grpc_request()));
+    while handled.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let shed = svc.clone().oneshot(grpc_request()).await.unwrap();
+    assert_eq!(shed.status(), http::StatusCode::OK);
+    assert_eq!(shed.headers()["content-type"], "application/grpc");
+    assert_eq!(shed.headers()["grpc-status"], "14");
+    assert!(!shed.headers().contains_key("grpc-retry-pushback-ms"));
+    assert!(shed.body().is_empty());
+    let plain = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(plain.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "shed calls never ran");
+    release.send(true).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().body(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_unavailable_answer_from_the_handler_backs_the_limit_off() {
+    use tower::{Layer, ServiceExt};
+
+    let limit = ConcurrencyLimit::new(LimitAlgorithm::AIMD);
+    round(&limit, 20, Duration::from_millis(10), false).await;
+    assert_eq!(limit.limit(), 31);
+    let handler = tower::service_fn(|_req: http::Request<()>| async {
+        let response: http::Response<String> =
+            crate::grpc_refusal::GrpcRefusal::new(crate::classify::GrpcCode::Unavailable, "busy")
+                .into_response();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let svc = ConcurrencyLimitLayer::new(limit.clone()).layer(handler);
+    svc.oneshot(grpc_request()).await.unwrap();
+    assert_eq!(limit.limit(), 27, "31 × 0.9");
+}

@@ -8,12 +8,15 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 
 use super::{timeout_from_headers, write_headers, Deadline, DeadlineExceeded, RequestTimeout};
+use crate::classify::{is_grpc, GrpcCode};
+use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
 use crate::route::SelectedRoute;
 
 /// Inbound: reads the caller's deadline from the request headers, runs the handler
 /// with it as the task's [`Deadline::current`] (and as a request extension), and
-/// answers `504 Gateway Timeout` when it passes, dropping the handler's future.
+/// answers `504 Gateway Timeout` when it passes, dropping the handler's future
+/// (a gRPC call gets `DEADLINE_EXCEEDED`, see [`GrpcRefusal`]).
 ///
 /// Works with any `tower::Service` over `http::Request`, such as an axum `Router`:
 /// `router.layer(DeadlineLayer::new())`.
@@ -75,11 +78,17 @@ where
             return Box::pin(self.inner.call(request));
         };
         let deadline = Deadline::after(timeout);
+        let grpc = is_grpc(request.headers());
         request.extensions_mut().insert(deadline);
         let handler = deadline.scope(self.inner.call(request));
         Box::pin(async move {
             match tokio::time::timeout_at(deadline.0, handler).await {
                 Ok(result) => result,
+                Err(_) if grpc => Ok(GrpcRefusal::new(
+                    GrpcCode::DeadlineExceeded,
+                    "deadline exceeded: the call's deadline passed before the server answered",
+                )
+                .into_response()),
                 Err(_) => {
                     let mut response = Response::new(RB::default());
                     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;

@@ -103,3 +103,24 @@ async fn inbound_layer_sets_the_handlers_deadline_and_answers_504_when_it_passes
     let r = svc.oneshot(req).await.unwrap();
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
 }
+
+#[tokio::test(start_paused = true)]
+async fn inbound_grpc_call_whose_deadline_passes_gets_deadline_exceeded() {
+    let handler = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, BoxErr>(Response::new(String::from("too late")))
+    });
+    let svc = DeadlineLayer::new().layer(handler);
+    let request = Request::post("/pkg.Svc/Method")
+        .header("content-type", "application/grpc")
+        .header(GRPC_TIMEOUT_HEADER, "200m")
+        .body(())
+        .unwrap();
+    let began = tokio::time::Instant::now();
+    let r = svc.oneshot(request).await.unwrap();
+    assert_eq!(began.elapsed(), Duration::from_millis(200));
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/grpc");
+    assert_eq!(r.headers()["grpc-status"], "4");
+    assert!(r.body().is_empty(), "trailers-only: no message was sent");
+}

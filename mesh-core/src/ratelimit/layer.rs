@@ -1,4 +1,5 @@
-//! The inbound rate limit as a tower layer: 429 without calling the handler.
+//! The inbound rate limit as a tower layer: 429 (a gRPC call:
+//! `RESOURCE_EXHAUSTED`) without calling the handler.
 
 use std::fmt;
 use std::future::Future;
@@ -6,17 +7,21 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::{KeyedRateLimit, RateLimited, TokenBucket};
+use crate::classify::{is_grpc, GrpcCode};
+use crate::grpc_refusal::GrpcRefusal;
 use crate::metric_names::{label, RATE_LIMITED};
 
 type Check = dyn Fn(&http::Extensions) -> Result<(), RateLimited> + Send + Sync;
 
 /// Limits the requests a server (or a router) handles: over the limit it answers
 /// `429 Too Many Requests` with `Retry-After`, and the handler never sees the
-/// request. Every clone shares the same bucket(s).
+/// request. A gRPC call gets `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`
+/// instead ([`GrpcRefusal`]). Every clone shares the same bucket(s).
 #[derive(Clone)]
 pub struct RateLimitLayer {
     check: Arc<Check>,
@@ -101,15 +106,36 @@ where
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(limited) => {
                 metrics::counter!(RATE_LIMITED.name, label::SOURCE => "inbound").increment(1);
-                let mut response = Response::new(RB::default());
-                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                // Whole seconds, rounded up (RFC 9110).
-                let seconds = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+                let response = if is_grpc(request.headers()) {
+                    refuse_grpc(&limited)
+                } else {
+                    refuse_http(&limited)
+                };
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
+}
+
+fn refuse_http<RB: Default>(limited: &RateLimited) -> Response<RB> {
+    let mut response = Response::new(RB::default());
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    // Whole seconds, rounded up (RFC 9110).
+    let seconds = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+fn refuse_grpc<RB: Default>(limited: &RateLimited) -> Response<RB> {
+    // Whole milliseconds, rounded up, so the client never comes back too early.
+    let wait =
+        Duration::from_millis(limited.retry_after().as_micros().div_ceil(1000).max(1) as u64);
+    GrpcRefusal::new(
+        GrpcCode::ResourceExhausted,
+        "rate limited: the server's request rate limit is reached, retry after the pushback",
+    )
+    .with_pushback(wait)
+    .into_response()
 }

@@ -82,3 +82,37 @@ async fn clones_of_the_limited_service_share_one_limit_and_refused_requests_get_
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test(start_paused = true)]
+async fn grpc_calls_over_the_limit_get_resource_exhausted_with_pushback() {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let inner = service_fn(move |_req: Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+    });
+    let layer = RateLimitLayer::new(Arc::new(TokenBucket::new("4/s,burst=1".parse().unwrap())));
+    let svc = layer.layer(inner);
+    let grpc = || {
+        Request::post("/pkg.Svc/Method")
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(svc.clone().oneshot(grpc()).await.unwrap().status(), 200);
+    let refused = svc.clone().oneshot(grpc()).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::OK,
+        "gRPC refusals are HTTP 200"
+    );
+    assert_eq!(refused.headers()["content-type"], "application/grpc");
+    assert_eq!(refused.headers()["grpc-status"], "8");
+    assert_eq!(refused.headers()["grpc-retry-pushback-ms"], "250");
+    assert!(!refused.headers().contains_key("retry-after"));
+    assert!(refused.body().is_empty());
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    // A plain HTTP request over the same limit keeps its 429.
+    let refused = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -8,6 +8,10 @@
 //! - A refused request gets 403 saying which rule (by position) or the default
 //!   refused it; nothing the peer sent is echoed back.
 //! - A path that cannot be made canonical safely gets 400.
+//! - A gRPC call (`content-type: application/grpc…`) is refused as gRPC refuses:
+//!   `PERMISSION_DENIED` and `INVALID_ARGUMENT` respectively, in a trailers-only
+//!   response with the same message
+//!   ([`GrpcRefusal`]).
 //! - An allowed request is passed on with its path in canonical form, so the
 //!   router serves the very path the rules were checked against (`/api/../admin`
 //!   cannot be let in as `/api/…` and routed as `/admin`).
@@ -34,6 +38,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use mesh_core::authz::{DecidedBy, Policy, Verdict};
+use mesh_core::classify::{is_grpc, GrpcCode};
+use mesh_core::grpc_refusal::GrpcRefusal;
 use pin_project_lite::pin_project;
 
 use super::PeerIdentity;
@@ -86,6 +92,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let grpc = is_grpc(request.headers());
         let peer = request.extensions().get::<PeerIdentity>().map(|p| &p.0);
         let verdict = self
             .policy
@@ -104,15 +111,15 @@ where
                     None
                 }
                 None => Some(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad request: the path cannot be normalized safely\n".into(),
+                    grpc,
+                    BAD_PATH,
+                    "bad request: the path cannot be normalized safely".into(),
                 )),
             },
-            Verdict::Deny { by } => Some(refuse(StatusCode::FORBIDDEN, forbidden_text(by))),
-            Verdict::BadPath(error) => Some(refuse(
-                StatusCode::BAD_REQUEST,
-                format!("bad request: {error}\n"),
-            )),
+            Verdict::Deny { by } => Some(refuse(grpc, DENIED, forbidden_text(by))),
+            Verdict::BadPath(error) => {
+                Some(refuse(grpc, BAD_PATH, format!("bad request: {error}")))
+            }
         };
         match refusal {
             Some(response) => ResponseFuture::refused(response),
@@ -124,13 +131,24 @@ where
 /// Says which rule refused, by position, never what the peer sent.
 fn forbidden_text(by: DecidedBy) -> String {
     match by {
-        DecidedBy::Rule(i) => format!("forbidden: refused by authorization rule {}\n", i + 1),
-        DecidedBy::Default => "forbidden: no authorization rule allows this request\n".into(),
+        DecidedBy::Rule(i) => format!("forbidden: refused by authorization rule {}", i + 1),
+        DecidedBy::Default => "forbidden: no authorization rule allows this request".into(),
     }
 }
 
-fn refuse(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+/// How a refusal is answered over HTTP and over gRPC.
+const DENIED: (StatusCode, GrpcCode) = (StatusCode::FORBIDDEN, GrpcCode::PermissionDenied);
+const BAD_PATH: (StatusCode, GrpcCode) = (StatusCode::BAD_REQUEST, GrpcCode::InvalidArgument);
+
+fn refuse(
+    grpc: bool,
+    (status, code): (StatusCode, GrpcCode),
+    text: String,
+) -> Response<Full<Bytes>> {
+    if grpc {
+        return GrpcRefusal::new(code, text).into_response();
+    }
+    let mut response = Response::new(Full::new(Bytes::from(text + "\n")));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -293,5 +311,47 @@ mod tests {
         let (status, body) = get_path(svc, Some(WEB), "/admin%2Fx").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("encoded '/'"), "{body}");
+    }
+
+    async fn grpc_call(
+        svc: impl tower::Service<
+            Request<axum::body::Body>,
+            Response = Response<AuthzBody<axum::body::Body>>,
+            Error = std::convert::Infallible,
+        >,
+        path: &str,
+    ) -> (Response<()>, Bytes) {
+        let mut request = Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerIdentity(WEB.parse().unwrap()));
+        let (parts, body) = svc.oneshot(request).await.unwrap().into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (Response::from_parts(parts, ()), body)
+    }
+
+    #[tokio::test]
+    async fn denied_grpc_calls_get_permission_denied_in_a_trailers_only_answer() {
+        let svc = app(Mode::Allow, "deny * * /admin/*");
+        let (response, body) = grpc_call(svc, "/admin/x").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()["grpc-status"], "7");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "forbidden: refused by authorization rule 1"
+        );
+        assert!(body.is_empty(), "the router never answered: {body:?}");
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_with_unnormalizable_paths_get_invalid_argument() {
+        let svc = app(Mode::Allow, "deny * * /admin/*");
+        let (response, _) = grpc_call(svc, "/admin%2Fx").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "3");
     }
 }
