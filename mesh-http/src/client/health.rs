@@ -69,7 +69,7 @@ pub(crate) fn probe_for(
         HealthCheckKind::Grpc { service } => {
             let Some(make) = grpc else {
                 return Err(format!(
-                    "MESH_SERVICE_{}_HEALTH_CHECK_GRPC_SERVICE asks for gRPC health checks, but this client has no gRPC probe: build it with MeshClient::builder(config).grpc_health_probe(mesh_grpc::health::GrpcHealthProbe), or unset the variable",
+                    "MESH_SERVICE_{}_HEALTH_CHECK_GRPC_SERVICE asks for gRPC health checks, but this client has no gRPC probe: start the mesh with mesh_grpc::start_mesh_from_env() (or mesh_grpc::mesh_builder(config)), build a bare client with MeshClient::builder(config).grpc_health_probe(mesh_grpc::health::GrpcHealthProbe), or unset the variable",
                     config.normalized_name()
                 )
                 .into());
