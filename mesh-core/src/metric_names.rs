@@ -238,10 +238,6 @@ metrics! {
     HEALTH_CHECKS = "mesh.health_checks", Counter, Unit::Count,
         [SERVICE, OUTCOME, REASON],
         "Active health checks of endpoints, by outcome and reason";
-    /// Inbound requests refused by a rate or concurrency limit.
-    SERVER_REJECTED = "mesh.server.rejected", Counter, Unit::Count,
-        [REASON],
-        "Inbound requests rate-limited or shed, by reason";
     /// Configuration reloads by outcome.
     CONFIG_RELOADS = "mesh.config.reloads", Counter, Unit::Count,
         [SOURCE, OUTCOME],

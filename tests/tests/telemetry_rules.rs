@@ -1,6 +1,7 @@
 //! The shipped dashboard and Prometheus rules: promtool accepts the rules and
 //! their unit tests pass, and every metric they reference is one the code
-//! defines in `metric_names` (a renamed metric breaks this test, not a pager).
+//! defines in `metric_names` and records somewhere (a renamed metric, or one
+//! defined but never emitted, breaks this test, not a pager).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -67,13 +68,90 @@ fn our_identifiers(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The Rust source of the crates that emit metrics.
+fn emitting_sources() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read source folder") {
+            let path = entry.expect("folder entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && !path.ends_with("metric_names.rs")
+            {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                out.push((path, text));
+            }
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = Vec::new();
+    for krate in ["mesh-core", "mesh-http", "mesh-grpc"] {
+        walk(&root.join(krate).join("src"), &mut out);
+    }
+    out
+}
+
+/// Whether `text` names the constant `ident` as a whole word (`IDENT.name`,
+/// `&metric_names::IDENT`), not as part of a longer identifier.
+fn names_constant(text: &str, ident: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(ident).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + ident.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+/// Prometheus series names (all of a histogram's) of the metrics some code
+/// records: `metric_names.rs` defines `IDENT = "otel.name"`, and the only way
+/// to record one is through that constant (the style guide's one place).
+fn recorded_series_names() -> BTreeSet<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let defs = std::fs::read_to_string(root.join("mesh-core/src/metric_names.rs"))
+        .expect("read metric_names.rs");
+    let sources = emitting_sources();
+    let mut recorded = BTreeSet::new();
+    for line in defs.lines() {
+        let Some((ident, rest)) = line.trim().split_once(" = \"") else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once('"') else {
+            continue;
+        };
+        if !sources.iter().any(|(_, text)| names_constant(text, ident)) {
+            continue;
+        }
+        let def = ALL
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("{ident} = {name:?} is not in metric_names::ALL"));
+        let base = def.prometheus_name();
+        if def.instrument == Instrument::Histogram {
+            for suffix in ["_bucket", "_count", "_sum"] {
+                recorded.insert(format!("{base}{suffix}"));
+            }
+        }
+        recorded.insert(base);
+    }
+    assert!(
+        recorded.len() > 20,
+        "the scan of recording sites found too little: {recorded:?}"
+    );
+    recorded
+}
+
 fn check_references(file: &str) -> BTreeSet<String> {
     let text = std::fs::read_to_string(observability(file)).expect("read file");
     let series = emitted_series_names();
+    let recorded = recorded_series_names();
     let labels = label_names();
     let mut metrics = BTreeSet::new();
     for id in our_identifiers(&text) {
         if series.contains(&id) {
+            assert!(
+                recorded.contains(&id),
+                "{file} references `{id}`, which metric_names defines but no code records"
+            );
             metrics.insert(id);
         } else {
             assert!(
@@ -118,6 +196,11 @@ fn dashboard_and_rules_reference_only_metrics_the_code_emits() {
         "mesh_tls_certificate_expiration_seconds",
         "mesh_endpoints",
         "mesh_discovery_updates_total",
+        "mesh_health_checks_total",
+        "rpc_server_call_duration_seconds_count",
+        "rpc_client_call_duration_seconds_bucket",
+        "mesh_rate_limited_total",
+        "mesh_concurrency_shed_total",
     ] {
         assert!(in_dashboard.contains(needed), "dashboard lacks {needed}");
     }
@@ -127,6 +210,10 @@ fn dashboard_and_rules_reference_only_metrics_the_code_emits() {
         "mesh_tls_handshake_failures_total",
         "mesh_client_retries_total",
         "mesh_breaker_state",
+        "mesh_endpoints",
+        "rpc_server_call_duration_seconds_count",
+        "mesh_rate_limited_total",
+        "mesh_concurrency_shed_total",
     ] {
         assert!(in_rules.contains(needed), "rules lack {needed}");
     }

@@ -8,6 +8,8 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::Context;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::w3c;
+
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
@@ -40,23 +42,35 @@ impl Extractor for HeaderExtractor<'_> {
 /// Writes nothing, and costs no propagator call, when there is no trace and no
 /// baggage to carry.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    if span.is_none() {
+        // Borrowed, not cloned: this runs for every outbound attempt.
+        Context::map_current(|cx| inject_context(cx, headers));
+    } else {
+        inject_context(&span.context(), headers);
+    }
+}
+
+fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     use opentelemetry::baggage::BaggageExt;
     use opentelemetry::trace::TraceContextExt;
-    let cx = if span.is_none() {
-        Context::current()
-    } else {
-        span.context()
-    };
+    if w3c::enabled() && w3c::inject(cx, headers) {
+        return;
+    }
     if !cx.span().span_context().is_valid() && cx.baggage().is_empty() {
         return;
     }
     opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HeaderInjector(headers))
+        p.inject_context(cx, &mut HeaderInjector(headers))
     });
 }
 
 /// Reads a caller's trace context (and baggage) from `headers`.
 pub fn extract(headers: &HeaderMap) -> Context {
+    if w3c::enabled() {
+        if let Some(cx) = w3c::extract(headers) {
+            return cx;
+        }
+    }
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
@@ -64,6 +78,10 @@ pub fn extract(headers: &HeaderMap) -> Context {
 /// fields the supported propagators read: most requests inside a service
 /// carry no trace context, and a propagator call is not free.
 pub fn extract_if_present(headers: &HeaderMap) -> Context {
+    if w3c::enabled() {
+        // Absence costs two header lookups there.
+        return extract(headers);
+    }
     const FIELDS: [&str; 4] = ["traceparent", "baggage", "b3", "x-b3-traceid"];
     if FIELDS.iter().any(|f| headers.contains_key(*f)) {
         extract(headers)
@@ -151,7 +169,7 @@ pub fn span_wanted(parent: &Context) -> bool {
 /// Whether a mesh layer should make a span for an outbound call or attempt
 /// starting now: [`span_wanted`] with the current context as parent.
 pub fn want_client_span() -> bool {
-    spans_on() && span_wanted(&Context::current())
+    spans_on() && Context::map_current(span_wanted)
 }
 
 /// Whether `cx` carries a trace (a valid span context) or baggage: something

@@ -43,6 +43,7 @@ mod otlp;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 pub mod propagation;
+mod w3c;
 
 use std::net::SocketAddr;
 
@@ -138,9 +139,7 @@ impl TelemetryBuilder<'_> {
         let settings = OtelSettings::from_source(source).map_err(TelemetryError::config)?;
         let mut guard = TelemetryGuard::default();
 
-        opentelemetry::global::set_text_map_propagator(propagation::propagator(
-            &settings.propagators,
-        ));
+        propagation::install(&settings.propagators);
         let resource = Resource::builder()
             .with_service_name(self.config.service_name().to_string())
             .build();

@@ -34,8 +34,20 @@ pub fn propagator(kinds: &[PropagatorKind]) -> TextMapCompositePropagator {
 
 /// Makes [`propagator`]`(kinds)` the process's propagator (what
 /// [`init`](super::init) does from `OTEL_PROPAGATORS`).
+///
+/// With W3C trace context (and baggage) alone, the default, the mesh's layers
+/// read and write `traceparent` directly in the common case and leave only
+/// `tracestate`, baggage and unusual values to the propagators: set the
+/// propagators through this function (or `OTEL_PROPAGATORS`), not straight
+/// through `opentelemetry::global`, so the layers know which are in force.
 pub fn install(kinds: &[PropagatorKind]) {
     opentelemetry::global::set_text_map_propagator(propagator(kinds));
+    super::w3c::set_enabled(
+        kinds.contains(&PropagatorKind::TraceContext)
+            && kinds
+                .iter()
+                .all(|k| matches!(k, PropagatorKind::TraceContext | PropagatorKind::Baggage)),
+    );
 }
 
 /// Zipkin B3 propagation, single-header (`b3: {trace}-{span}-{sampled}`) or

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use http::{Request, Response};
-use mesh_core::config::ServiceConfig;
+use mesh_core::config::{AccessLog, ServiceConfig};
 use mesh_core::discovery::{DiscoverySource, DnsSettings, HostPort};
 use mesh_core::metric_names::{self, label};
 use parking_lot::Mutex;
@@ -24,6 +24,7 @@ const MAX_ORIGINS: usize = 256;
 #[derive(Debug)]
 pub(super) struct EgressClients {
     dns: DnsSettings,
+    access_log: AccessLog,
     origins: Mutex<Origins>,
     web_pki: OnceLock<Arc<dyn Connect>>,
 }
@@ -44,9 +45,10 @@ pub(super) fn count(host: &str, outcome: &'static str) {
 }
 
 impl EgressClients {
-    pub(super) fn new(dns: DnsSettings) -> Self {
+    pub(super) fn new(dns: DnsSettings, access_log: AccessLog) -> Self {
         EgressClients {
             dns,
+            access_log,
             origins: Mutex::default(),
             web_pki: OnceLock::new(),
         }
@@ -108,7 +110,13 @@ impl EgressClients {
             Err(_) => DiscoverySource::Dns(target),
         };
         let config = ServiceConfig::new(key.1.clone(), source);
-        let client = Arc::new(ServiceClient::spawn(&config, &self.dns, connector, None)?);
+        let client = Arc::new(ServiceClient::spawn(
+            &config,
+            &self.dns,
+            self.access_log,
+            connector,
+            None,
+        )?);
         if origins.order.len() >= MAX_ORIGINS {
             if let Some(oldest) = origins.order.pop_front() {
                 origins.by_key.remove(&oldest);

@@ -145,13 +145,14 @@ impl MeshClientBuilder {
                 ServiceClient::spawn(
                     svc,
                     config.dns(),
+                    config.access_log(),
                     connector_for(svc),
                     self.grpc_probe.as_ref(),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let egress =
-            (config.egress() == Egress::Allow).then(|| EgressClients::new(config.dns().clone()));
+        let egress = (config.egress() == Egress::Allow)
+            .then(|| EgressClients::new(config.dns().clone(), config.access_log()));
         Ok(MeshClient {
             inner: Arc::new(ClientInner {
                 config,

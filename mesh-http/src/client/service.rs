@@ -7,7 +7,7 @@ use http::{Request, Response};
 use mesh_core::balance::{Balancer, BalancerStats};
 use mesh_core::breaker::{BreakerState, CircuitBreaker};
 use mesh_core::classify::Classifier;
-use mesh_core::config::ServiceConfig;
+use mesh_core::config::{AccessLog, ServiceConfig};
 use mesh_core::discovery::{Discovery, DnsSettings};
 use mesh_core::health::HealthChecker;
 use mesh_core::outlier::OutlierDetector;
@@ -58,6 +58,7 @@ impl ServiceClient {
     pub(crate) fn spawn(
         config: &ServiceConfig,
         dns: &DnsSettings,
+        access_log: AccessLog,
         connector: Arc<dyn Connect>,
         grpc_probe: Option<&Arc<dyn MakeGrpcProbe>>,
     ) -> Result<Self, BoxError> {
@@ -102,7 +103,13 @@ impl ServiceClient {
             .map(|settings| CircuitBreaker::new(config.name.as_str(), settings));
         Ok(ServiceClient {
             name: config.name.clone(),
-            stack: stack::service_stack(config, budget.clone(), breaker.clone(), dispatch),
+            stack: stack::service_stack(
+                config,
+                access_log,
+                budget.clone(),
+                breaker.clone(),
+                dispatch,
+            ),
             budget,
             breaker,
             outlier,

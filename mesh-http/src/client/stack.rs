@@ -26,7 +26,7 @@ use http_body_util::BodyExt;
 use mesh_core::breaker::{BreakerLayer, CircuitBreaker};
 use mesh_core::classify::Classifier;
 use mesh_core::concurrency::{ConcurrencyLimit, OutboundConcurrencyLayer};
-use mesh_core::config::ServiceConfig;
+use mesh_core::config::{AccessLog, ServiceConfig};
 use mesh_core::deadline::OutboundDeadlineLayer;
 use mesh_core::fault::FaultLayer;
 use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
@@ -49,6 +49,7 @@ use crate::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer};
 /// shared by every clone of the client.
 pub(crate) fn service_stack(
     config: &ServiceConfig,
+    access_log: AccessLog,
     budget: Arc<RetryBudget>,
     breaker: Option<Arc<CircuitBreaker>>,
     dispatch: EndpointDispatch,
@@ -83,7 +84,10 @@ pub(crate) fn service_stack(
     let route = (!routes.is_empty()).then(|| RouteLayer::new(routes));
     let stack = ServiceBuilder::new()
         .layer(option_layer(route))
-        .layer(ClientTelemetryLayer::new(&config.name))
+        .layer(ClientTelemetryLayer::with_access_log(
+            &config.name,
+            access_log,
+        ))
         .layer(OutboundDeadlineLayer::new(config.timeout))
         .layer(option_layer(rate_limit))
         .layer(option_layer(concurrency))

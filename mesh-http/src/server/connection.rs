@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use super::options::InboundOptions;
 use super::PeerIdentity;
+use axum::extract::ConnectInfo;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -75,6 +76,7 @@ pub(crate) async fn serve<S, B>(
     let service = WithPeer {
         inner: service,
         peer: PeerIdentity(peer),
+        remote: ConnectInfo(remote),
     };
     let conn = shared
         .http
@@ -103,11 +105,13 @@ fn count_failure(reason: &'static str) {
     metrics::counter!(TLS_HANDSHAKE_FAILURES.name, label::REASON => reason).increment(1);
 }
 
-/// Puts the peer's identity on each request before the user's service sees it.
+/// Puts the peer's identity and socket address (axum's `ConnectInfo`, which the
+/// access log and handlers read) on each request before the user's service sees it.
 #[derive(Debug, Clone)]
 struct WithPeer<S> {
     inner: S,
     peer: PeerIdentity,
+    remote: ConnectInfo<SocketAddr>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for WithPeer<S>
@@ -120,6 +124,7 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.peer.clone());
+        request.extensions_mut().insert(self.remote);
         self.inner.clone().oneshot(request)
     }
 }

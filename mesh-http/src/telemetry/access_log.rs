@@ -6,6 +6,13 @@
 //! (the socket address, when axum's `ConnectInfo` is available),
 //! `peer_identity` (the caller's SPIFFE ID, behind the mesh's mTLS listener),
 //! `trace_id` (to find the request's trace).
+//!
+//! Outbound calls (when [`ClientTelemetryLayer::access_log`](super::ClientTelemetryLayer::access_log)
+//! is set) get one line per logical call with `kind: "outbound"`: `service`
+//! (the logical service), `method`, `path`, `status` (absent when the call
+//! failed; `error` then names the failure), `duration_ms`, `attempts` (tries,
+//! retries and hedges sent to endpoints), `endpoint` (the `ip:port` that
+//! answered), `trace_id`.
 
 use std::fmt;
 use std::io::Write;
@@ -43,9 +50,64 @@ impl AccessLogSink {
     }
 
     pub(crate) fn write(&self, line: &AccessLogLine<'_>) {
-        let mut text = line.to_json().to_string();
+        self.write_json(line.to_json());
+    }
+
+    pub(crate) fn write_outbound(&self, line: &OutboundLogLine<'_>) {
+        self.write_json(line.to_json());
+    }
+
+    fn write_json(&self, json: serde_json::Value) {
+        let mut text = json.to_string();
         text.push('\n');
         (self.write)(&text);
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One outbound call's line.
+pub(crate) struct OutboundLogLine<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: Option<u16>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) duration: Duration,
+    pub(crate) attempts: u32,
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) trace_id: Option<&'a str>,
+}
+
+impl OutboundLogLine<'_> {
+    fn to_json(&self) -> serde_json::Value {
+        let mut line = serde_json::json!({
+            "ts": unix_now(),
+            "kind": "outbound",
+            "service": self.service,
+            "method": self.method,
+            "path": self.path,
+            "duration_ms": self.duration.as_secs_f64() * 1e3,
+            "attempts": self.attempts,
+        });
+        let obj = line.as_object_mut().expect("an object");
+        if let Some(status) = self.status {
+            obj.insert("status".into(), status.into());
+        }
+        if let Some(error) = self.error {
+            obj.insert("error".into(), error.into());
+        }
+        if let Some(endpoint) = self.endpoint {
+            obj.insert("endpoint".into(), endpoint.to_string().into());
+        }
+        if let Some(trace_id) = self.trace_id {
+            obj.insert("trace_id".into(), trace_id.into());
+        }
+        line
     }
 }
 
@@ -63,9 +125,7 @@ pub(crate) struct AccessLogLine<'a> {
 
 impl AccessLogLine<'_> {
     fn to_json(&self) -> serde_json::Value {
-        let ts = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let ts = unix_now();
         let mut line = serde_json::json!({
             "ts": ts,
             "kind": "access",

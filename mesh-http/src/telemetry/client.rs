@@ -5,18 +5,22 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
+use mesh_core::config::{AccessLog, MeshConfig};
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
 use mesh_core::metric_names::{
     label, ATTEMPTS, ATTEMPT_DURATION, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_BODY_SIZE,
     HTTP_CLIENT_REQUEST_DURATION, HTTP_CLIENT_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, inject, method_code, method_label, status_label, want_client_span, HandleCache,
+    body_size, inject, method_code, method_label, status_label, trace_id, want_client_span,
+    HandleCache,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -25,6 +29,7 @@ use tracing::field::Empty;
 use tracing::instrument::{Instrument, Instrumented};
 use tracing::Span;
 
+use super::access_log::{AccessLogSink, OutboundLogLine};
 use crate::error::{BoxError, Error};
 
 /// Records `http.client.request.duration` and `http.client.active_requests` for
@@ -45,7 +50,14 @@ use crate::error::{BoxError, Error};
 #[derive(Debug, Clone)]
 pub struct ClientTelemetryLayer {
     handles: Arc<ClientHandles>,
+    access_log: Option<AccessLogSink>,
 }
+
+/// Put on a call's request when the outbound access log is on; shared by
+/// every attempt's copy of the request (the retry layer clones extensions),
+/// so the attempt layer can count the attempts the call made.
+#[derive(Clone, Debug, Default)]
+struct CallLog(Arc<AtomicU32>);
 
 /// Metric handles of one logical service, by bounded label values.
 #[derive(Debug)]
@@ -105,7 +117,33 @@ impl ClientTelemetryLayer {
                 active: HandleCache::new(),
                 call: HandleCache::new(),
             }),
+            access_log: None,
         }
+    }
+
+    /// As `config` says: with the JSON outbound access log on stdout when
+    /// `MESH_ACCESS_LOG=json`.
+    pub fn from_config(service: &str, config: &MeshConfig) -> Self {
+        Self::with_access_log(service, config.access_log())
+    }
+
+    /// For `service`, writing outbound access-log lines to stdout when
+    /// `access_log` says so (`MESH_ACCESS_LOG`).
+    pub fn with_access_log(service: &str, access_log: AccessLog) -> Self {
+        let layer = Self::new(service);
+        match access_log {
+            AccessLog::Json => layer.access_log(AccessLogSink::stdout()),
+            AccessLog::Off => layer,
+        }
+    }
+
+    /// Writes one line per logical call to `sink` (`kind: "outbound"`, with
+    /// the attempts it took and the endpoint that answered; see
+    /// [`AccessLogSink`]). Needs [`AttemptTelemetryLayer`] below the retry
+    /// layer to count attempts.
+    pub fn access_log(mut self, sink: AccessLogSink) -> Self {
+        self.access_log = Some(sink);
+        self
     }
 }
 
@@ -116,6 +154,7 @@ impl<S> tower::Layer<S> for ClientTelemetryLayer {
         ClientTelemetry {
             inner,
             handles: self.handles.clone(),
+            access_log: self.access_log.clone(),
         }
     }
 }
@@ -125,6 +164,14 @@ impl<S> tower::Layer<S> for ClientTelemetryLayer {
 pub struct ClientTelemetry<S> {
     inner: S,
     handles: Arc<ClientHandles>,
+    access_log: Option<AccessLogSink>,
+}
+
+/// What the outbound access log line needs that the response does not carry.
+struct PendingCall {
+    sink: AccessLogSink,
+    path: String,
+    log: CallLog,
 }
 
 impl ClientHandles {
@@ -218,7 +265,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let method = method_label(request.method());
         let code = method_code(request.method());
         let port = request.uri().port_u16().unwrap_or(
@@ -249,6 +296,15 @@ where
         };
         let active = self.handles.active(method, code, port);
         active.increment(1.0);
+        let pending = self.access_log.clone().map(|sink| {
+            let log = CallLog::default();
+            request.extensions_mut().insert(log.clone());
+            PendingCall {
+                sink,
+                path: request.uri().path().to_string(),
+                log,
+            }
+        });
         let future = {
             // Entered while the inner stack builds its future, so the attempt
             // layer below sees this span as its parent.
@@ -263,6 +319,7 @@ where
             code,
             port,
             request_size,
+            pending,
             _active: ActiveGuard(active),
         }
     }
@@ -279,6 +336,7 @@ pin_project! {
         code: u8,
         port: u16,
         request_size: Option<u64>,
+        pending: Option<PendingCall>,
         _active: ActiveGuard,
     }
 }
@@ -341,6 +399,26 @@ where
                 (None, Outcome::Failed(kind), None)
             }
         };
+        if let Some(pending) = this.pending.take() {
+            pending.sink.write_outbound(&OutboundLogLine {
+                service: &this.handles.service,
+                method: this.method,
+                path: &pending.path,
+                status: status.map(|s| s.as_u16()),
+                error: match outcome {
+                    Outcome::Failed(word) => Some(word),
+                    _ => None,
+                },
+                duration: Duration::from_secs_f64(elapsed),
+                attempts: pending.log.0.load(Ordering::Relaxed),
+                endpoint: result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.extensions().get::<ServedBy>())
+                    .map(|s| s.0),
+                trace_id: trace_id(span).as_deref(),
+            });
+        }
         let request_size = *this.request_size;
         this.handles.call(
             this.method,
@@ -426,6 +504,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Some(log) = request.extensions().get::<CallLog>() {
+            log.0.fetch_add(1, Ordering::Relaxed);
+        }
         let span = if want_client_span() {
             let method = method_label(request.method());
             // Endpoints earlier attempts used: this attempt's resend count.
@@ -523,5 +604,103 @@ where
             |c| c.increment(1),
         );
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use http_body_util::Empty;
+    use parking_lot::Mutex;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    type Body = Empty<bytes::Bytes>;
+
+    /// A stand-in endpoint: answers 503 to the first attempt and 200 to the
+    /// next, naming itself as the endpoint that answered.
+    fn flaky_endpoint(
+        addr: SocketAddr,
+    ) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send> + Clone
+    {
+        let calls = Arc::new(AtomicU32::new(0));
+        tower::service_fn(move |_req: Request<Body>| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let mut response = Response::new(Body::new());
+                *response.status_mut() = if n == 0 {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    http::StatusCode::OK
+                };
+                response.extensions_mut().insert(ServedBy(addr));
+                Ok::<_, BoxError>(response)
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn outbound_access_log_counts_attempts_and_names_the_endpoint() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink_lines = lines.clone();
+        let sink = AccessLogSink::new(move |line| sink_lines.lock().push(line.to_string()));
+        let addr: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let attempts = AttemptTelemetryLayer::new("orders").layer(flaky_endpoint(addr));
+        // A minimal retry: the request's parts (extensions included) are
+        // cloned for a second attempt after a 503, as the retry layer does.
+        let retrying = tower::service_fn(move |request: Request<Body>| {
+            let mut attempts = attempts.clone();
+            async move {
+                let (parts, _) = request.into_parts();
+                let first = Request::from_parts(parts.clone(), Body::new());
+                let response = attempts.ready().await?.call(first).await?;
+                if response.status() != http::StatusCode::SERVICE_UNAVAILABLE {
+                    return Ok::<_, BoxError>(response);
+                }
+                attempts
+                    .ready()
+                    .await?
+                    .call(Request::from_parts(parts, Body::new()))
+                    .await
+            }
+        });
+        let client = ClientTelemetryLayer::new("orders")
+            .access_log(sink)
+            .layer(retrying);
+        let request = Request::get("http://orders/orders/42")
+            .body(Body::new())
+            .unwrap();
+        let response = client.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+
+        let lines = lines.lock();
+        assert_eq!(lines.len(), 1, "one line per logical call: {lines:?}");
+        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(line["kind"], "outbound");
+        assert_eq!(line["service"], "orders");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/orders/42");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["attempts"], 2);
+        assert_eq!(line["endpoint"], "127.0.0.1:8081");
+        assert!(line.get("error").is_none(), "{line}");
+    }
+
+    #[tokio::test]
+    async fn no_access_log_means_no_request_extension() {
+        let seen = Arc::new(Mutex::new(None));
+        let seen_inner = seen.clone();
+        let client = ClientTelemetryLayer::new("orders").layer(tower::service_fn(
+            move |request: Request<Body>| {
+                *seen_inner.lock() = Some(request.extensions().get::<CallLog>().is_some());
+                async { Ok::<_, BoxError>(Response::new(Body::new())) }
+            },
+        ));
+        let request = Request::get("http://orders/").body(Body::new()).unwrap();
+        client.oneshot(request).await.unwrap();
+        assert_eq!(*seen.lock(), Some(false), "off costs nothing per call");
     }
 }
