@@ -61,7 +61,9 @@ async fn start_backend(work: Duration, fail_every: Option<u64>) -> std::io::Resu
                 // Failures take as long as successes, so latency does not steer
                 // traffic away from the failing backend: retries must hide them.
                 match fail_every {
-                    Some(every) if n % every == 0 => (StatusCode::SERVICE_UNAVAILABLE, "failed"),
+                    Some(every) if n.is_multiple_of(every) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "failed")
+                    }
                     _ => (StatusCode::OK, "done"),
                 }
             }
