@@ -7,6 +7,7 @@ pub mod otlp;
 pub mod pki;
 pub mod prometheus;
 pub mod python;
+pub mod stream;
 pub mod workload_api;
 
 /// The greeter of the gRPC interop tests (`tests/proto/greeter.proto`), generated

@@ -4,9 +4,6 @@
 //! shutdown begins.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use mesh_core::balance::BalancerStats;
@@ -19,70 +16,12 @@ use mesh_tests::greeter::greeter_client::GreeterClient;
 use mesh_tests::greeter::greeter_server::{Greeter, GreeterServer};
 use mesh_tests::greeter::{HelloReply, HelloRequest};
 use mesh_tests::pki::Pki;
-use mesh_tests::python::require_grpcio;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use mesh_tests::python::PythonHealthServer;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const GREETER: &str = "mesh.test.greeter.Greeter";
-
-/// `tests/python/health_server.py`: a grpcio greeter whose health the test sets
-/// and whose served calls it counts.
-struct PythonHealthServer {
-    addr: SocketAddr,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    _child: Child,
-}
-
-impl PythonHealthServer {
-    async fn start() -> Self {
-        require_grpcio();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/health_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(GREETER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start python3 health_server.py");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let first = lines.next_line().await.expect("read").expect("a port line");
-        let v: serde_json::Value = serde_json::from_str(&first).expect("JSON");
-        let port = v["port"].as_u64().expect("a port") as u16;
-        PythonHealthServer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            stdin,
-            lines,
-            _child: child,
-        }
-    }
-
-    /// Sends one command and waits for the server's answer.
-    async fn command(&mut self, command: &str) -> serde_json::Value {
-        self.stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .expect("write a command");
-        let line = self
-            .lines
-            .next_line()
-            .await
-            .expect("read")
-            .expect("an answer");
-        serde_json::from_str(&line).expect("JSON")
-    }
-
-    async fn calls(&mut self) -> u64 {
-        self.command("count").await["calls"]
-            .as_u64()
-            .expect("calls")
-    }
-}
 
 /// Waits (up to a generous 30 s) until `done` holds for the service's endpoint
 /// counts; there is no event to await from outside the client.
@@ -101,10 +40,15 @@ async fn until(client: &MeshClient, what: &str, done: impl Fn(&BalancerStats) ->
     }
 }
 
+/// Calls each server has served so far.
 async fn calls(servers: &mut [PythonHealthServer]) -> Vec<u64> {
     let mut counts = Vec::new();
     for server in servers {
-        counts.push(server.calls().await);
+        counts.push(
+            server.command("count").await["calls"]
+                .as_u64()
+                .expect("calls"),
+        );
     }
     counts
 }
@@ -130,9 +74,9 @@ async fn served_by(client: &MeshClient, servers: &mut [PythonHealthServer], n: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_server_turning_not_serving_leaves_rotation_and_returns_when_serving() {
     let mut servers = vec![
-        PythonHealthServer::start().await,
-        PythonHealthServer::start().await,
-        PythonHealthServer::start().await,
+        PythonHealthServer::start(GREETER).await,
+        PythonHealthServer::start(GREETER).await,
+        PythonHealthServer::start(GREETER).await,
     ];
     let endpoints: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
     let env: BTreeMap<String, String> = [

@@ -17,6 +17,7 @@ use mesh_core::identity::ExpectedIdentity;
 use mesh_http::server::PeerIdentity;
 use mesh_http::{Mesh, MeshClient};
 use mesh_tests::pki::{PemFiles, Pki};
+use mesh_tests::stream::RequestStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -166,35 +167,11 @@ async fn rotating_certificate_files_fails_no_request_and_new_handshakes_present_
 
     // A steady stream of requests over connections that age out every 50 ms.
     let client = client_mesh.client();
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let stream = {
-        let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
-        tokio::spawn(async move {
-            while running.load(Ordering::Relaxed) {
-                match whoami(&client).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("request failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        })
-    };
-    let wait_for_ok = |target: u64| {
-        let ok = ok.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), async {
-                while ok.load(Ordering::Relaxed) < target {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await
-            .expect("the request stream keeps going")
-        }
-    };
-    wait_for_ok(100).await;
+    let stream = RequestStream::start(move || {
+        let client = client.clone();
+        async move { whoami(&client).await }
+    });
+    stream.wait_for_ok(100).await;
 
     // Rotate the server's files in place; wait for the server to load them.
     let mut generations = server.identity().unwrap().subscribe();
@@ -208,16 +185,10 @@ async fn rotating_certificate_files_fails_no_request_and_new_handshakes_present_
     .await
     .expect("the server picks up the rotated files");
 
-    let after_rotation = ok.load(Ordering::Relaxed);
-    wait_for_ok(after_rotation + 200).await;
-    running.store(false, Ordering::Relaxed);
-    stream.await.unwrap();
+    stream.wait_for_ok(stream.ok() + 200).await;
+    let (_, failed) = stream.stop().await;
 
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request may fail across a rotation"
-    );
+    assert_eq!(failed, 0, "no request may fail across a rotation");
     let leaf = presented_leaf(&client_mesh, addr).await;
     assert_eq!(
         leaf,

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -21,6 +19,7 @@ use mesh_core::identity::{ExpectedIdentity, IdentitySource, WorkloadApiConfig};
 use mesh_http::server::PeerIdentity;
 use mesh_http::{Mesh, MeshClient};
 use mesh_tests::pki::{spiffe_id, Pki};
+use mesh_tests::stream::RequestStream;
 use mesh_tests::workload_api::{response, WorkloadApiServer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -131,35 +130,11 @@ async fn workload_api_svid_serves_mtls_and_a_pushed_svid_reaches_the_next_handsh
 
     // A steady stream of requests across the rotation.
     let client = client_mesh.client();
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let running = Arc::new(AtomicBool::new(true));
-    let stream = {
-        let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
-        tokio::spawn(async move {
-            while running.load(Ordering::Relaxed) {
-                match whoami(&client).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("request failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        })
-    };
-    let wait_for_ok = |target: u64| {
-        let ok = ok.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), async {
-                while ok.load(Ordering::Relaxed) < target {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-            .await
-            .expect("the request stream keeps going")
-        }
-    };
-    wait_for_ok(100).await;
+    let stream = RequestStream::start(move || {
+        let client = client.clone();
+        async move { whoami(&client).await }
+    });
+    stream.wait_for_ok(100).await;
 
     // The agent rotates the SVID: the stream carries it to the mesh.
     let mut generations = identity.subscribe();
@@ -174,16 +149,10 @@ async fn workload_api_svid_serves_mtls_and_a_pushed_svid_reaches_the_next_handsh
     .await
     .expect("the pushed SVID becomes current");
 
-    let after_rotation = ok.load(Ordering::Relaxed);
-    wait_for_ok(after_rotation + 200).await;
-    running.store(false, Ordering::Relaxed);
-    stream.await.unwrap();
+    stream.wait_for_ok(stream.ok() + 200).await;
+    let (_, failed) = stream.stop().await;
 
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request may fail across a rotation"
-    );
+    assert_eq!(failed, 0, "no request may fail across a rotation");
     assert_eq!(
         presented_leaf(&client_identity, addr).await,
         leaf(&new),
