@@ -173,6 +173,31 @@ impl Lookup<'_> {
         self.service.settings.contains_key(name) || self.defaults.contains_key(name)
     }
 
+    /// Checks that the duration `short` is no longer than `long`; otherwise
+    /// records the conflict against whichever of the two was set (the shorter
+    /// one when both were) and returns false.
+    fn no_longer_than(
+        &mut self,
+        (short_name, short): (&'static str, Duration),
+        (long_name, long): (&'static str, Duration),
+    ) -> bool {
+        if short <= long {
+            return true;
+        }
+        if self.is_set(short_name) {
+            self.conflict(
+                short_name,
+                &format!("a duration no longer than {long_name} ({long:?})"),
+            );
+        } else {
+            self.conflict(
+                long_name,
+                &format!("a duration no shorter than {short_name} ({short:?})"),
+            );
+        }
+        false
+    }
+
     /// Records that the value of `name` contradicts another setting.
     fn conflict(&mut self, name: &'static str, expected: &str) {
         let entry = self
@@ -371,18 +396,10 @@ fn health_check(l: &mut Lookup<'_>, protocol: Option<Protocol>) -> Option<Option
     let healthy = l.get("HEALTH_CHECK_HEALTHY_THRESHOLD", threshold);
     let unhealthy = l.get("HEALTH_CHECK_UNHEALTHY_THRESHOLD", threshold);
     let (interval, timeout) = (interval?, timeout?);
-    if timeout > interval {
-        if l.is_set("HEALTH_CHECK_TIMEOUT") {
-            l.conflict(
-                "HEALTH_CHECK_TIMEOUT",
-                &format!("a duration no longer than HEALTH_CHECK_INTERVAL ({interval:?})"),
-            );
-        } else {
-            l.conflict(
-                "HEALTH_CHECK_INTERVAL",
-                &format!("a duration no shorter than HEALTH_CHECK_TIMEOUT ({timeout:?})"),
-            );
-        }
+    if !l.no_longer_than(
+        ("HEALTH_CHECK_TIMEOUT", timeout),
+        ("HEALTH_CHECK_INTERVAL", interval),
+    ) {
         return None;
     }
     let kind = match (path?, grpc?) {
@@ -468,18 +485,10 @@ fn outlier_settings(l: &mut Lookup<'_>) -> Option<Option<OutlierSettings>> {
     let max = l.get("OUTLIER_MAX_EJECTION", value::positive_duration);
     let max_ejected = l.get("OUTLIER_MAX_EJECTED", value::percent);
     let (base, max) = (base?, max?);
-    if base > max {
-        if l.is_set("OUTLIER_BASE_EJECTION") {
-            l.conflict(
-                "OUTLIER_BASE_EJECTION",
-                &format!("a duration no longer than OUTLIER_MAX_EJECTION ({max:?})"),
-            );
-        } else {
-            l.conflict(
-                "OUTLIER_MAX_EJECTION",
-                &format!("a duration no shorter than OUTLIER_BASE_EJECTION ({base:?})"),
-            );
-        }
+    if !l.no_longer_than(
+        ("OUTLIER_BASE_EJECTION", base),
+        ("OUTLIER_MAX_EJECTION", max),
+    ) {
         return None;
     }
     let settings = OutlierSettings {
