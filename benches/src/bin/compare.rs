@@ -360,7 +360,18 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    /// Closes the server's standard input so it exits by itself (a profiler
+    /// running it then writes its output), and kills it if it has not within
+    /// a few seconds.
     fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
