@@ -8,19 +8,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+use crate::client::Lease;
 use crate::error::BoxError;
 
 /// A request body once the client has taken it: any `http_body::Body` boxed, so
 /// one connection type serves every caller's body type.
 pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Something to release when a response body has been read to its end (or dropped):
-/// the endpoint's in-flight count, and an HTTP/1.1 connection to return to its pool.
-pub(crate) trait Lease: Send + 'static {
-    /// `complete` is true when the body was read to its end, so the connection may
-    /// carry another request.
-    fn release(self: Box<Self>, complete: bool);
-}
 
 pin_project_lite::pin_project! {
     /// A response body from the mesh. Reading it to the end returns its connection
@@ -28,7 +21,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: Inner,
-        lease: Option<Box<dyn Lease>>,
+        // What to release when the body has been read to its end (or dropped).
+        lease: Option<Lease>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -62,7 +56,7 @@ impl Default for ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn incoming(body: Incoming, lease: Option<Box<dyn Lease>>) -> Self {
+    pub(crate) fn incoming(body: Incoming, lease: Option<Lease>) -> Self {
         let mut body = ResponseBody {
             inner: Inner::Incoming { body },
             lease,

@@ -137,11 +137,10 @@ impl<S, B, RB> tower::Service<Request<B>> for OutboundDeadline<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, BoxError>> + Send>>;
+    type Future = OutboundDeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -164,29 +163,83 @@ where
             Deadline::current(),
         );
         let Some(deadline) = Deadline::earliest(own, inherited) else {
-            let call = self.inner.call(request);
-            return Box::pin(async move { call.await.map_err(Into::into) });
+            return OutboundDeadlineFuture {
+                state: DeadlineState::Unbounded {
+                    inner: self.inner.call(request),
+                },
+            };
         };
         if deadline.remaining().is_zero() {
-            return Box::pin(async { Err(DeadlineExceeded.into()) });
+            return OutboundDeadlineFuture {
+                state: DeadlineState::Expired,
+            };
         }
         request.extensions_mut().insert(deadline);
         write_headers(request.headers_mut(), deadline);
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline.0, call).await {
-                // The callee's own deadline (ours, passed on and rounded up) ran
-                // out as ours did: a 504 that arrives once ours has passed is our
-                // deadline error, whichever timer a busy runtime served first.
-                Ok(Ok(response))
-                    if response.status() == StatusCode::GATEWAY_TIMEOUT
-                        && deadline.remaining().is_zero() =>
-                {
-                    Err(DeadlineExceeded.into())
-                }
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(DeadlineExceeded.into()),
+        OutboundDeadlineFuture {
+            state: DeadlineState::Bounded {
+                inner: tokio::time::timeout_at(deadline.0, self.inner.call(request)),
+                deadline,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an [`OutboundDeadline`] call: a named type rather than a
+    /// boxed one, so the layer costs no allocation per request.
+    pub struct OutboundDeadlineFuture<F> {
+        #[pin]
+        state: DeadlineState<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DeadlineStateProj]
+    enum DeadlineState<F> {
+        // No deadline applies.
+        Unbounded { #[pin] inner: F },
+        // The call, cut off at the deadline.
+        Bounded { #[pin] inner: tokio::time::Timeout<F>, deadline: Deadline },
+        // The deadline had passed before the call: nothing is sent.
+        Expired,
+    }
+}
+
+impl<F> std::fmt::Debug for OutboundDeadlineFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundDeadlineFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, RB, E> Future for OutboundDeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            DeadlineStateProj::Unbounded { inner } => inner.poll(cx).map_err(Into::into),
+            DeadlineStateProj::Expired => Poll::Ready(Err(DeadlineExceeded.into())),
+            DeadlineStateProj::Bounded { inner, deadline } => {
+                Poll::Ready(match std::task::ready!(inner.poll(cx)) {
+                    // The callee's own deadline (ours, passed on and rounded up)
+                    // ran out as ours did: a 504 that arrives once ours has passed
+                    // is our deadline error, whichever timer a busy runtime served
+                    // first.
+                    Ok(Ok(response))
+                        if response.status() == StatusCode::GATEWAY_TIMEOUT
+                            && deadline.remaining().is_zero() =>
+                    {
+                        Err(DeadlineExceeded.into())
+                    }
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_) => Err(DeadlineExceeded.into()),
+                })
             }
-        })
+        }
     }
 }

@@ -27,20 +27,42 @@ pub struct Hedgeable(pub bool);
 /// avoid.
 #[derive(Debug, Clone, Default)]
 pub struct AttemptLog {
-    picked: Arc<Mutex<Vec<SocketAddr>>>,
+    picked: Arc<Mutex<Picked>>,
+}
+
+/// Endpoints in the order attempts went to them. Most requests make one or two
+/// attempts, so those are kept inline: recording them allocates nothing.
+#[derive(Debug, Default)]
+struct Picked {
+    first: [Option<SocketAddr>; 2],
+    more: Vec<SocketAddr>,
+}
+
+impl Picked {
+    fn iter(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.first
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.more.iter().copied())
+    }
 }
 
 impl AttemptLog {
     /// Records that an attempt went to `addr`.
     pub fn record(&self, addr: SocketAddr) {
         let mut picked = self.picked.lock();
-        if !picked.contains(&addr) {
-            picked.push(addr);
+        if picked.iter().any(|seen| seen == addr) {
+            return;
+        }
+        match picked.first.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(addr),
+            None => picked.more.push(addr),
         }
     }
 
     /// Endpoints attempts went to so far.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.picked.lock().clone()
+        self.picked.lock().iter().collect()
     }
 }

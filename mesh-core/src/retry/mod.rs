@@ -443,7 +443,12 @@ where
         request.extensions_mut().insert(tried);
     }
     let call = inner.oneshot(request);
-    let started = Instant::now();
+    // Only a policy hedging at a percentile reads attempt latencies back.
+    let percentile_hedging = matches!(
+        plan.policy(shared).hedge_delay,
+        Some(HedgeDelay::Percentile(_))
+    );
+    let started = percentile_hedging.then(Instant::now);
     let outcome = match plan.policy(shared).per_try_timeout {
         Some(per_try) => match tokio::time::timeout(per_try, call).await {
             Ok(result) => result.map_err(Into::into),
@@ -458,7 +463,7 @@ where
         Err(e) if e.is::<PerTryTimeout>() => plan.classifier.error(ErrorKind::PerTryTimeout),
         Err(e) => plan.classifier.error((shared.error_kind)(e)),
     };
-    if class == Class::Success {
+    if let (Class::Success, Some(started)) = (class, started) {
         shared.latencies.record(started.elapsed());
     }
     // Attempts are counted by the attempt telemetry layer (`mesh.client.attempts`).

@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use http::header::HOST;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
 use mesh_core::balance::{Balancer, EndpointHandle, Picked};
 use mesh_core::classify::Classifier;
@@ -18,7 +18,7 @@ use mesh_core::outlier::OutlierDetector;
 use mesh_core::retry::AttemptLog;
 use tokio::time::Instant;
 
-use crate::body::{Lease, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::error::{BoxError, Error};
 use crate::pool::{give_back, Conn, EndpointPool, Http1Conn, PoolInner};
 
@@ -43,6 +43,7 @@ struct DispatchInner {
     protocol: Protocol,
     balancer: Arc<Balancer<EndpointPool>>,
     outlier: Option<Outlier>,
+    host: HostCache,
 }
 
 /// Outlier accounting: every attempt's outcome, classified by the one classifier,
@@ -68,6 +69,7 @@ impl EndpointDispatch {
                     detector,
                     classifier,
                 }),
+                host: HostCache::default(),
             }),
         }
     }
@@ -95,12 +97,12 @@ impl DispatchInner {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, Error> {
-        let mut request = into_wire_form(request, self.protocol)?;
+        let mut request = into_wire_form(request, self.protocol, &self.host)?;
         // Endpoints earlier attempts used, avoided when others are ready.
         let avoid: Vec<SocketAddr> = request
-            .extensions()
-            .get::<TriedEndpoints>()
-            .map(|t| t.0.clone())
+            .extensions_mut()
+            .remove::<TriedEndpoints>()
+            .map(|t| t.0)
             .unwrap_or_default();
         let log = request.extensions_mut().remove::<AttemptLog>();
         let mut stale = 0;
@@ -131,13 +133,12 @@ impl DispatchInner {
                         picked.record_rtt(started.elapsed());
                         self.report_response(picked.handle(), &response);
                         response.extensions_mut().insert(ServedBy(picked.addr()));
-                        let lease = Http1Lease {
-                            conn: Some(conn),
+                        let lease = Lease::Http1 {
+                            conn,
                             pool: picked.endpoint().downgrade(),
                             _picked: picked,
                         };
-                        return Ok(response
-                            .map(|body| ResponseBody::incoming(body, Some(Box::new(lease)))));
+                        return Ok(response.map(|body| ResponseBody::incoming(body, Some(lease))));
                     }
                     Err(e) => e,
                 },
@@ -146,9 +147,8 @@ impl DispatchInner {
                         picked.record_rtt(started.elapsed());
                         self.report_response(picked.handle(), &response);
                         response.extensions_mut().insert(ServedBy(picked.addr()));
-                        let lease = Http2Lease { _picked: picked };
-                        return Ok(response
-                            .map(|body| ResponseBody::incoming(body, Some(Box::new(lease)))));
+                        let lease = Lease::Http2 { _picked: picked };
+                        return Ok(response.map(|body| ResponseBody::incoming(body, Some(lease))));
                     }
                     Err(e) => {
                         picked.endpoint().forget_closed_http2();
@@ -194,27 +194,27 @@ impl DispatchInner {
 fn into_wire_form(
     mut request: Request<RequestBody>,
     protocol: Protocol,
+    host: &HostCache,
 ) -> Result<Request<RequestBody>, Error> {
-    let authority = request
-        .uri()
-        .authority()
-        .ok_or_else(|| Error::invalid_uri("the URI has no authority"))?
-        .clone();
     match protocol {
         Protocol::Http1 => {
+            // Taken apart rather than cloned: a cloned URI copies its bytes.
+            let uri = std::mem::take(request.uri_mut()).into_parts();
+            let authority = uri
+                .authority
+                .ok_or_else(|| Error::invalid_uri("the URI has no authority"))?;
             if !request.headers().contains_key(HOST) {
-                let host = HeaderValue::from_str(authority.as_str())
-                    .map_err(|e| Error::invalid_uri(e.to_string()))?;
-                request.headers_mut().insert(HOST, host);
+                request.headers_mut().insert(HOST, host.value(&authority)?);
             }
-            let path = request
-                .uri()
-                .path_and_query()
-                .cloned()
+            let path = uri
+                .path_and_query
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *request.uri_mut() = Uri::from(path);
         }
         Protocol::Http2 | Protocol::Grpc => {
+            if request.uri().authority().is_none() {
+                return Err(Error::invalid_uri("the URI has no authority"));
+            }
             if request.uri().scheme().is_none() {
                 return Err(Error::invalid_uri("the URI has no scheme"));
             }
@@ -223,27 +223,53 @@ fn into_wire_form(
     Ok(request)
 }
 
-/// Keeps the endpoint's in-flight count and the HTTP/1.1 connection until the
-/// response body has been read; a fully read response frees the connection for
-/// the next request.
-struct Http1Lease {
-    conn: Option<Http1Conn>,
-    pool: Weak<PoolInner>,
-    _picked: Picked<EndpointPool>,
-}
+/// The `Host` value of the authority a service's requests name, made once: a
+/// client sends one service's requests to the same authority (its logical
+/// name), so the value is validated and copied once, then shared.
+#[derive(Default)]
+struct HostCache(OnceLock<(Authority, HeaderValue)>);
 
-impl Lease for Http1Lease {
-    fn release(mut self: Box<Self>, complete: bool) {
-        if let (true, Some(conn)) = (complete, self.conn.take()) {
-            give_back(&self.pool, conn);
+impl HostCache {
+    fn value(&self, authority: &Authority) -> Result<HeaderValue, Error> {
+        let make = || {
+            HeaderValue::from_str(authority.as_str()).map_err(|e| Error::invalid_uri(e.to_string()))
+        };
+        match self.0.get() {
+            Some((cached, value)) if cached == authority => Ok(value.clone()),
+            Some(_) => make(),
+            None => {
+                let value = make()?;
+                // Stored as shared bytes, so each later clone is a reference count.
+                let value =
+                    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(value.as_bytes()))
+                        .map_err(|e| Error::invalid_uri(e.to_string()))?;
+                Ok(self.0.get_or_init(|| (authority.clone(), value)).1.clone())
+            }
         }
     }
 }
 
-struct Http2Lease {
-    _picked: Picked<EndpointPool>,
+/// What a response body holds until it has been read to its end (or dropped):
+/// the endpoint's in-flight count, and for HTTP/1.1 the connection, which a
+/// fully read response frees for the next request. An enum, not a boxed trait
+/// object, so a response costs no allocation for it.
+pub(crate) enum Lease {
+    Http1 {
+        conn: Http1Conn,
+        pool: Weak<PoolInner>,
+        _picked: Picked<EndpointPool>,
+    },
+    Http2 {
+        _picked: Picked<EndpointPool>,
+    },
 }
 
-impl Lease for Http2Lease {
-    fn release(self: Box<Self>, _complete: bool) {}
+impl Lease {
+    /// `complete` is true when the body was read to its end, so the connection
+    /// may carry another request.
+    pub(crate) fn release(self, complete: bool) {
+        if let (true, Lease::Http1 { conn, pool, .. }) = (complete, self) {
+            give_back(&pool, conn);
+        }
+    }
 }

@@ -35,6 +35,7 @@ use mesh_core::identity::{ExpectedIdentity, IdentitySource, IdentityWatch};
 use crate::body::{RequestBody, ResponseBody};
 use crate::connect::{Connect, MtlsConnector, TcpConnector};
 use crate::error::{BoxError, Error};
+pub(crate) use dispatch::Lease;
 use egress::EgressClients;
 pub use health::{GrpcProbeTarget, MakeGrpcProbe};
 use service::ServiceClient;

@@ -1,6 +1,8 @@
 //! One logical service: its discovery, its balancer, and its stack of layers down
 //! to an endpoint.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -12,7 +14,6 @@ use mesh_core::discovery::{Discovery, DnsSettings};
 use mesh_core::health::HealthChecker;
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::retry::{RetryBudget, RetryStats};
-use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
 use super::dispatch::EndpointDispatch;
@@ -23,9 +24,54 @@ use crate::connect::Connect;
 use crate::error::{BoxError, Error};
 use crate::pool::{EndpointPool, PoolSettings};
 
-/// The per-service stack with its types erased.
-pub(crate) type ServiceStack =
-    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, BoxError>;
+/// The per-service stack with its types erased, once: each request clones the
+/// concrete stack (reference counts only) inside the one allocation its future
+/// needs anyway, where a boxed `tower` service would allocate a second time to
+/// clone itself.
+#[derive(Clone)]
+pub(crate) struct ServiceStack(Arc<dyn SendThrough>);
+
+type StackFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static>>;
+
+trait SendThrough: Send + Sync {
+    fn send(&self, request: Request<RequestBody>) -> StackFuture;
+}
+
+impl<S> SendThrough for S
+where
+    S: tower::Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn send(&self, request: Request<RequestBody>) -> StackFuture {
+        Box::pin(self.clone().oneshot(request))
+    }
+}
+
+impl ServiceStack {
+    pub(crate) fn new<S>(stack: S) -> Self
+    where
+        S: tower::Service<
+                Request<RequestBody>,
+                Response = Response<ResponseBody>,
+                Error = BoxError,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        ServiceStack(Arc::new(stack))
+    }
+
+    fn send(&self, request: Request<RequestBody>) -> StackFuture {
+        self.0.send(request)
+    }
+}
 
 pub(crate) struct ServiceClient {
     name: String,
@@ -150,9 +196,6 @@ impl ServiceClient {
     ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Error>> + Send + 'static
     {
         use futures_util::TryFutureExt;
-        self.stack
-            .clone()
-            .oneshot(request)
-            .map_err(Error::from_stack)
+        self.stack.send(request).map_err(Error::from_stack)
     }
 }

@@ -34,7 +34,6 @@ use mesh_core::replay::ReplayBody;
 use mesh_core::retry::{RetryBudget, RetryLayer};
 use mesh_core::route::{RouteLayer, RouteTable};
 use tower::util::option_layer;
-use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use super::classify::error_kind;
@@ -105,5 +104,5 @@ pub(crate) fn service_stack(
         })
         .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
-    BoxCloneSyncService::new(stack.map_err(Into::into))
+    ServiceStack::new(stack.map_err(Into::into))
 }
