@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 
-use super::{timeout_from_headers, write_headers, Deadline, DeadlineExceeded, RequestTimeout};
+use super::{timeout_from_headers, write_remaining, Deadline, DeadlineExceeded, RequestTimeout};
 use crate::classify::{is_grpc, GrpcCode};
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -169,13 +169,14 @@ where
                 },
             };
         };
-        if deadline.remaining().is_zero() {
+        let remaining = deadline.remaining();
+        if remaining.is_zero() {
             return OutboundDeadlineFuture {
                 state: DeadlineState::Expired,
             };
         }
         request.extensions_mut().insert(deadline);
-        write_headers(request.headers_mut(), deadline);
+        write_remaining(request.headers_mut(), remaining);
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
                 inner: tokio::time::timeout_at(deadline.0, self.inner.call(request)),

@@ -165,14 +165,19 @@ pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
 /// Writes the remaining time of `deadline` into `headers` ([`TIMEOUT_HEADER`], and
 /// `grpc-timeout` for gRPC requests).
 pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
-    let remaining = deadline.remaining();
+    write_remaining(headers, deadline.remaining());
+}
+
+/// [`write_headers`] for a remaining time the caller has already read from
+/// the clock.
+pub(crate) fn write_remaining(headers: &mut HeaderMap, remaining: Duration) {
     // Rounded up, so the callee's deadline never falls before ours: the caller
     // times out first and sees its own deadline error, not the callee's 504.
     let ms = remaining
         .as_nanos()
         .div_ceil(1_000_000)
         .min(u128::from(u64::MAX)) as u64;
-    headers.insert(TIMEOUT_HEADER, HeaderValue::from(ms));
+    headers.insert(TIMEOUT_HEADER, decimal(ms));
     let grpc = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -180,6 +185,22 @@ pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
     if grpc {
         headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout_value(remaining));
     }
+}
+
+/// `n` in decimal as a header value, formatted on the stack: one allocation for
+/// the value's bytes, where `HeaderValue::from(u64)` makes two.
+fn decimal(mut n: u64) -> HeaderValue {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[start..]).expect("ASCII digits are a valid header value")
 }
 
 #[cfg(test)]

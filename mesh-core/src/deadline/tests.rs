@@ -124,3 +124,10 @@ async fn inbound_grpc_call_whose_deadline_passes_gets_deadline_exceeded() {
     assert_eq!(r.headers()["grpc-status"], "4");
     assert!(r.body().is_empty(), "trailers-only: no message was sent");
 }
+
+#[test]
+fn decimal_header_values_match_the_standard_formatting() {
+    for n in [0, 7, 10, 1500, 99_999, u64::MAX] {
+        assert_eq!(super::decimal(n), http::HeaderValue::from(n), "{n}");
+    }
+}

@@ -26,10 +26,10 @@ use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::field::Empty;
-use tracing::instrument::{Instrument, Instrumented};
 use tracing::Span;
 
 use super::access_log::{AccessLogSink, OutboundLogLine};
+use super::in_span::InSpan;
 use crate::error::{BoxError, Error};
 
 /// Records `http.client.request.duration` and `http.client.active_requests` for
@@ -312,7 +312,7 @@ where
             self.inner.call(request)
         };
         CallFuture {
-            inner: future.instrument(span),
+            inner: InSpan::new(future, span),
             start: Instant::now(),
             handles: self.handles.clone(),
             method,
@@ -329,7 +329,7 @@ pin_project! {
     /// The future of a [`ClientTelemetry`] call.
     pub struct CallFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: InSpan<F>,
         start: Instant,
         handles: Arc<ClientHandles>,
         method: &'static str,
@@ -535,7 +535,7 @@ where
             self.inner.call(request)
         };
         AttemptFuture {
-            inner: future.instrument(span),
+            inner: InSpan::new(future, span),
             start: Instant::now(),
             handles: self.handles.clone(),
         }
@@ -546,7 +546,7 @@ pin_project! {
     /// The future of an [`AttemptTelemetry`] call.
     pub struct AttemptFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: InSpan<F>,
         start: Instant,
         handles: Arc<AttemptHandles>,
     }

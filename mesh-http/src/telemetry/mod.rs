@@ -11,6 +11,7 @@
 
 mod access_log;
 mod client;
+mod in_span;
 mod server;
 
 pub use access_log::AccessLogSink;
