@@ -340,3 +340,56 @@ async fn hedge_goes_to_another_backend_and_the_fast_answer_wins() {
     );
     assert_eq!(fast.served(), 10, "every answer came from the fast backend");
 }
+
+/// Each attempt carries the time left when it is sent: the first attempt waits
+/// 400 ms before its 503, so the retry must tell the backend at least that much
+/// less than the first one did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_carries_the_time_left_when_it_is_sent() {
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        Router::new().route(
+            "/slow-then-ok",
+            get(move |headers: http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let left: u64 = headers
+                        .get(mesh_core::deadline::TIMEOUT_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .expect("every attempt carries x-mesh-timeout-ms");
+                    let first = {
+                        let mut seen = seen.lock();
+                        seen.push(left);
+                        seen.len() == 1
+                    };
+                    if first {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let backend = TestBackend::start_with(app).await;
+    let client = client(&[
+        ("MESH_SERVICE_SLOW_ENDPOINTS", backend.addr().to_string()),
+        ("MESH_SERVICE_SLOW_TIMEOUT", "10s".to_string()),
+        ("MESH_SERVICE_SLOW_RETRY_BACKOFF", "1ms..2ms".to_string()),
+    ]);
+    let request = Request::get("http://slow/slow-then-ok")
+        .body(empty())
+        .unwrap();
+    let response = client.send(request).await.expect("the retry answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 2, "one retry: {seen:?}");
+    assert!(seen[0] <= 10_000, "{seen:?}");
+    assert!(
+        seen[1] + 400 <= seen[0],
+        "the retry's remaining time reflects the 400 ms the first attempt took: {seen:?}"
+    );
+}

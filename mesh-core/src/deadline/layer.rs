@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 
-use super::{timeout_from_headers, write_remaining, Deadline, DeadlineExceeded, RequestTimeout};
+use super::{timeout_from_headers, Deadline, DeadlineExceeded, RequestTimeout};
 use crate::classify::{is_grpc, GrpcCode};
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -103,6 +103,12 @@ where
 /// route's, from a [`SelectedRoute`] extension), the request's
 /// [`RequestTimeout`], a [`Deadline`] extension and the task's current deadline
 /// (see the module docs).
+///
+/// The request leaves with the chosen [`Deadline`] in its extensions; the layer
+/// does not write the wire headers itself, because retries below it must each
+/// carry the time left when they are sent: whatever sends the request calls
+/// [`write_headers`](super::write_headers) (the mesh client's endpoint dispatch
+/// does).
 #[derive(Debug, Clone, Copy)]
 pub struct OutboundDeadlineLayer {
     timeout: Option<Duration>,
@@ -169,14 +175,14 @@ where
                 },
             };
         };
-        let remaining = deadline.remaining();
-        if remaining.is_zero() {
+        if deadline.remaining().is_zero() {
             return OutboundDeadlineFuture {
                 state: DeadlineState::Expired,
             };
         }
+        // The wire headers are written where each attempt is sent, with the
+        // time left then (see the layer's docs).
         request.extensions_mut().insert(deadline);
-        write_remaining(request.headers_mut(), remaining);
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
                 inner: tokio::time::timeout_at(deadline.0, self.inner.call(request)),

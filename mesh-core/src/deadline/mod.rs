@@ -6,9 +6,10 @@
 //! - Outbound, [`OutboundDeadlineLayer`] takes the earliest of the service's
 //!   timeout (its route's, when the route layer selected one), a per-request [`RequestTimeout`], a [`Deadline`] request extension and
 //!   the current task's deadline; fails the call with [`DeadlineExceeded`] when it
-//!   passes; puts the [`Deadline`] in the request's extensions for the retry layer
-//!   (no retry or hedge starts when it cannot finish in time); and writes the
-//!   remaining time into the outgoing headers, so the next service knows it too.
+//!   passes; and puts the [`Deadline`] in the request's extensions, for the retry
+//!   layer (no retry or hedge starts when it cannot finish in time) and for the
+//!   code that sends each attempt, which writes the time left then into the
+//!   outgoing headers with [`write_headers`], so the next service knows it too.
 //! - [`inherit`] carries the current deadline into a task the handler spawns.
 //!
 //! A chain A → B → C thus never works past A's deadline.
@@ -162,15 +163,11 @@ pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
     HeaderValue::from_str(&text).expect("digits and a unit are a valid header")
 }
 
-/// Writes the remaining time of `deadline` into `headers` ([`TIMEOUT_HEADER`], and
-/// `grpc-timeout` for gRPC requests).
+/// Writes the time `deadline` leaves now into `headers` ([`TIMEOUT_HEADER`], and
+/// `grpc-timeout` for gRPC requests). Called where each attempt is sent, so a
+/// retry tells the server the time left at that moment, not at the call's start.
 pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
-    write_remaining(headers, deadline.remaining());
-}
-
-/// [`write_headers`] for a remaining time the caller has already read from
-/// the clock.
-pub(crate) fn write_remaining(headers: &mut HeaderMap, remaining: Duration) {
+    let remaining = deadline.remaining();
     // Rounded up, so the callee's deadline never falls before ours: the caller
     // times out first and sees its own deadline error, not the callee's 504.
     let ms = remaining

@@ -30,7 +30,11 @@ type Echo = Response<String>;
 fn echo_deadline_header(
 ) -> impl tower::Service<Request<()>, Response = Echo, Error = BoxErr, Future = impl Send + 'static>
        + Clone {
-    tower::service_fn(|req: Request<()>| async move {
+    tower::service_fn(|mut req: Request<()>| async move {
+        // As the sender does: the time left, from the deadline the layer chose.
+        if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
+            write_headers(req.headers_mut(), deadline);
+        }
         let header = req
             .headers()
             .get(TIMEOUT_HEADER)

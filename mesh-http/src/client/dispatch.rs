@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response};
 use mesh_core::balance::{Balancer, EndpointHandle, Picked};
 use mesh_core::classify::Classifier;
 use mesh_core::config::Protocol;
+use mesh_core::deadline::{self, Deadline};
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::retry::AttemptLog;
@@ -190,12 +191,17 @@ impl DispatchInner {
 }
 
 /// HTTP/1.1 sends the path in the request line and the logical name in `Host`;
-/// HTTP/2 keeps the absolute URI, whose authority becomes `:authority`.
+/// HTTP/2 keeps the absolute URI, whose authority becomes `:authority`. Both
+/// carry the deadline's remaining time.
 fn into_wire_form(
     mut request: Request<RequestBody>,
     protocol: Protocol,
     host: &HostCache,
 ) -> Result<Request<RequestBody>, Error> {
+    // The time left now: a retry carries less than the first attempt did.
+    if let Some(deadline) = request.extensions().get::<Deadline>().copied() {
+        deadline::write_headers(request.headers_mut(), deadline);
+    }
     match protocol {
         Protocol::Http1 => {
             // Taken apart rather than cloned: a cloned URI copies its bytes.
