@@ -8,8 +8,9 @@
 //!   sidecar path (plain HTTP to a local proxy).
 //! - [`MeshTarget`]: `MeshClient` built from `MESH_` variables.
 //!
-//! Hook for later configurations (`mesh+otel`, gRPC pairs): implement
-//! [`Target`] and add a row to `compare`'s configuration list.
+//! A new configuration implements [`Target`] and adds a row to `compare`'s
+//! configuration list; one whose process-wide set-up differs (`mesh+otel`)
+//! runs its `Target` in a helper process ([`crate::remote`]).
 
 use std::future::Future;
 use std::io;

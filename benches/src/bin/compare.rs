@@ -8,9 +8,12 @@
 //!
 //! Prints a table and, as its last line, one JSON object. The same binary is
 //! also the helper processes it spawns: `serve` (the server), `cold` (one
-//! cold-start client) and `endpoint-bytes` (memory per known endpoint, with
-//! the counting allocator below). `profile raw|mesh N` sends N sequential
-//! requests with one configuration, for profilers.
+//! cold-start client), `client mesh-otel` (the mesh client with a span
+//! exporter, driven over a pipe: telemetry is process-wide) and
+//! `endpoint-bytes` (memory per known endpoint, with the counting allocator
+//! below). `profile raw|mesh|mesh-otel N` sends N sequential requests with one
+//! configuration, for profilers; `cold-starts N` times N cold starts of each
+//! kind, alternating, and nothing else.
 
 use std::alloc::System;
 use std::collections::BTreeMap;
@@ -24,8 +27,10 @@ use std::time::Duration;
 use cap::Cap;
 use mesh_benches::grpc::{self, GrpcTarget};
 use mesh_benches::load::{self, Saturation};
+use mesh_benches::otlp::SpanCounter;
 use mesh_benches::pki::{PkiFiles, SERVER_NAME};
 use mesh_benches::procstat::{self, Phase, Proc};
+use mesh_benches::remote::{self, RemoteLoad};
 use mesh_benches::report::{
     median, median_of, paired_median, round3, OpenLoop, Percentiles, Round,
 };
@@ -34,6 +39,7 @@ use mesh_benches::sidecar::Sidecars;
 use mesh_benches::target::{BoxError, MeshTarget, RawTarget, Target, TcpConnect, TlsConnect};
 use mesh_core::config::{Env, Layered, MeshConfig};
 use mesh_http::{Mesh, MeshClient};
+use parking_lot::Mutex;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -52,6 +58,8 @@ const GRPC_SERVICE: &str = "grpcbench";
 const CONCURRENCY: usize = 16;
 /// Known endpoints for the memory figure.
 const MANY_ENDPOINTS: usize = 10_000;
+/// The share of traces `mesh+otel` samples and exports.
+const OTEL_SAMPLE_RATIO: &str = "0.1";
 
 /// How long and how often to measure.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +108,9 @@ fn main() -> ExitCode {
         Some("serve") => serve(Path::new(arg(&args, 1))),
         Some("cold") => cold(arg(&args, 1), Path::new(arg(&args, 2)), arg(&args, 3)),
         Some("endpoint-bytes") => endpoint_bytes(),
+        Some("client") => client(arg(&args, 1), Path::new(arg(&args, 2)), arg(&args, 3)),
         Some("profile") => profile(arg(&args, 1), arg(&args, 2)),
+        Some("cold-starts") => cold_starts(arg(&args, 1)),
         Some("--full") => run(FULL),
         Some("--quick") | None => run(QUICK),
         Some(other) => Err(format!("unknown argument `{other}`; use --quick or --full").into()),
@@ -179,8 +189,11 @@ fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
                 Arc::new(RawTarget::new(addr.parse()?, SERVER_NAME, connect, 1))
             }
             "mesh" => {
-                let mesh = Mesh::from_env()?;
-                let telemetry = mesh_core::telemetry::init(mesh.config())?;
+                // Telemetry first, as a service sets it up, so the mesh's own
+                // start-up metrics (the certificate's expiry) are recorded.
+                let config = MeshConfig::from_env()?;
+                let telemetry = mesh_core::telemetry::init(&config)?;
+                let mesh = Mesh::new(config)?;
                 let client = mesh.client();
                 client.ready().await;
                 // The handles own the identity watch and the metrics recorder; they
@@ -195,6 +208,62 @@ fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
         println!("ok");
         Ok(())
     })
+}
+
+/// The `mesh+otel` client process: the mesh as [`start_mesh`] sets it up, with
+/// the `OTEL_*` variables the bench set ([`otel_vars`]), running load on
+/// command from the bench ([`remote::serve_commands`]).
+fn client(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
+    if kind != "mesh-otel" {
+        return Err(format!("unknown client kind `{kind}`; use mesh-otel").into());
+    }
+    let pki = PkiFiles::existing(dir);
+    let addr: SocketAddr = addr.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (mesh, telemetry) = runtime.block_on(start_mesh(&pki, addr))?;
+    if !telemetry.exports_spans() {
+        return Err("mesh-otel: no span exporter (is OTEL_EXPORTER_OTLP_ENDPOINT set?)".into());
+    }
+    let target: Arc<dyn Target> = Arc::new(MeshTarget::new(mesh.client()));
+    runtime.block_on(target.call())?;
+    remote::serve_commands(&runtime, &target, || telemetry.flush())?;
+    drop(telemetry);
+    drop(mesh);
+    Ok(())
+}
+
+/// What makes `mesh` into `mesh+otel`: spans sampled at
+/// [`OTEL_SAMPLE_RATIO`] (parent-based, so a caller's decision wins) and
+/// exported over OTLP/gRPC to `collector`.
+fn otel_vars(collector: &SpanCounter) -> [(&'static str, String); 4] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        (
+            "OTEL_TRACES_SAMPLER",
+            "parentbased_traceidratio".to_string(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG", OTEL_SAMPLE_RATIO.to_string()),
+    ]
+}
+
+/// Starts the `mesh+otel` client process, sending to the server's mesh port
+/// at `addr`; it has sent its first request when this returns.
+fn spawn_otel_client(
+    pki: &PkiFiles,
+    addr: SocketAddr,
+    collector: &SpanCounter,
+) -> Result<RemoteLoad, BoxError> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["client", "mesh-otel"])
+        .arg(pki.dir())
+        .arg(addr.to_string())
+        .envs(otel_vars(collector));
+    RemoteLoad::spawn(command).map_err(|e| format!("mesh+otel client: {e}").into())
 }
 
 /// The mesh client's variables: the service `bench` at `addr`, over SPIFFE mTLS.
@@ -247,6 +316,28 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if kind == "mesh-otel" {
+        // The client is a helper process (follow it with
+        // `--trace-children=yes`); this one only hosts the OTLP receiver, on
+        // a runtime whose worker serves it while this thread waits.
+        let receiver_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let collector = receiver_runtime.block_on(SpanCounter::start())?;
+        let mut remote = spawn_otel_client(&pki, server.mesh, &collector)?;
+        remote.sequential(count.min(200))?;
+        let started = Instant::now();
+        let (_, errors) = remote.sequential(count)?;
+        let elapsed = started.elapsed();
+        let requests = remote.flush()?;
+        eprintln!(
+            "{kind}: {count} sequential requests, {:.1} µs each, {errors} errors; {} spans for {requests} requests",
+            elapsed.as_secs_f64() * 1e6 / count as f64,
+            collector.spans()
+        );
+        return Ok(());
+    }
     runtime.block_on(async {
         let (target, _mesh): (Arc<dyn Target>, Option<_>) = match kind {
             "raw" => (
@@ -408,40 +499,161 @@ fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Durat
 /// One configuration under test.
 struct Config {
     name: &'static str,
-    target: Arc<dyn Target>,
+    load: Load,
     procs: Vec<Proc>,
     rounds: Vec<Round>,
 }
 
-fn measure(runtime: &tokio::runtime::Runtime, plan: &Plan, config: &Config) -> Round {
-    let target = &config.target;
+/// Where a configuration's load runs.
+enum Load {
+    /// In this process, on the bench's runtime.
+    Local(Arc<dyn Target>),
+    /// In a helper process of its own (telemetry set up differently).
+    Remote(Mutex<RemoteLoad>),
+}
+
+impl Load {
+    /// Before the first round: one request (a remote helper has sent its
+    /// own), then a warm-up at saturation that must not fail.
+    fn warm_up(&self, runtime: &tokio::runtime::Runtime, plan: &Plan) -> Result<(), BoxError> {
+        if let Load::Local(target) = self {
+            runtime.block_on(target.call())?;
+        }
+        let warm = self.closed_loop(runtime, plan.warmup)?;
+        if warm.errors > 0 {
+            return Err(format!("{} errors while warming up", warm.errors).into());
+        }
+        Ok(())
+    }
+
+    fn sequential(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        count: usize,
+    ) -> Result<(Percentiles, u64), BoxError> {
+        match self {
+            Load::Local(target) => {
+                let run = runtime.block_on(load::sequential(target, count));
+                Ok((Percentiles::of(&run.latency), run.errors))
+            }
+            Load::Remote(remote) => remote.lock().sequential(count),
+        }
+    }
+
+    fn open_loop(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<OpenLoop, BoxError> {
+        match self {
+            Load::Local(target) => Ok(OpenLoop::new(
+                rate,
+                &load::open_loop(runtime.handle(), target, rate, duration),
+            )),
+            Load::Remote(remote) => remote.lock().open_loop(rate, duration),
+        }
+    }
+
+    fn closed_loop(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        duration: Duration,
+    ) -> Result<Saturation, BoxError> {
+        match self {
+            Load::Local(target) => {
+                Ok(runtime.block_on(load::closed_loop(target, CONCURRENCY, duration)))
+            }
+            Load::Remote(remote) => remote.lock().closed_loop(CONCURRENCY, duration),
+        }
+    }
+}
+
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    plan: &Plan,
+    config: &Config,
+) -> Result<Round, BoxError> {
+    let load = &config.load;
     let peaks = Phase::start(&config.procs);
-    let sequential = runtime.block_on(load::sequential(target, plan.sequential));
-    let open: Vec<OpenLoop> = plan
+    let (sequential, sequential_errors) = load.sequential(runtime, plan.sequential)?;
+    let open = plan
         .rates
         .iter()
-        .map(|&rate| {
-            let run = load::open_loop(runtime.handle(), target, rate, plan.open_for);
-            OpenLoop::new(rate, &run)
-        })
-        .collect();
+        .map(|&rate| load.open_loop(runtime, rate, plan.open_for))
+        .collect::<Result<Vec<OpenLoop>, BoxError>>()?;
     // CPU per request is taken at saturation only: the open-loop pacer's
     // spinning would otherwise be charged to the client.
     let cpu = Phase::cpu_only(&config.procs);
-    let saturation = runtime.block_on(load::closed_loop(target, CONCURRENCY, plan.closed_for));
+    let saturation = load.closed_loop(runtime, plan.closed_for)?;
     let cpu = cpu.finish();
     let mut usage = peaks.finish();
     for (u, c) in usage.iter_mut().zip(cpu) {
         u.cpu_seconds = c.cpu_seconds;
     }
-    Round {
-        sequential: Percentiles::of(&sequential.latency),
-        sequential_errors: sequential.errors,
+    Ok(Round {
+        sequential,
+        sequential_errors,
         open,
         saturation,
         requests: saturation.ok,
         usage,
+    })
+}
+
+/// `count` cold starts of each kind against `server`, alternating which goes
+/// first so neither always follows the other; milliseconds, (raw, mesh).
+fn cold_start_series(
+    pki: &PkiFiles,
+    server: &ServerProcess,
+    count: usize,
+) -> Result<(Vec<f64>, Vec<f64>), BoxError> {
+    let mut cold_raw = Vec::new();
+    let mut cold_mesh = Vec::new();
+    for i in 0..count {
+        let order = if i % 2 == 0 {
+            ["raw", "mesh"]
+        } else {
+            ["mesh", "raw"]
+        };
+        for kind in order {
+            let addr = if kind == "raw" {
+                server.tls
+            } else {
+                server.mesh
+            };
+            let ms = time_cold_start(kind, pki, addr)?.as_secs_f64() * 1e3;
+            match kind {
+                "raw" => cold_raw.push(ms),
+                _ => cold_mesh.push(ms),
+            }
+        }
     }
+    Ok((cold_raw, cold_mesh))
+}
+
+/// Cold starts only, for working on them: `count` of each kind (default 21),
+/// medians and their ratio, and the ratio's spread over pairs.
+fn cold_starts(count: &str) -> Result<(), BoxError> {
+    let count: usize = if count.is_empty() {
+        21
+    } else {
+        count
+            .parse()
+            .map_err(|_| format!("cold-starts: `{count}` is not a count"))?
+    };
+    let work = tempfile::tempdir()?;
+    let pki = PkiFiles::generate(work.path())?;
+    let server = ServerProcess::start(&pki)?;
+    let (raw, mesh) = cold_start_series(&pki, &server, count)?;
+    let pairs: Vec<f64> = mesh.iter().zip(&raw).map(|(m, r)| m / r).collect();
+    let (raw_ms, mesh_ms) = (median(raw), median(mesh));
+    println!(
+        "cold start, {count} of each: raw {raw_ms:.2} ms, mesh {mesh_ms:.2} ms, mesh/raw {:.3} (median of pairs {:.3})",
+        mesh_ms / raw_ms,
+        median(pairs)
+    );
+    Ok(())
 }
 
 fn run(plan: Plan) -> Result<(), BoxError> {
@@ -457,6 +669,14 @@ fn run(plan: Plan) -> Result<(), BoxError> {
     let client_tls = pki.client_config()?;
 
     let (mesh, _telemetry) = runtime.block_on(start_mesh(&pki, server.mesh))?;
+    // `mesh+otel` exports to this receiver, served by the bench runtime's
+    // worker (idle while the helper process runs the load).
+    let collector = runtime.block_on(SpanCounter::start())?;
+    let otel_client = spawn_otel_client(&pki, server.mesh, &collector)?;
+    let otel_procs = vec![
+        Proc::new("client", otel_client.pid()),
+        Proc::new("server", server.child.id()),
+    ];
 
     // The gRPC pair runs without TLS on both sides: what differs is the stack.
     let (channel, mesh_channel) = runtime.block_on(async {
@@ -500,46 +720,51 @@ fn run(plan: Plan) -> Result<(), BoxError> {
             CONCURRENCY,
         )) as Arc<dyn Target>
     };
-    // Hook: `mesh+otel` joins this list as one more `Target`.
     let mut configs = vec![
         Config {
             name: "raw",
-            target: raw_target(),
+            load: Load::Local(raw_target()),
             procs: base.clone(),
             rounds: Vec::new(),
         },
         Config {
             name: "mesh",
-            target: Arc::new(MeshTarget::new(mesh.client())),
+            load: Load::Local(Arc::new(MeshTarget::new(mesh.client()))),
             procs: base.clone(),
             rounds: Vec::new(),
         },
         Config {
+            name: "mesh+otel",
+            load: Load::Remote(Mutex::new(otel_client)),
+            procs: otel_procs,
+            rounds: Vec::new(),
+        },
+        Config {
             name: "raw2",
-            target: raw_target(),
+            load: Load::Local(raw_target()),
             procs: base.clone(),
             rounds: Vec::new(),
         },
         Config {
             name: "sidecar",
-            target: Arc::new(RawTarget::new(
+            load: Load::Local(Arc::new(RawTarget::new(
                 sidecars.listen,
                 SERVER_NAME,
                 TcpConnect,
                 CONCURRENCY,
-            )),
+            ))),
             procs: sidecar_procs,
             rounds: Vec::new(),
         },
         Config {
             name: "grpc",
-            target: Arc::new(GrpcTarget::new(channel)),
+            load: Load::Local(Arc::new(GrpcTarget::new(channel))),
             procs: base.clone(),
             rounds: Vec::new(),
         },
         Config {
             name: "grpc-mesh",
-            target: Arc::new(GrpcTarget::new(mesh_channel)),
+            load: Load::Local(Arc::new(GrpcTarget::new(mesh_channel))),
             procs: base.clone(),
             rounds: Vec::new(),
         },
@@ -552,14 +777,10 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         configs.len()
     );
     for config in &configs {
-        runtime
-            .block_on(config.target.call())
-            .map_err(|e| format!("{} cannot send a request: {e}", config.name))?;
-        let warm: Saturation =
-            runtime.block_on(load::closed_loop(&config.target, CONCURRENCY, plan.warmup));
-        if warm.errors > 0 {
-            return Err(format!("{}: {} errors while warming up", config.name, warm.errors).into());
-        }
+        config
+            .load
+            .warm_up(&runtime, &plan)
+            .map_err(|e| format!("{} cannot send requests: {e}", config.name))?;
     }
 
     // The generator checks itself: at a low rate, its p50 must match the
@@ -571,16 +792,13 @@ fn run(plan: Plan) -> Result<(), BoxError> {
             // Rotate the order each round, so no configuration always runs
             // right after the same neighbour.
             let config = &configs[(i + round) % n];
-            let measured = measure(&runtime, &plan, config);
+            let measured =
+                measure(&runtime, &plan, config).map_err(|e| format!("{}: {e}", config.name))?;
             if config.name == "raw" {
-                let check = load::open_loop(
-                    runtime.handle(),
-                    &config.target,
-                    plan.check_rate,
-                    plan.check_for,
-                );
-                self_check
-                    .push(Percentiles::of(&check.latency).p50_us / measured.sequential.p50_us);
+                let check = config
+                    .load
+                    .open_loop(&runtime, plan.check_rate, plan.check_for)?;
+                self_check.push(check.latency.p50_us / measured.sequential.p50_us);
             }
             configs[(i + round) % n].rounds.push(measured);
         }
@@ -588,28 +806,30 @@ fn run(plan: Plan) -> Result<(), BoxError> {
     }
     drop(sidecars);
 
-    let mut cold_raw = Vec::new();
-    let mut cold_mesh = Vec::new();
-    for i in 0..plan.cold_starts {
-        // Alternate which goes first, so neither always follows the other.
-        let order = if i % 2 == 0 {
-            ["raw", "mesh"]
-        } else {
-            ["mesh", "raw"]
-        };
-        for kind in order {
-            let addr = if kind == "raw" {
-                server.tls
-            } else {
-                server.mesh
-            };
-            let ms = time_cold_start(kind, &pki, addr)?.as_secs_f64() * 1e3;
-            match kind {
-                "raw" => cold_raw.push(ms),
-                _ => cold_mesh.push(ms),
-            }
-        }
+    // Every sampled span the helper buffered reaches the receiver before it
+    // is counted.
+    let otel_requests = match &configs
+        .iter()
+        .find(|c| c.name == "mesh+otel")
+        .expect("configured")
+        .load
+    {
+        Load::Remote(remote) => remote.lock().flush()?,
+        Load::Local(_) => unreachable!("mesh+otel runs in its helper"),
+    };
+    let otel = OtelExport {
+        requests: otel_requests,
+        spans: collector.spans(),
+        exports: collector.exports(),
+    };
+    if otel.spans == 0 {
+        return Err(format!(
+            "mesh+otel: the OTLP receiver got no spans for {otel_requests} requests"
+        )
+        .into());
     }
+
+    let (cold_raw, cold_mesh) = cold_start_series(&pki, &server, plan.cold_starts)?;
     drop(server);
 
     let memory: serde_json::Value = {
@@ -627,7 +847,14 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         serde_json::from_str(text.lines().last().unwrap_or(""))?
     };
 
-    summarise(&plan, &configs, &self_check, &cold_raw, &cold_mesh, &memory);
+    summarise(
+        &plan,
+        &configs,
+        &self_check,
+        (&cold_raw, &cold_mesh),
+        &otel,
+        &memory,
+    );
     Ok(())
 }
 
@@ -639,12 +866,23 @@ fn find<'a>(configs: &'a [Config], name: &str) -> &'a [Round] {
         .rounds
 }
 
+/// What `mesh+otel`'s exporter delivered over the whole run.
+#[derive(Debug)]
+struct OtelExport {
+    /// Requests the helper completed (warm-up included).
+    requests: u64,
+    /// Spans the receiver got.
+    spans: u64,
+    /// Export calls the receiver got.
+    exports: u64,
+}
+
 fn summarise(
     plan: &Plan,
     configs: &[Config],
     self_check: &[f64],
-    cold_raw: &[f64],
-    cold_mesh: &[f64],
+    (cold_raw, cold_mesh): (&[f64], &[f64]),
+    otel: &OtelExport,
     memory: &serde_json::Value,
 ) {
     println!();
@@ -751,6 +989,12 @@ fn summarise(
     let raw2_p50 = added(raw2, |p| p.p50_us);
     let sidecar_p50 = added(sidecar, |p| p.p50_us);
     let cold_ratio = median(cold_mesh.to_vec()) / median(cold_raw.to_vec());
+    let mesh_otel = find(configs, "mesh+otel");
+    let otel_vs_mesh = paired_median(mesh_otel, mesh, |a, b| tput(a) / tput(b));
+    let otel_added_p50 = paired_median(mesh_otel, mesh, |a, b| {
+        a.sequential.p50_us - b.sequential.p50_us
+    });
+    let spans_per_request = otel.spans as f64 / otel.requests.max(1) as f64;
     let (grpc, grpc_mesh) = (find(configs, "grpc"), find(configs, "grpc-mesh"));
     let grpc_vs_channel = paired_median(grpc_mesh, grpc, |a, b| tput(a) / tput(b));
     let grpc_added_p50 = paired_median(grpc_mesh, grpc, |a, b| {
@@ -776,6 +1020,10 @@ fn summarise(
         "gRPC (h2c, same tonic server): MeshChannel/Channel throughput {grpc_vs_channel:.3}; MeshChannel − Channel p50 {grpc_added_p50:+.1} µs"
     );
     println!(
+        "mesh+otel ({OTEL_SAMPLE_RATIO} of traces sampled, OTLP/gRPC to a local receiver): mesh+otel/mesh throughput {otel_vs_mesh:.3}; mesh+otel − mesh p50 {otel_added_p50:+.1} µs; {} spans in {} exports for {} requests ({spans_per_request:.3} per request)",
+        otel.spans, otel.exports, otel.requests
+    );
+    println!(
         "cold start (spawn → first mTLS response): raw {:.1} ms, mesh {:.1} ms, mesh/raw {cold_ratio:.3} (target ≤ 1.2)",
         median(cold_raw.to_vec()),
         median(cold_mesh.to_vec())
@@ -788,7 +1036,7 @@ fn summarise(
         "generator: worst release lag p99 {lag_p99:.1} µs; at {:.0}/s its p50 is {check:.2}× the sequential p50 (should be ≈ 1)",
         plan.check_rate
     );
-    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS), the default outbound stack (route, call telemetry, deadline, retry budget and replay, attempt telemetry, P2C PeakEWMA with outlier detection; breaker and limits are off by default), metrics recorded by the Prometheus recorder, trace context propagated, no span exporter → Mesh::serve_inbound (server telemetry, deadline) on InboundServer");
+    println!("mesh: Mesh::new from MESH_ variables (MESH_TLS_*: SPIFFE mTLS), the default outbound stack (route, call telemetry, deadline, retry budget and replay, attempt telemetry, P2C PeakEWMA with outlier detection; breaker and limits are off by default), metrics recorded by the Prometheus recorder, trace context propagated, no span exporter → Mesh::serve_inbound (server telemetry, deadline) on InboundServer; mesh+otel: the same in a process of its own, with {OTEL_SAMPLE_RATIO} of traces sampled (parent-based trace-id ratio) and exported by the batch span processor over OTLP/gRPC to a receiver in the bench process");
 
     let summary = json!({
         "mode": plan.name,
@@ -803,6 +1051,15 @@ fn summarise(
         "grpc_mesh_added_p50_us": round3(grpc_added_p50),
         "sidecar_added_p50_us": round3(sidecar_p50),
         "sidecar_added_over_mesh_added_p50": round3(sidecar_p50 / mesh_p50.max(f64::EPSILON)),
+        "mesh_otel_vs_mesh_throughput": round3(otel_vs_mesh),
+        "mesh_otel_added_p50_us": round3(otel_added_p50),
+        "mesh_otel_export": {
+            "sample_ratio": OTEL_SAMPLE_RATIO.parse::<f64>().unwrap_or(f64::NAN),
+            "requests": otel.requests,
+            "spans": otel.spans,
+            "exports": otel.exports,
+            "spans_per_request": round3(spans_per_request),
+        },
         "cold_start_mesh_vs_raw": round3(cold_ratio),
         "cold_start_raw_ms": round3(median(cold_raw.to_vec())),
         "cold_start_mesh_ms": round3(median(cold_mesh.to_vec())),

@@ -32,6 +32,8 @@
 //! emit through the `metrics` facade and `tracing`.
 
 mod context;
+#[cfg(feature = "prometheus")]
+mod deferred;
 mod error;
 pub mod handles;
 mod log_context;
@@ -222,11 +224,11 @@ impl TelemetryBuilder<'_> {
                 #[cfg(feature = "prometheus")]
                 match prometheus::install(addr)? {
                     prometheus::Installed::Ours {
-                        handle,
+                        recorder,
                         addr,
                         tasks,
                     } => {
-                        guard.prometheus = Some(handle);
+                        guard.prometheus = Some(recorder);
                         guard.metrics_addr = addr;
                         guard.tasks.extend(tasks);
                         if let Some(addr) = addr {
@@ -337,7 +339,7 @@ fn install_subscriber(guard: &TelemetryGuard) {
 #[derive(Default)]
 pub struct TelemetryGuard {
     #[cfg(feature = "prometheus")]
-    prometheus: Option<PrometheusHandle>,
+    prometheus: Option<prometheus::Recorder>,
     metrics_addr: Option<SocketAddr>,
     app_recorder: bool,
     span_exporter: bool,
@@ -363,7 +365,9 @@ impl std::fmt::Debug for TelemetryGuard {
 
 impl TelemetryGuard {
     /// Renders `/metrics` for a route in the app's own router; `None` when the app
-    /// installed its own recorder or metrics go over OTLP.
+    /// installed its own recorder or metrics go over OTLP. The recorder is built
+    /// in the background at [`init`]: called within a millisecond or so of it,
+    /// this waits for that build.
     ///
     /// ```ignore
     /// let handle = telemetry.prometheus_handle().unwrap();
@@ -371,7 +375,7 @@ impl TelemetryGuard {
     /// ```
     #[cfg(feature = "prometheus")]
     pub fn prometheus_handle(&self) -> Option<PrometheusHandle> {
-        self.prometheus.clone()
+        self.prometheus.as_ref().map(prometheus::Recorder::handle)
     }
 
     /// Where the Prometheus endpoint listens (the bound port when

@@ -1,12 +1,18 @@
 //! The Prometheus recorder: histograms as real buckets, recommended naming
 //! (`_total` on counters, unit suffixes), a HELP line for every mesh metric, and
-//! the exporter's upkeep run so histogram memory does not grow.
+//! the exporter's upkeep run so histogram memory does not grow. The recorder is
+//! built in the background ([`deferred`](super::deferred)): building it
+//! calibrates a clock for about a millisecond.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
+use super::deferred::{self, Shared};
 use super::{TelemetryError, DURATION_BUCKETS, SIZE_BUCKETS};
 use crate::metric_names;
 
@@ -15,9 +21,10 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The outcome of installing the Prometheus recorder.
 pub(super) enum Installed {
-    /// Ours is the global recorder; `/metrics` renders from `handle`.
+    /// Ours is the global recorder; `/metrics` renders from `recorder`'s
+    /// handle once it is built.
     Ours {
-        handle: PrometheusHandle,
+        recorder: Recorder,
         /// Where the scrape endpoint listens, if `MESH_METRICS_ADDR` asked for one.
         addr: Option<SocketAddr>,
         tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -56,41 +63,58 @@ pub(super) fn install(addr: Option<SocketAddr>) -> Result<Installed, TelemetryEr
         ),
         None => None,
     };
-    let recorder = builder()?.build_recorder();
-    let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_err() {
+    let builder = builder()?;
+    let (global, shared) =
+        deferred::start(move || builder.build_recorder()).map_err(TelemetryError::prometheus)?;
+    if metrics::set_global_recorder(global).is_err() {
         return Ok(Installed::AppRecorder);
     }
-    let upkeep = handle.clone();
+    let recorder = Recorder(shared);
+    let upkeep = recorder.clone();
     let mut tasks = vec![tokio::spawn(async move {
-        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        // The first upkeep one interval from now, not at once: nothing to drain
+        // yet, and the recorder may still be being built.
+        let start = tokio::time::Instant::now() + UPKEEP_INTERVAL;
+        let mut tick = tokio::time::interval_at(start, UPKEEP_INTERVAL);
         loop {
             tick.tick().await;
-            upkeep.run_upkeep();
+            upkeep.handle().run_upkeep();
         }
     })];
     let mut bound = None;
     if let Some(listener) = listener {
         bound = listener.local_addr().ok();
-        tasks.push(tokio::spawn(serve(listener, handle.clone())));
+        tasks.push(tokio::spawn(serve(listener, recorder.clone())));
     }
     Ok(Installed::Ours {
-        handle,
+        recorder,
         addr: bound,
         tasks,
     })
+}
+
+/// Our global Prometheus recorder, built or being built.
+#[derive(Debug, Clone)]
+pub(super) struct Recorder(Arc<Shared<PrometheusRecorder>>);
+
+impl Recorder {
+    /// The handle that renders `/metrics`; waits for the recorder's build if
+    /// it is still running (a millisecond after start-up at most).
+    pub(super) fn handle(&self) -> PrometheusHandle {
+        self.0.recorder().handle()
+    }
 }
 
 /// A deliberately tiny HTTP/1.1 server: `GET /metrics` and nothing else, one
 /// request per connection. Owning it (rather than the exporter crate's listener)
 /// lets us bind before installing, report the bound port (`:0` in tests and the
 /// quickstart) and stop it when the guard drops.
-async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+async fn serve(listener: tokio::net::TcpListener, recorder: Recorder) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let handle = handle.clone();
+        let handle = recorder.handle();
         tokio::spawn(async move {
             // A scraper that stalls must not hold a task forever.
             let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, &handle)).await;

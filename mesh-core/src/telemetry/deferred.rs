@@ -1,0 +1,468 @@
+//! A metrics recorder that is global at once but built on a thread of its own,
+//! so building it stays off the start-up path.
+//!
+//! Why: the Prometheus recorder calibrates `quanta`'s TSC clock when it is
+//! built: at least 500 rounds of a 1 µs busy loop, ≈ 0.7 ms of spinning on the
+//! thread that starts the service, and half of the mesh's instructions before
+//! its first request (callgrind on `compare cold mesh`). Built here in the
+//! background, the calibration overlaps the rest of start-up (identity, client,
+//! first connection) on another core.
+//!
+//! Nothing recorded in the meantime is lost, and nothing waits for it: a
+//! metric registered before the recorder is ready gets a handle that keeps its
+//! samples (a counter's sum, a gauge's value, a histogram's first samples) and
+//! hands them over, with every description given meanwhile, once the recorder
+//! is built; from then on that handle forwards to the real one. Metrics
+//! registered afterwards get the recorder's own handles, so the per-request
+//! path is unchanged once start-up is over.
+
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Level, Metadata,
+    Recorder, SharedString, Unit,
+};
+use parking_lot::Mutex;
+
+/// Samples of one histogram kept before the recorder is ready, at most.
+/// Start-up lasts milliseconds: a handful of samples at most in practice.
+const MAX_EARLY_SAMPLES: usize = 4096;
+
+/// The global recorder: forwards to `R` once it is built.
+#[derive(Debug)]
+pub(super) struct DeferredRecorder<R> {
+    shared: Arc<Shared<R>>,
+}
+
+/// What the global recorder and the telemetry guard share.
+#[derive(Debug)]
+pub(super) struct Shared<R> {
+    ready: OnceLock<R>,
+    /// Handles and descriptions given out before `ready`; emptied when it is set.
+    early: Mutex<Early>,
+    /// The thread building the recorder, joined by the first caller that
+    /// cannot go on without it (a scrape, the guard's handle).
+    builder: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct Early {
+    counters: Vec<Arc<EarlyCounter>>,
+    gauges: Vec<Arc<EarlyGauge>>,
+    histograms: Vec<Arc<EarlyHistogram>>,
+    descriptions: Vec<(Kind, KeyName, Option<Unit>, SharedString)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Starts `build` on a thread of its own and returns the recorder to install
+/// now, and the state to reach the built recorder by.
+pub(super) fn start<R>(
+    build: impl FnOnce() -> R + Send + 'static,
+) -> std::io::Result<(DeferredRecorder<R>, Arc<Shared<R>>)>
+where
+    R: Recorder + Send + Sync + 'static,
+{
+    let shared = Arc::new(Shared {
+        ready: OnceLock::new(),
+        early: Mutex::new(Early::default()),
+        builder: Mutex::new(None),
+    });
+    let building = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("mesh-metrics-init".into())
+        .spawn(move || building.finish(build()))?;
+    *shared.builder.lock() = Some(thread);
+    Ok((
+        DeferredRecorder {
+            shared: shared.clone(),
+        },
+        shared,
+    ))
+}
+
+impl<R: Recorder> Shared<R> {
+    /// Hands everything given out early to `recorder`, then makes it the one
+    /// every call reaches. Under the `early` lock, so no handle registered
+    /// meanwhile is missed.
+    fn finish(&self, recorder: R) {
+        let mut early = self.early.lock();
+        for (kind, key, unit, description) in early.descriptions.drain(..) {
+            match kind {
+                Kind::Counter => recorder.describe_counter(key, unit, description),
+                Kind::Gauge => recorder.describe_gauge(key, unit, description),
+                Kind::Histogram => recorder.describe_histogram(key, unit, description),
+            }
+        }
+        for c in early.counters.drain(..) {
+            c.resolve(recorder.register_counter(&c.key, &c.meta.get()));
+        }
+        for g in early.gauges.drain(..) {
+            g.resolve(recorder.register_gauge(&g.key, &g.meta.get()));
+        }
+        for h in early.histograms.drain(..) {
+            h.resolve(recorder.register_histogram(&h.key, &h.meta.get()));
+        }
+        let _ = self.ready.set(recorder);
+    }
+
+    /// The built recorder, waiting for it if it is still being built.
+    pub(super) fn recorder(&self) -> &R {
+        if let Some(recorder) = self.ready.get() {
+            return recorder;
+        }
+        let thread = self.builder.lock().take();
+        if let Some(thread) = thread {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        self.ready.wait()
+    }
+
+    /// The built recorder, if it is ready.
+    #[cfg(test)]
+    fn get(&self) -> Option<&R> {
+        self.ready.get()
+    }
+}
+
+impl<R: Recorder> Recorder for DeferredRecorder<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.describe(Kind::Counter, key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.describe(Kind::Gauge, key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.describe(Kind::Histogram, key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        if let Some(recorder) = self.shared.ready.get() {
+            return recorder.register_counter(key, metadata);
+        }
+        let mut early = self.shared.early.lock();
+        // Built while we waited for the lock?
+        if let Some(recorder) = self.shared.ready.get() {
+            return recorder.register_counter(key, metadata);
+        }
+        let handle = Arc::new(EarlyCounter {
+            key: key.clone(),
+            meta: OwnedMetadata::from(metadata),
+            real: OnceLock::new(),
+            kept: Mutex::new(CounterSamples::default()),
+        });
+        early.counters.push(handle.clone());
+        Counter::from_arc(handle)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        if let Some(recorder) = self.shared.ready.get() {
+            return recorder.register_gauge(key, metadata);
+        }
+        let mut early = self.shared.early.lock();
+        if let Some(recorder) = self.shared.ready.get() {
+            return recorder.register_gauge(key, metadata);
+        }
+        let handle = Arc::new(EarlyGauge {
+            key: key.clone(),
+            meta: OwnedMetadata::from(metadata),
+            real: OnceLock::new(),
+            kept: Mutex::new(GaugeSamples::default()),
+        });
+        early.gauges.push(handle.clone());
+        Gauge::from_arc(handle)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        if let Some(recorder) = self.shared.ready.get() {
+            return recorder.register_histogram(key, metadata);
+        }
+        let mut early = self.shared.early.lock();
+        if let Some(recorder) = self.shared.ready.get() {
+            return recorder.register_histogram(key, metadata);
+        }
+        let handle = Arc::new(EarlyHistogram {
+            key: key.clone(),
+            meta: OwnedMetadata::from(metadata),
+            real: OnceLock::new(),
+            kept: Mutex::new(Vec::new()),
+        });
+        early.histograms.push(handle.clone());
+        Histogram::from_arc(handle)
+    }
+}
+
+impl<R: Recorder> DeferredRecorder<R> {
+    fn describe(&self, kind: Kind, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        let recorder = match self.shared.ready.get() {
+            Some(recorder) => recorder,
+            None => {
+                let mut early = self.shared.early.lock();
+                match self.shared.ready.get() {
+                    Some(recorder) => recorder,
+                    None => {
+                        early.descriptions.push((kind, key, unit, description));
+                        return;
+                    }
+                }
+            }
+        };
+        match kind {
+            Kind::Counter => recorder.describe_counter(key, unit, description),
+            Kind::Gauge => recorder.describe_gauge(key, unit, description),
+            Kind::Histogram => recorder.describe_histogram(key, unit, description),
+        }
+    }
+}
+
+/// A metric's metadata, kept until the real handle is registered.
+#[derive(Debug)]
+struct OwnedMetadata {
+    target: String,
+    level: Level,
+    module_path: Option<String>,
+}
+
+impl From<&Metadata<'_>> for OwnedMetadata {
+    fn from(m: &Metadata<'_>) -> Self {
+        OwnedMetadata {
+            target: m.target().to_string(),
+            level: *m.level(),
+            module_path: m.module_path().map(str::to_string),
+        }
+    }
+}
+
+impl OwnedMetadata {
+    fn get(&self) -> Metadata<'_> {
+        Metadata::new(&self.target, self.level, self.module_path.as_deref())
+    }
+}
+
+/// A counter registered before the recorder was ready.
+#[derive(Debug)]
+struct EarlyCounter {
+    key: Key,
+    meta: OwnedMetadata,
+    real: OnceLock<Counter>,
+    kept: Mutex<CounterSamples>,
+}
+
+#[derive(Debug, Default)]
+struct CounterSamples {
+    absolute: Option<u64>,
+    added: u64,
+}
+
+impl EarlyCounter {
+    fn resolve(&self, real: Counter) {
+        let mut kept = self.kept.lock();
+        if let Some(value) = kept.absolute {
+            real.absolute(value);
+        }
+        if kept.added > 0 {
+            real.increment(kept.added);
+        }
+        *kept = CounterSamples::default();
+        let _ = self.real.set(real);
+    }
+
+    /// Runs `now` on the real handle, or `keep` on the kept samples; under the
+    /// lock, so a sample never slips between the two.
+    fn with(&self, now: impl FnOnce(&Counter), keep: impl FnOnce(&mut CounterSamples)) {
+        if let Some(real) = self.real.get() {
+            return now(real);
+        }
+        let mut kept = self.kept.lock();
+        match self.real.get() {
+            Some(real) => now(real),
+            None => keep(&mut kept),
+        }
+    }
+}
+
+impl CounterFn for EarlyCounter {
+    fn increment(&self, value: u64) {
+        self.with(|c| c.increment(value), |k| k.added += value);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.with(
+            |c| c.absolute(value),
+            |k| {
+                k.absolute = Some(value);
+                k.added = 0;
+            },
+        );
+    }
+}
+
+/// A gauge registered before the recorder was ready.
+#[derive(Debug)]
+struct EarlyGauge {
+    key: Key,
+    meta: OwnedMetadata,
+    real: OnceLock<Gauge>,
+    kept: Mutex<GaugeSamples>,
+}
+
+#[derive(Debug, Default)]
+struct GaugeSamples {
+    set: Option<f64>,
+    added: f64,
+}
+
+impl EarlyGauge {
+    fn resolve(&self, real: Gauge) {
+        let mut kept = self.kept.lock();
+        if let Some(value) = kept.set {
+            real.set(value);
+        }
+        if kept.added != 0.0 {
+            real.increment(kept.added);
+        }
+        *kept = GaugeSamples::default();
+        let _ = self.real.set(real);
+    }
+
+    fn with(&self, now: impl FnOnce(&Gauge), keep: impl FnOnce(&mut GaugeSamples)) {
+        if let Some(real) = self.real.get() {
+            return now(real);
+        }
+        let mut kept = self.kept.lock();
+        match self.real.get() {
+            Some(real) => now(real),
+            None => keep(&mut kept),
+        }
+    }
+}
+
+impl GaugeFn for EarlyGauge {
+    fn increment(&self, value: f64) {
+        self.with(|g| g.increment(value), |k| k.added += value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.with(|g| g.decrement(value), |k| k.added -= value);
+    }
+
+    fn set(&self, value: f64) {
+        self.with(
+            |g| g.set(value),
+            |k| {
+                k.set = Some(value);
+                k.added = 0.0;
+            },
+        );
+    }
+}
+
+/// A histogram registered before the recorder was ready.
+#[derive(Debug)]
+struct EarlyHistogram {
+    key: Key,
+    meta: OwnedMetadata,
+    real: OnceLock<Histogram>,
+    kept: Mutex<Vec<f64>>,
+}
+
+impl EarlyHistogram {
+    fn resolve(&self, real: Histogram) {
+        let mut kept = self.kept.lock();
+        for value in kept.drain(..) {
+            real.record(value);
+        }
+        let _ = self.real.set(real);
+    }
+}
+
+impl HistogramFn for EarlyHistogram {
+    fn record(&self, value: f64) {
+        if let Some(real) = self.real.get() {
+            return real.record(value);
+        }
+        let mut kept = self.kept.lock();
+        match self.real.get() {
+            Some(real) => real.record(value),
+            None if kept.len() < MAX_EARLY_SAMPLES => kept.push(value),
+            // Beyond the cap, the rest of an unusually long start-up is not
+            // kept rather than growing without bound.
+            None => {}
+        }
+    }
+}
+
+#[cfg(all(test, feature = "prometheus"))]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+    use std::sync::mpsc;
+
+    /// A Prometheus recorder whose build waits until the test sends on the
+    /// returned channel.
+    fn gated() -> (
+        DeferredRecorder<PrometheusRecorder>,
+        Arc<Shared<PrometheusRecorder>>,
+        mpsc::Sender<()>,
+    ) {
+        let (go, wait) = mpsc::channel::<()>();
+        let (recorder, shared) = start(move || {
+            let _ = wait.recv();
+            PrometheusBuilder::new().build_recorder()
+        })
+        .unwrap();
+        (recorder, shared, go)
+    }
+
+    #[test]
+    fn samples_and_descriptions_given_before_the_build_reach_the_recorder() {
+        let (recorder, shared, go) = gated();
+        let counter = metrics::with_local_recorder(&recorder, || {
+            metrics::describe_counter!("early_total", "counted before the build");
+            let counter = metrics::counter!("early_total");
+            counter.increment(3);
+            metrics::gauge!("early_gauge").set(5.0);
+            metrics::gauge!("early_gauge").increment(2.0);
+            metrics::histogram!("early_seconds").record(0.5);
+            counter
+        });
+        assert!(shared.get().is_none(), "the build is still held");
+        go.send(()).unwrap();
+        let text = shared.recorder().handle().render();
+        assert!(
+            text.contains("# HELP early_total counted before the build"),
+            "{text}"
+        );
+        assert!(text.contains("early_total 3"), "{text}");
+        assert!(text.contains("early_gauge 7"), "{text}");
+        assert!(text.contains("early_seconds_count 1"), "{text}");
+
+        // The early handle forwards to the real one from now on.
+        counter.increment(1);
+        let text = shared.recorder().handle().render();
+        assert!(text.contains("early_total 4"), "{text}");
+    }
+
+    #[test]
+    fn metrics_registered_after_the_build_go_straight_to_the_recorder() {
+        let (recorder, shared, go) = gated();
+        go.send(()).unwrap();
+        shared.recorder();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("late_total").increment(2);
+        });
+        let text = shared.recorder().handle().render();
+        assert!(text.contains("late_total 2"), "{text}");
+        assert!(recorder.shared.early.lock().counters.is_empty());
+    }
+}
