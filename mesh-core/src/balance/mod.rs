@@ -172,8 +172,9 @@ pub struct BalancerStats {
 impl<E: Send + Sync + 'static> Balancer<E> {
     /// A balancer with no endpoints. `make_endpoint` builds the per-endpoint value
     /// lazily, on the endpoint's first pick, so a known but never-picked endpoint
-    /// costs only its slot. It runs on the picking thread (once per endpoint, even
-    /// when picks race), so it should only set things up, not connect.
+    /// costs only its node (state and handle). It runs on the picking thread (once
+    /// per endpoint, even when picks race), so it should only set things up, not
+    /// connect.
     pub fn new(
         service: impl Into<Arc<str>>,
         settings: BalancerSettings,

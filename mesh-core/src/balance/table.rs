@@ -46,8 +46,8 @@ impl<E: Send + Sync + 'static> Table<E> {
         let mut old = self.nodes.iter().peekable();
         for endpoint in endpoints {
             // Everything before this address in the old table has left.
-            while let Some(slot) = old.next_if(|s| s.handle.addr() < endpoint.addr) {
-                removed.push(Arc::clone(slot));
+            while let Some(node) = old.next_if(|s| s.handle.addr() < endpoint.addr) {
+                removed.push(Arc::clone(node));
             }
             let kept = old.next_if(|s| s.handle.addr() == endpoint.addr);
             let node = match kept {
