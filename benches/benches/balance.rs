@@ -4,7 +4,8 @@
 //! `cargo bench -p mesh-benches --bench balance` (add `-- --quick` for a short run).
 //! After criterion's groups it measures pick(10k)/pick(10) again with the two sizes
 //! interleaved (A B A B …) over several rounds, prints the medians, and ends with one
-//! JSON line.
+//! JSON line. `balance profile <kind> <endpoints> <picks>` only picks (for
+//! cachegrind).
 
 use std::alloc::System;
 use std::hint::black_box;
@@ -129,8 +130,23 @@ fn interleaved_ratios(rounds: usize, picks: u32) -> Vec<(BalancerKind, f64, f64,
         .collect()
 }
 
+/// `balance profile <kind> <endpoints> <picks>`: warms a balancer, then makes
+/// `picks` picks and exits, for a cache simulator (cachegrind) to count what a pick
+/// costs deterministically: misses per pick = (misses(P2) − misses(P1)) / (P2 − P1).
+fn profile(args: &[String]) {
+    let kind: BalancerKind = args[0].parse().expect("kind");
+    let endpoints: usize = args[1].parse().expect("endpoints");
+    let picks: u32 = args[2].parse().expect("picks");
+    let balancer = warmed(kind, endpoints);
+    black_box(time_picks(&balancer, picks));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("profile") {
+        profile(&args[2..]);
+        return;
+    }
     // `cargo test --benches` runs this binary without `--bench`: keep that quick.
     let benching = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use super::endpoint::{EndpointState, LazyNow};
+use super::endpoint::{LazyNow, Node};
 use super::rng;
 use super::table::Table;
 
@@ -33,10 +33,11 @@ impl<'a> Filter<'a> {
         }
     }
 
-    /// Eligible on the fast path: in rotation and not excluded.
-    pub(crate) fn accepts(&mut self, state: &EndpointState) -> bool {
-        (self.exclude.is_empty() || !self.exclude.contains(&state.addr()))
-            && state.is_eligible(self.honour_ejections, &mut self.now)
+    /// Eligible on the fast path: in rotation and not excluded. The address (in the
+    /// handle, another cache line) is read only when something is excluded.
+    pub(crate) fn accepts<E>(&mut self, node: &Node<E>) -> bool {
+        node.state.is_eligible(self.honour_ejections, &mut self.now)
+            && (self.exclude.is_empty() || !self.exclude.contains(&node.handle.addr()))
     }
 
     /// The eligible endpoints of the best rank, in scan order starting at `start`:
@@ -49,11 +50,11 @@ impl<'a> Filter<'a> {
         let mut best = Vec::new();
         for offset in 0..len {
             let index = (start + offset) % len;
-            let state = table.state(index);
-            if !state.is_eligible(self.honour_ejections, &mut self.now) {
+            let node = table.node(index);
+            if !node.state.is_eligible(self.honour_ejections, &mut self.now) {
                 continue;
             }
-            let excluded = self.exclude.contains(&state.addr());
+            let excluded = self.exclude.contains(&node.handle.addr());
             let weightless = table.weight(index) == 0 && !zero_is_normal;
             let rank = u8::from(excluded) * 2 + u8::from(weightless);
             if rank < best_rank {

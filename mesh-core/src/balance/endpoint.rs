@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,8 +18,8 @@ use crate::discovery::Endpoint;
 use super::ewma::PeakEwma;
 use super::shared::Shared;
 
-/// Layout of the state word: four flag bits, and above them the ejection deadline
-/// in nanoseconds since the balancer's base instant (2^60 ns is 36 years).
+/// Layout of the state word: five flag bits, and above them the ejection deadline
+/// in nanoseconds since the balancer's base instant (2^59 ns is 18 years).
 pub(crate) mod state {
     /// The connection layer could not connect.
     pub(crate) const UNREACHABLE: u64 = 1;
@@ -31,30 +31,37 @@ pub(crate) mod state {
     /// A flag of its own rather than an ejection: outlier detection restoring an
     /// endpoint must not put back one that health checks took out, nor the reverse.
     pub(crate) const UNHEALTHY: u64 = 8;
+    /// The per-endpoint value has been built (counts towards no gauge).
+    pub(crate) const BUILT: u64 = 16;
     /// Mask of the flag bits.
-    pub(crate) const FLAGS: u64 = 15;
+    pub(crate) const FLAGS: u64 = 31;
     /// Shift of the ejection deadline.
-    pub(crate) const DEADLINE_SHIFT: u32 = 4;
+    pub(crate) const DEADLINE_SHIFT: u32 = 5;
 }
 
-/// Shared state of one endpoint.
-///
-/// Laid out with everything a pick reads of a candidate (state word, in-flight
-/// count, EWMA) first, right after the `Arc` counts, so that judging a candidate
-/// usually costs one cache line: with 10,000 endpoints a candidate is rarely cached.
-/// (Aligning it to 64 bytes cost 64 more bytes per endpoint and measured no faster.)
+/// The hot state of one endpoint: everything a pick reads of a candidate (state
+/// word, in-flight count, EWMA), 32 bytes at the start of the endpoint's [`Node`],
+/// so that judging a candidate costs one cache line: with 10,000 endpoints a
+/// candidate is rarely cached. What else the endpoint has (its discovery record,
+/// the balancer's shared state) lives in the handle's [`Cold`] part.
 #[repr(C)]
 pub(crate) struct EndpointState {
     word: AtomicU64,
     in_flight: AtomicUsize,
     ewma: PeakEwma,
-    shared: Arc<Shared>,
-    endpoint: Endpoint,
 }
 
 impl EndpointState {
+    fn new(word: u64) -> Self {
+        EndpointState {
+            word: AtomicU64::new(word),
+            in_flight: AtomicUsize::new(0),
+            ewma: PeakEwma::new(),
+        }
+    }
+
     /// Applies `f` to the state word atomically and accounts for the change.
-    fn transition(&self, mut f: impl FnMut(u64) -> u64) {
+    fn transition(&self, shared: &Shared, mut f: impl FnMut(u64) -> u64) {
         let mut current = self.word.load(Ordering::Acquire);
         loop {
             let next = f(current);
@@ -68,7 +75,7 @@ impl EndpointState {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.shared.on_transition(current, next);
+                    shared.on_transition(current, next);
                     return;
                 }
                 Err(actual) => current = actual,
@@ -102,20 +109,20 @@ impl EndpointState {
             .compare_exchange(word, cleared, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.shared.on_transition(word, cleared);
+            now.shared.on_transition(word, cleared);
         }
         true
     }
 
-    /// True while the ejection flag is set (expired or not).
-    #[cfg(test)]
-    pub(crate) fn is_flagged_ejected(&self) -> bool {
-        self.word.load(Ordering::Acquire) & state::EJECTED != 0
+    /// True once the per-endpoint value has been built (a flag in the state word,
+    /// so that a pick need not read the value's own cell on another cache line).
+    pub(crate) fn is_built(&self) -> bool {
+        self.word.load(Ordering::Acquire) & state::BUILT != 0
     }
 
-    /// Takes the endpoint out of the balancer's accounting for good.
-    pub(crate) fn mark_removed(&self) {
-        self.transition(|w| w | state::REMOVED);
+    pub(crate) fn mark_built(&self) {
+        // No transition accounting: the flag counts towards no gauge.
+        self.word.fetch_or(state::BUILT, Ordering::AcqRel);
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -134,29 +141,87 @@ impl EndpointState {
     /// linkerd2-proxy and Finagle, so a fast but busy endpoint and a slow idle one
     /// compare fairly.
     pub(crate) fn ewma_cost(&self, now: &mut LazyNow<'_>) -> f64 {
-        let rtt = self.ewma.estimate(
-            now.nanos(),
-            self.shared.decay_ns,
-            self.shared.unmeasured_rtt_ns(),
-        );
+        let shared = now.shared;
+        let rtt = self
+            .ewma
+            .estimate(now.nanos(), shared.decay_ns, shared.unmeasured_rtt_ns());
         rtt * (self.in_flight() + 1) as f64
     }
 
+    fn record_rtt(&self, shared: &Shared, rtt: Duration) {
+        shared.observe_service_rtt(rtt.as_nanos() as f64);
+        self.ewma.record(rtt, shared.now_nanos(), shared.decay_ns);
+    }
+}
+
+/// One endpoint in the balancer: its hot state, its handle and the per-endpoint
+/// value (the client's connection pool, built on the first pick), in one
+/// allocation. The table and [`Picked`](super::Picked) hold it strongly; handles
+/// hold it weakly, because the value itself usually holds a handle (the pool
+/// reports reachability through it) and a strong one would make a cycle.
+///
+/// Aligned to 32 bytes so that the hot state (32 bytes, first) never straddles two
+/// cache lines, and shares one with the `Arc` counts that a pick also touches
+/// whenever the allocation starts on a 64-byte boundary.
+#[repr(C, align(32))]
+pub(crate) struct Node<E> {
+    pub(crate) state: EndpointState,
+    pub(crate) handle: EndpointHandle,
+    pub(crate) value: OnceLock<E>,
+}
+
+impl<E: Send + Sync + 'static> Node<E> {
+    /// A node for a new endpoint; `unhealthy` when health checks must pass before
+    /// it takes traffic.
+    pub(crate) fn new(endpoint: Endpoint, shared: Arc<Shared>, unhealthy: bool) -> Arc<Self> {
+        let word = if unhealthy { state::UNHEALTHY } else { 0 };
+        shared.account_new(word);
+        let cold = Arc::new(Cold { endpoint, shared });
+        Arc::new_cyclic(|node: &Weak<Node<E>>| {
+            let hot: Weak<dyn HotState> = node.clone();
+            Node {
+                state: EndpointState::new(word),
+                handle: EndpointHandle { cold, hot },
+                value: OnceLock::new(),
+            }
+        })
+    }
+}
+
+impl<E> Node<E> {
     pub(crate) fn record_rtt(&self, rtt: Duration) {
-        self.shared.observe_service_rtt(rtt.as_nanos() as f64);
-        self.ewma
-            .record(rtt, self.shared.now_nanos(), self.shared.decay_ns);
+        self.state.record_rtt(&self.handle.cold.shared, rtt);
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.endpoint.addr
+    /// Takes the endpoint out of the balancer's accounting for good.
+    pub(crate) fn mark_removed(&self) {
+        self.state
+            .transition(&self.handle.cold.shared, |w| w | state::REMOVED);
     }
+}
+
+/// How a handle reaches the hot state of a node whatever its value type.
+trait HotState: Send + Sync {
+    fn state(&self) -> &EndpointState;
+}
+
+impl<E: Send + Sync> HotState for Node<E> {
+    fn state(&self) -> &EndpointState {
+        &self.state
+    }
+}
+
+/// What a handle needs without reaching the node: the endpoint as discovery
+/// reported it and the balancer's shared state.
+struct Cold {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
 }
 
 /// The current time, read at most once per pick and only when needed.
 #[derive(Debug)]
 pub(crate) struct LazyNow<'a> {
-    shared: &'a Shared,
+    pub(crate) shared: &'a Shared,
     nanos: Option<u64>,
 }
 
@@ -176,54 +241,47 @@ impl<'a> LazyNow<'a> {
 /// Cheap clone of one endpoint's shared state, handed to the connection layer and to
 /// outlier detection and health checks, so they can take the endpoint out of
 /// rotation and put it back without going through the balancer.
+///
+/// It does not keep the endpoint's state alive: once discovery has removed the
+/// endpoint and its last request has finished, the state is gone, the handle
+/// reports [`is_removed`](Self::is_removed) and changes through it are ignored.
 #[derive(Clone)]
 pub struct EndpointHandle {
-    inner: Arc<EndpointState>,
+    cold: Arc<Cold>,
+    hot: Weak<dyn HotState>,
 }
 
 impl EndpointHandle {
-    /// A handle to a new endpoint; `unhealthy` when health checks must pass before
-    /// it takes traffic.
-    pub(crate) fn new(endpoint: Endpoint, shared: Arc<Shared>, unhealthy: bool) -> Self {
-        let word = if unhealthy { state::UNHEALTHY } else { 0 };
-        shared.account_new(word);
-        EndpointHandle {
-            inner: Arc::new(EndpointState {
-                endpoint,
-                word: AtomicU64::new(word),
-                in_flight: AtomicUsize::new(0),
-                ewma: PeakEwma::new(),
-                shared,
-            }),
-        }
-    }
-
-    pub(crate) fn state(&self) -> &EndpointState {
-        &self.inner
+    /// Runs `f` on the endpoint's state if it still exists.
+    fn with_state<R>(&self, f: impl FnOnce(&EndpointState, &Shared) -> R) -> Option<R> {
+        let node = self.hot.upgrade()?;
+        Some(f(node.state(), &self.cold.shared))
     }
 
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
-        self.inner.endpoint.addr
+        self.cold.endpoint.addr
     }
 
     /// The endpoint as discovery reported it when it joined (address, zone,
     /// identity). A later weight change updates the balancer's table but not this
     /// value; an identity change replaces the endpoint (and its handle).
     pub fn endpoint(&self) -> &Endpoint {
-        &self.inner.endpoint
+        &self.cold.endpoint
     }
 
     /// Called by the connection layer: `false` when connecting failed (picks skip
     /// the endpoint), `true` once it connects again. New endpoints start reachable so
     /// that their first pick opens the connection lazily.
     pub fn set_reachable(&self, reachable: bool) {
-        self.inner.transition(|w| {
-            if reachable {
-                w & !state::UNREACHABLE
-            } else {
-                w | state::UNREACHABLE
-            }
+        self.with_state(|state, shared| {
+            state.transition(shared, |w| {
+                if reachable {
+                    w & !state::UNREACHABLE
+                } else {
+                    w | state::UNREACHABLE
+                }
+            })
         });
     }
 
@@ -231,20 +289,19 @@ impl EndpointHandle {
     /// checks). A later call replaces the deadline. Ignored while the balancer is in
     /// panic mode (too few ready endpoints).
     pub fn eject_until(&self, until: Instant) {
-        let deadline = self
-            .inner
-            .shared
-            .nanos(until)
-            .min(u64::MAX >> state::DEADLINE_SHIFT);
-        self.inner.transition(|w| {
-            (deadline << state::DEADLINE_SHIFT) | (w & state::FLAGS) | state::EJECTED
+        self.with_state(|state, shared| {
+            let deadline = shared.nanos(until).min(u64::MAX >> state::DEADLINE_SHIFT);
+            state.transition(shared, |w| {
+                (deadline << state::DEADLINE_SHIFT) | (w & state::FLAGS) | state::EJECTED
+            })
         });
     }
 
     /// Ends an ejection early.
     pub fn restore(&self) {
-        self.inner
-            .transition(|w| w & state::FLAGS & !state::EJECTED);
+        self.with_state(|state, shared| {
+            state.transition(shared, |w| w & state::FLAGS & !state::EJECTED)
+        });
     }
 
     /// Called by active health checks: `false` takes the endpoint out of rotation
@@ -252,66 +309,64 @@ impl EndpointHandle {
     /// [`set_reachable`](Self::set_reachable): the endpoint takes traffic only when
     /// every one of them lets it. Like ejections, ignored in panic mode.
     pub fn set_healthy(&self, healthy: bool) {
-        self.inner.transition(|w| {
-            if healthy {
-                w & !state::UNHEALTHY
-            } else {
-                w | state::UNHEALTHY
-            }
+        self.with_state(|state, shared| {
+            state.transition(shared, |w| {
+                if healthy {
+                    w & !state::UNHEALTHY
+                } else {
+                    w | state::UNHEALTHY
+                }
+            })
         });
     }
 
     /// False while active health checks hold the endpoint out of rotation.
     pub fn is_healthy(&self) -> bool {
-        self.inner.word.load(Ordering::Acquire) & state::UNHEALTHY == 0
+        self.with_state(|state, _| state.word.load(Ordering::Acquire) & state::UNHEALTHY == 0)
+            .unwrap_or(true)
     }
 
     /// True when picks may choose the endpoint: known to discovery, reachable,
     /// passing its health checks, and not ejected (or its ejection has expired).
     pub fn is_in_rotation(&self) -> bool {
-        let word = self.inner.word.load(Ordering::Acquire);
-        if word & (state::UNREACHABLE | state::REMOVED | state::UNHEALTHY) != 0 {
-            return false;
-        }
-        word & state::EJECTED == 0 || word >> state::DEADLINE_SHIFT <= self.inner.shared.now_nanos()
+        self.with_state(|state, shared| {
+            let word = state.word.load(Ordering::Acquire);
+            if word & (state::UNREACHABLE | state::REMOVED | state::UNHEALTHY) != 0 {
+                return false;
+            }
+            word & state::EJECTED == 0 || word >> state::DEADLINE_SHIFT <= shared.now_nanos()
+        })
+        .unwrap_or(false)
     }
 
     /// Requests picked for this endpoint that have not finished yet.
     pub fn in_flight(&self) -> usize {
-        self.inner.in_flight()
+        self.with_state(|state, _| state.in_flight()).unwrap_or(0)
     }
 
     /// True once discovery removed the endpoint: reconnect loops should stop.
     /// Requests already in flight on it finish normally.
     pub fn is_removed(&self) -> bool {
-        self.inner.word.load(Ordering::Acquire) & state::REMOVED != 0
+        self.with_state(|state, _| state.word.load(Ordering::Acquire) & state::REMOVED != 0)
+            .unwrap_or(true)
+    }
+
+    /// True while the ejection flag is set (expired or not).
+    #[cfg(test)]
+    pub(crate) fn is_flagged_ejected(&self) -> bool {
+        self.with_state(|state, _| state.word.load(Ordering::Acquire) & state::EJECTED != 0)
+            .unwrap_or(false)
     }
 }
 
 impl fmt::Debug for EndpointHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointHandle")
-            .field("service", &self.inner.shared.service)
-            .field("endpoint", &self.inner.endpoint)
+            .field("service", &self.cold.shared.service)
+            .field("endpoint", &self.cold.endpoint)
             .field("in_rotation", &self.is_in_rotation())
             .field("in_flight", &self.in_flight())
             .field("removed", &self.is_removed())
             .finish()
-    }
-}
-
-/// One endpoint's place in the table: its handle and the per-endpoint value (the
-/// client's connection pool), built on the first pick only.
-pub(crate) struct Slot<E> {
-    pub(crate) handle: EndpointHandle,
-    pub(crate) value: OnceLock<E>,
-}
-
-impl<E> Slot<E> {
-    pub(crate) fn new(handle: EndpointHandle) -> Self {
-        Slot {
-            handle,
-            value: OnceLock::new(),
-        }
     }
 }

@@ -64,7 +64,7 @@ pub use error::{ParseBalancerKindError, PickError};
 pub use picked::Picked;
 
 use candidates::Filter;
-use endpoint::{LazyNow, Slot};
+use endpoint::{LazyNow, Node};
 use shared::Shared;
 use table::Table;
 
@@ -172,8 +172,9 @@ pub struct BalancerStats {
 impl<E: Send + Sync + 'static> Balancer<E> {
     /// A balancer with no endpoints. `make_endpoint` builds the per-endpoint value
     /// lazily, on the endpoint's first pick, so a known but never-picked endpoint
-    /// costs only its slot. It runs on the picking thread (once per endpoint, even
-    /// when picks race), so it should only set things up, not connect.
+    /// costs only its node (state and handle). It runs on the picking thread (once
+    /// per endpoint, even when picks race), so it should only set things up, not
+    /// connect.
     pub fn new(
         service: impl Into<Arc<str>>,
         settings: BalancerSettings,
@@ -207,8 +208,8 @@ impl<E: Send + Sync + 'static> Balancer<E> {
         let known = next.len();
         self.table.store(Arc::new(next));
         self.shared.set_known(known);
-        for slot in &removed {
-            slot.handle.state().mark_removed();
+        for node in &removed {
+            node.mark_removed();
         }
         self.shared.publish_gauges();
         self.shared.became_ready.notify_waiters();
@@ -328,9 +329,9 @@ impl<E: Send + Sync + 'static> Balancer<E> {
     pub fn stats(&self) -> BalancerStats {
         let table = self.table.load();
         let mut now = LazyNow::new(&self.shared);
-        for handle in table.handles() {
+        for node in table.nodes() {
             // Clears expired ejections as a side effect.
-            handle.state().is_eligible(true, &mut now);
+            node.state.is_eligible(true, &mut now);
         }
         let known = table.len();
         BalancerStats {
@@ -365,15 +366,21 @@ impl<E: Send + Sync + 'static> Balancer<E> {
                 known,
             });
         };
-        let slot = Arc::clone(table.slot(index));
-        self.ensure_value(&slot);
-        Ok(Picked::new(slot))
+        let node = Arc::clone(table.node(index));
+        self.ensure_value(&node);
+        Ok(Picked::new(node))
     }
 
     /// Builds the endpoint's value on its first pick (once, even when racing).
-    fn ensure_value(&self, slot: &Slot<E>) {
-        slot.value
-            .get_or_init(|| (self.make_endpoint)(slot.handle.endpoint(), slot.handle.clone()));
+    /// Afterwards a flag in the hot state word says so, so that a pick reads no
+    /// other cache line of the node.
+    fn ensure_value(&self, node: &Node<E>) {
+        if node.state.is_built() {
+            return;
+        }
+        node.value
+            .get_or_init(|| (self.make_endpoint)(node.handle.endpoint(), node.handle.clone()));
+        node.state.mark_built();
     }
 
     fn count_failure(&self, error: &PickError) {

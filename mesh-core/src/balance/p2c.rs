@@ -59,7 +59,7 @@ fn probe<E>(table: &Table<E>, filter: &mut Filter<'_>, not: Option<usize>) -> Op
     }
     (0..PROBES)
         .map(|_| sampler.sample(rng::next_u64()))
-        .find(|&i| Some(i) != not && filter.accepts(table.state(i)))
+        .find(|&i| Some(i) != not && filter.accepts(table.node(i)))
 }
 
 /// `a` unless `b` costs strictly less (ties keep the first random choice).

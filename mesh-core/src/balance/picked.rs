@@ -5,32 +5,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::endpoint::{EndpointHandle, Slot};
+use super::endpoint::{EndpointHandle, Node};
 
 /// A chosen endpoint. It counts as one request in flight on the endpoint until it is
 /// dropped, so the client keeps it until the response body ends. It stays valid
 /// when discovery removes the endpoint meanwhile.
 pub struct Picked<E> {
-    slot: Arc<Slot<E>>,
+    node: Arc<Node<E>>,
 }
 
 impl<E> Picked<E> {
-    /// Takes one in-flight count on `slot`, whose value must be initialised.
-    pub(crate) fn new(slot: Arc<Slot<E>>) -> Self {
-        debug_assert!(slot.value.get().is_some());
-        slot.handle.state().acquire();
-        Picked { slot }
+    /// Takes one in-flight count on `node`, whose value must be initialised.
+    pub(crate) fn new(node: Arc<Node<E>>) -> Self {
+        debug_assert!(node.value.get().is_some());
+        node.state.acquire();
+        Picked { node }
     }
 
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
-        self.slot.handle.addr()
+        self.node.handle.addr()
     }
 
     /// The per-endpoint value `make_endpoint` built (the connection pool).
     pub fn endpoint(&self) -> &E {
         // The balancer initialises the value before it hands out a `Picked`.
-        self.slot
+        self.node
             .value
             .get()
             .expect("a picked endpoint's value is built before the pick returns")
@@ -38,19 +38,19 @@ impl<E> Picked<E> {
 
     /// The endpoint's shared state.
     pub fn handle(&self) -> &EndpointHandle {
-        &self.slot.handle
+        &self.node.handle
     }
 
     /// Feeds an observed round trip (request sent → response headers) into the
     /// endpoint's PeakEWMA estimate.
     pub fn record_rtt(&self, rtt: Duration) {
-        self.slot.handle.state().record_rtt(rtt);
+        self.node.record_rtt(rtt);
     }
 }
 
 impl<E> Drop for Picked<E> {
     fn drop(&mut self) {
-        self.slot.handle.state().release();
+        self.node.state.release();
     }
 }
 

@@ -16,7 +16,7 @@ pub(crate) fn choose<E>(
     let sampler = table.sampler();
     for _ in 0..PROBES {
         let index = sampler.rotate(counter.fetch_add(1, Ordering::Relaxed));
-        if filter.accepts(table.state(index)) {
+        if filter.accepts(table.node(index)) {
             return Some(index);
         }
     }

@@ -11,105 +11,100 @@ use std::sync::Arc;
 
 use crate::discovery::Snapshot;
 
-use super::endpoint::{EndpointHandle, EndpointState, Slot};
+use super::endpoint::{EndpointHandle, EndpointState, Node};
 use super::shared::Shared;
 
 /// Endpoints sorted by address, their current weights, and a sampler over them.
 pub(crate) struct Table<E> {
-    /// Each endpoint's state (read for every candidate) next to its slot (touched
-    /// only once chosen), so judging a candidate costs one pointer hop.
-    entries: Vec<Entry<E>>,
+    /// Each endpoint's node: one pointer (8 bytes) per endpoint, so the array
+    /// itself stays small, and judging a candidate costs one hop to its hot state.
+    nodes: Vec<Arc<Node<E>>>,
     weights: Vec<u32>,
     sampler: Sampler,
 }
 
-struct Entry<E> {
-    handle: EndpointHandle,
-    slot: Arc<Slot<E>>,
-}
-
-impl<E> Table<E> {
+impl<E: Send + Sync + 'static> Table<E> {
     pub(crate) fn empty() -> Self {
         Table {
-            entries: Vec::new(),
+            nodes: Vec::new(),
             weights: Vec::new(),
             sampler: Sampler::build(&[]),
         }
     }
 
-    /// The table for `snapshot`, reusing this table's slots for endpoints that stay
-    /// with the same identity. Returns the slots that left.
+    /// The table for `snapshot`, reusing this table's nodes for endpoints that stay
+    /// with the same identity. Returns the nodes that left.
     pub(crate) fn next(
         &self,
         snapshot: &Snapshot,
         shared: &Arc<Shared>,
-    ) -> (Self, Vec<Arc<Slot<E>>>) {
+    ) -> (Self, Vec<Arc<Node<E>>>) {
         let endpoints = snapshot.endpoints();
-        let mut entries = Vec::with_capacity(endpoints.len());
+        let mut nodes = Vec::with_capacity(endpoints.len());
         let mut weights = Vec::with_capacity(endpoints.len());
         let mut removed = Vec::new();
-        let mut old = self.entries.iter().map(|e| &e.slot).peekable();
+        let mut old = self.nodes.iter().peekable();
         for endpoint in endpoints {
             // Everything before this address in the old table has left.
-            while let Some(slot) = old.next_if(|s| s.handle.addr() < endpoint.addr) {
-                removed.push(Arc::clone(slot));
+            while let Some(node) = old.next_if(|s| s.handle.addr() < endpoint.addr) {
+                removed.push(Arc::clone(node));
             }
             let kept = old.next_if(|s| s.handle.addr() == endpoint.addr);
-            let slot = match kept {
-                Some(slot) if slot.handle.endpoint().identity == endpoint.identity => {
-                    Arc::clone(slot)
+            let node = match kept {
+                Some(node) if node.handle.endpoint().identity == endpoint.identity => {
+                    Arc::clone(node)
                 }
                 other => {
                     // A new endpoint, or one whose identity changed: its connections
                     // were made for the old identity, so it starts afresh.
                     removed.extend(other.cloned());
                     let unhealthy = shared.new_endpoints_unhealthy.load(Ordering::Acquire);
-                    Arc::new(Slot::new(EndpointHandle::new(
-                        endpoint.clone(),
-                        Arc::clone(shared),
-                        unhealthy,
-                    )))
+                    Node::new(endpoint.clone(), Arc::clone(shared), unhealthy)
                 }
             };
-            entries.push(Entry {
-                handle: slot.handle.clone(),
-                slot,
-            });
+            nodes.push(node);
             weights.push(endpoint.weight);
         }
         removed.extend(old.cloned());
         let sampler = Sampler::build(&weights);
         (
             Table {
-                entries,
+                nodes,
                 weights,
                 sampler,
             },
             removed,
         )
     }
+}
 
+impl<E> Table<E> {
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.nodes.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.nodes.is_empty()
     }
 
     /// The state of endpoint `index`, for judging it as a candidate.
     pub(crate) fn state(&self, index: usize) -> &EndpointState {
-        self.entries[index].handle.state()
+        &self.nodes[index].state
     }
 
-    /// The slot of endpoint `index`, once chosen.
-    pub(crate) fn slot(&self, index: usize) -> &Arc<Slot<E>> {
-        &self.entries[index].slot
+    /// The node of endpoint `index`, once chosen.
+    pub(crate) fn node(&self, index: usize) -> &Arc<Node<E>> {
+        &self.nodes[index]
+    }
+
+    /// Every endpoint's node, in address order.
+    pub(crate) fn nodes(&self) -> &[Arc<Node<E>>] {
+        &self.nodes
     }
 
     /// Every endpoint's handle, in address order.
     pub(crate) fn handles(&self) -> impl Iterator<Item = &EndpointHandle> {
-        self.entries.iter().map(|e| &e.handle)
+        self.nodes.iter().map(|n| &n.handle)
     }
 
     pub(crate) fn weight(&self, index: usize) -> u32 {

@@ -750,10 +750,7 @@ fn counts_stay_consistent_under_concurrent_picks_state_changes_and_updates() {
     let h = handles(&b);
     assert!(h.values().all(|h| h.in_flight() == 0));
     let ready = h.values().filter(|h| h.is_in_rotation()).count();
-    let ejected = h
-        .values()
-        .filter(|h| h.state().is_flagged_ejected())
-        .count();
+    let ejected = h.values().filter(|h| h.is_flagged_ejected()).count();
     assert!(ejected > 0, "the run should leave some endpoints ejected");
     assert_eq!(
         b.stats(),
@@ -776,4 +773,50 @@ fn balancer_and_pick_future_can_cross_threads() {
     send_sync(&handles(&b)[&addr(0)]);
     // Callers hold the pick future inside tower services spawned on a runtime.
     send(b.pick(&[]));
+}
+
+/// A per-endpoint value that holds its own handle (as the connection pool does) and
+/// counts its drops.
+struct HoldsHandle {
+    _handle: EndpointHandle,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Drop for HoldsHandle {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[test]
+fn value_holding_its_handle_is_dropped_once_the_endpoint_leaves_and_its_last_pick_ends() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let b = Balancer::new("svc", settings(BalancerKind::P2cPeakEwma), {
+        let dropped = Arc::clone(&dropped);
+        move |_, handle| HoldsHandle {
+            _handle: handle,
+            dropped: Arc::clone(&dropped),
+        }
+    });
+    b.update(&snapshot(&[1]));
+    let picked = b.try_pick(&[]).unwrap();
+    let handle = picked.handle().clone();
+    b.update(&Snapshot::default());
+    assert_eq!(dropped.load(Ordering::Acquire), 0, "a pick still holds it");
+    assert!(handle.is_removed());
+    assert_eq!(handle.in_flight(), 1);
+    drop(picked);
+    assert_eq!(
+        dropped.load(Ordering::Acquire),
+        1,
+        "the handle inside the value must not keep the endpoint alive"
+    );
+    // The state is gone: the handle says removed and ignores changes.
+    assert!(handle.is_removed());
+    assert!(!handle.is_in_rotation());
+    assert_eq!(handle.in_flight(), 0);
+    handle.set_reachable(false);
+    handle.eject_until(Instant::now() + Duration::from_secs(60));
+    assert_eq!(handle.addr(), addr(0));
+    assert_eq!(b.stats().known, 0);
 }
