@@ -46,6 +46,18 @@ pub struct LatencyRun {
 
 /// Sends `count` requests one after another.
 pub async fn sequential(target: &Arc<dyn Target>, count: usize) -> LatencyRun {
+    sequential_with_gaps(target, count, Duration::ZERO).await
+}
+
+/// Sends `count` requests one after another, idle for `gap` after each: every
+/// request then starts from an idle client and server, as at a low offered
+/// rate, which tells the generator's own cost apart from the machine's wake-up
+/// cost.
+pub async fn sequential_with_gaps(
+    target: &Arc<dyn Target>,
+    count: usize,
+    gap: Duration,
+) -> LatencyRun {
     let mut latency = histogram();
     let mut errors = 0;
     for _ in 0..count {
@@ -53,6 +65,9 @@ pub async fn sequential(target: &Arc<dyn Target>, count: usize) -> LatencyRun {
         match target.call().await {
             Ok(()) => latency.saturating_record(nanos(started.elapsed())),
             Err(_) => errors += 1,
+        }
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
         }
     }
     LatencyRun {
