@@ -21,7 +21,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
-pub use layer::{DeadlineLayer, DeadlineService, OutboundDeadline, OutboundDeadlineLayer};
+pub use layer::{
+    DeadlineFuture, DeadlineLayer, DeadlineService, OutboundDeadline, OutboundDeadlineLayer,
+};
 
 /// The HTTP header carrying the caller's remaining time in whole milliseconds
 /// (`x-mesh-timeout-ms: 1500`). A relative time, so the two hosts' clocks need not
