@@ -84,11 +84,12 @@ async fn curl(
     addr: SocketAddr,
     ca: &std::path::Path,
     client: Option<&PemFiles>,
-    http: &str,
+    http: &[&str],
 ) -> CurlResult {
     let port = addr.port();
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20", http])
+    cmd.args(["-sS", "--max-time", "20"])
+        .args(http)
         .arg("--resolve")
         .arg(format!("{SERVER_DNS_NAME}:{port}:127.0.0.1"))
         .arg("--cacert")
@@ -118,12 +119,38 @@ async fn curl_with_a_dev_ca_client_certificate_gets_200_and_the_handler_sees_its
     let server = Running::start(&source, InboundOptions::default()).await;
 
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
-        let out = curl(server.addr, &pki.bundle(), Some(&client), flag).await;
+        let out = curl(server.addr, &pki.bundle(), Some(&client), &[flag]).await;
         assert!(out.ok, "curl {flag} failed: {}", out.stderr);
         assert_eq!(
             out.stdout,
             format!("{CLIENT_ID}\n200 {version}"),
             "curl {flag}"
+        );
+    }
+    assert_eq!(server.calls.load(Ordering::SeqCst), 2);
+    server.shutdown().await;
+}
+
+/// ALPN `http/1.1` gets hyper's HTTP/1 server directly; a client that offers
+/// no ALPN gets the server that tells the versions apart by their first bytes.
+#[tokio::test]
+async fn a_client_offering_no_alpn_is_served_over_http1_and_http2() {
+    require_tool("curl", "curl");
+    let pki = Pki::new("example.org");
+    let (_server_files, source) = pki.server_source("api", SERVER_ID);
+    let client = pki.client("web", CLIENT_ID);
+    let server = Running::start(&source, InboundOptions::default()).await;
+
+    for (flags, version) in [
+        (["--no-alpn", "--http1.1"], "1.1"),
+        (["--no-alpn", "--http2-prior-knowledge"], "2"),
+    ] {
+        let out = curl(server.addr, &pki.bundle(), Some(&client), &flags).await;
+        assert!(out.ok, "curl {flags:?} failed: {}", out.stderr);
+        assert_eq!(
+            out.stdout,
+            format!("{CLIENT_ID}\n200 {version}"),
+            "curl {flags:?}"
         );
     }
     assert_eq!(server.calls.load(Ordering::SeqCst), 2);
@@ -164,7 +191,7 @@ async fn curl_without_a_certificate_or_with_a_foreign_or_expired_one_is_refused(
         ),
     ];
     for (case, client, alert) in cases {
-        let out = curl(server.addr, &pki.bundle(), client, "--http1.1").await;
+        let out = curl(server.addr, &pki.bundle(), client, &["--http1.1"]).await;
         assert!(!out.ok, "{case}: curl succeeded: {}", out.stdout);
         assert!(
             !out.stdout.contains(CLIENT_ID),

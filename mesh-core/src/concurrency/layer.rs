@@ -5,11 +5,13 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use futures_util::future::{Either, Ready};
 use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 
-use super::ConcurrencyLimit;
+use super::{ConcurrencyLimit, ConcurrencyPermit};
 use crate::classify::{grpc_status, is_grpc, GrpcCode};
 use crate::grpc_refusal::GrpcRefusal;
 use crate::metric_names::{label, CONCURRENCY_LIMIT, SHED};
@@ -59,13 +61,12 @@ impl<S> fmt::Debug for ConcurrencyLimitService<S> {
 impl<S, B, RB> tower::Service<Request<B>> for ConcurrencyLimitService<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Default + Send + 'static,
+    RB: Default,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    /// The handler's future (no box per request), or the ready refusal.
+    type Future = Either<Admitted<S::Future>, Ready<Result<Response<RB>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -73,21 +74,11 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         match self.limit.try_acquire() {
-            Ok(permit) => {
-                let future = self.inner.call(request);
-                let limit = self.limit.clone();
-                Box::pin(async move {
-                    let result = future.await;
-                    let dropped = match &result {
-                        Ok(response) => overloaded(response),
-                        Err(_) => true,
-                    };
-                    permit.record(dropped);
-                    metrics::gauge!(CONCURRENCY_LIMIT.name, label::SOURCE => "inbound")
-                        .set(limit.limit() as f64);
-                    result
-                })
-            }
+            Ok(permit) => Either::Left(Admitted {
+                future: self.inner.call(request),
+                permit: Some(permit),
+                limit: self.limit.clone(),
+            }),
             Err(_) => {
                 metrics::counter!(SHED.name, label::SOURCE => "inbound").increment(1);
                 let response = if is_grpc(request.headers()) {
@@ -102,9 +93,49 @@ where
                     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                     response
                 };
-                Box::pin(std::future::ready(Ok(response)))
+                Either::Right(futures_util::future::ready(Ok(response)))
             }
         }
+    }
+}
+
+pin_project! {
+    /// A request the limit admitted: the handler's future, whose outcome and
+    /// latency are fed to the limit when it completes. Dropped early, it frees
+    /// its place without a sample.
+    pub struct Admitted<F> {
+        #[pin]
+        future: F,
+        permit: Option<ConcurrencyPermit>,
+        limit: Arc<ConcurrencyLimit>,
+    }
+}
+
+impl<F> fmt::Debug for Admitted<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admitted").finish_non_exhaustive()
+    }
+}
+
+impl<F, RB, E> Future for Admitted<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        if let Some(permit) = this.permit.take() {
+            let dropped = match &result {
+                Ok(response) => overloaded(response),
+                Err(_) => true,
+            };
+            permit.record(dropped);
+            metrics::gauge!(CONCURRENCY_LIMIT.name, label::SOURCE => "inbound")
+                .set(this.limit.limit() as f64);
+        }
+        Poll::Ready(result)
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-pub use layer::{ConcurrencyLimitLayer, ConcurrencyLimitService};
+pub use layer::{Admitted, ConcurrencyLimitLayer, ConcurrencyLimitService};
 pub use outbound::{OutboundConcurrency, OutboundConcurrencyLayer};
 
 /// How the limit is set.

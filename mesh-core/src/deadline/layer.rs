@@ -2,12 +2,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Timeout;
 
-use super::{timeout_from_headers, Deadline, DeadlineExceeded, RequestTimeout};
+use super::{timeout_from_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
 use crate::classify::{is_grpc, GrpcCode};
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -58,12 +61,11 @@ pub struct DeadlineService<S> {
 impl<S, B, RB> tower::Service<Request<B>> for DeadlineService<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
     RB: Default,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -75,27 +77,79 @@ where
             (a, b) => a.or(b),
         };
         let Some(timeout) = timeout else {
-            return Box::pin(self.inner.call(request));
+            return DeadlineFuture {
+                kind: Kind::Unbounded {
+                    future: self.inner.call(request),
+                },
+            };
         };
         let deadline = Deadline::after(timeout);
         let grpc = is_grpc(request.headers());
         request.extensions_mut().insert(deadline);
-        let handler = deadline.scope(self.inner.call(request));
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline.0, handler).await {
-                Ok(result) => result,
-                Err(_) if grpc => Ok(GrpcRefusal::new(
+        let handler = CURRENT.scope(deadline, self.inner.call(request));
+        DeadlineFuture {
+            kind: Kind::Bounded {
+                // The timer registers only if the handler is still pending when
+                // first polled, so a quick handler never touches the timer wheel.
+                future: tokio::time::timeout_at(deadline.0, handler),
+                grpc,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`DeadlineService`] call: the handler's, cut short with
+    /// 504 (gRPC: `DEADLINE_EXCEEDED`) when the caller's deadline passes.
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProjection]
+    enum Kind<F> {
+        // The caller sent no deadline and there is no maximum.
+        Unbounded { #[pin] future: F },
+        Bounded {
+            #[pin]
+            future: Timeout<TaskLocalFuture<Deadline, F>>,
+            grpc: bool,
+        },
+    }
+}
+
+impl<F> std::fmt::Debug for DeadlineFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, RB, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: Default,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProjection::Unbounded { future } => future.poll(cx),
+            KindProjection::Bounded { future, grpc } => match ready!(future.poll(cx)) {
+                Ok(result) => Poll::Ready(result),
+                Err(_elapsed) if *grpc => Poll::Ready(Ok(GrpcRefusal::new(
                     GrpcCode::DeadlineExceeded,
                     "deadline exceeded: the call's deadline passed before the server answered",
                 )
-                .into_response()),
-                Err(_) => {
+                .into_response())),
+                Err(_elapsed) => {
                     let mut response = Response::new(RB::default());
                     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                    Ok(response)
+                    Poll::Ready(Ok(response))
                 }
-            }
-        })
+            },
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 pub use layer::{
-    DeadlineLayer, DeadlineService, OutboundDeadline, OutboundDeadlineFuture, OutboundDeadlineLayer,
+    DeadlineFuture, DeadlineLayer, DeadlineService, OutboundDeadline, OutboundDeadlineFuture,
+    OutboundDeadlineLayer,
 };
 
 /// The HTTP header carrying the caller's remaining time in whole milliseconds

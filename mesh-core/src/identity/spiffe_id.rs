@@ -9,6 +9,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 const SCHEME: &str = "spiffe://";
 const MAX_ID_LEN: usize = 2048;
@@ -142,8 +143,10 @@ impl FromStr for TrustDomain {
 /// A validated SPIFFE ID, `spiffe://trust-domain/path`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
-    /// The whole ID as given (it is already canonical once validated).
-    id: String,
+    /// The whole ID as given (it is already canonical once validated). Shared,
+    /// so the inbound server's per-request copy of the peer's ID costs no
+    /// allocation.
+    id: Arc<str>,
     /// Byte offset where the path starts (the end of the trust domain).
     path_start: usize,
 }
@@ -176,7 +179,7 @@ impl SpiffeId {
         validate_trust_domain(td).map_err(err)?;
         validate_path(path).map_err(err)?;
         Ok(Self {
-            id: input.to_owned(),
+            id: input.into(),
             path_start: SCHEME.len() + td_len,
         })
     }

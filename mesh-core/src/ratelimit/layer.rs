@@ -2,13 +2,12 @@
 //! `RESOURCE_EXHAUSTED`) without calling the handler.
 
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{Either, Ready};
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::{KeyedRateLimit, RateLimited, TokenBucket};
@@ -89,13 +88,12 @@ impl<S> fmt::Debug for RateLimitService<S> {
 impl<S, B, RB> tower::Service<Request<B>> for RateLimitService<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Default + Send + 'static,
+    RB: Default,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    /// The handler's future as it is (no box per request), or the ready refusal.
+    type Future = Either<S::Future, Ready<Result<Response<RB>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -103,7 +101,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         match (self.check)(request.extensions()) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(()) => Either::Left(self.inner.call(request)),
             Err(limited) => {
                 metrics::counter!(RATE_LIMITED.name, label::SOURCE => "inbound").increment(1);
                 let response = if is_grpc(request.headers()) {
@@ -111,7 +109,7 @@ where
                 } else {
                     refuse_http(&limited)
                 };
-                Box::pin(std::future::ready(Ok(response)))
+                Either::Right(futures_util::future::ready(Ok(response)))
             }
         }
     }

@@ -35,8 +35,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::conn::auto;
 use mesh_core::backoff::ExponentialBackoff;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -142,7 +143,8 @@ impl InboundServer {
         let connections = Arc::new(Semaphore::new(options.max_connections));
         let shared = Arc::new(connection::Shared {
             acceptor: TlsAcceptor::from(tls),
-            http: http_builder(&options),
+            http1: http1_builder(&options),
+            auto: auto_builder(&options),
             options,
         });
         let (stop, stopped) = watch::channel(false);
@@ -236,24 +238,46 @@ async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
     }
 }
 
-fn http_builder(options: &InboundOptions) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
+/// The HTTP/1 settings, written once for hyper's builder and the auto
+/// builder's (whose methods have the same names).
+macro_rules! http1_settings {
+    ($builder:expr, $options:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($options.header_read_timeout)
+            .max_buf_size($options.max_header_bytes)
+    };
+}
+
+/// The HTTP/2 settings, likewise.
+macro_rules! http2_settings {
+    ($builder:expr, $options:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams($options.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams($options.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams($options.h2_max_local_error_reset_streams)
+            .max_header_list_size(u32::try_from($options.max_header_bytes).unwrap_or(u32::MAX))
+            // Pings find peers that vanished without a FIN, so they stop holding
+            // a connection slot.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
+}
+
+/// For connections whose ALPN chose HTTP/1.1.
+fn http1_builder(options: &InboundOptions) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    http1_settings!(builder, options);
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(options.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(options.h2_max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(options.h2_max_local_error_reset_streams)
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        // Pings find peers that vanished without a FIN, so they stop holding a
-        // connection slot.
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+}
+
+/// For connections ALPN did not settle on HTTP/1.1: either version, told apart
+/// by the first bytes.
+fn auto_builder(options: &InboundOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    http1_settings!(builder.http1(), options);
+    http2_settings!(builder.http2(), options);
     builder
 }
 

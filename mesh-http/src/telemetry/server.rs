@@ -94,10 +94,16 @@ struct FinishedHandles {
     response_size: Histogram,
 }
 
-/// Put on a request by the outermost server layer; an inner one (inside the
-/// router) fills in the matched route instead of recording the request again.
-#[derive(Clone, Debug, Default)]
-struct RouteSlot(Arc<std::sync::OnceLock<Box<str>>>);
+/// Put on a request by the outermost server layer, so an inner one (inside the
+/// router) does not record the request again. A zero-sized value: inserting it
+/// allocates nothing.
+#[derive(Clone, Copy, Debug)]
+struct RecordedOutside;
+
+/// Put on the response by an inner server layer: the route the router matched,
+/// for the outer layer's labels.
+#[derive(Clone, Debug)]
+struct InnerRoute(MatchedPath);
 
 /// Method and status (0 when the service failed): the rest of the labels.
 fn finish_key(method: u8, status: u16) -> u64 {
@@ -205,19 +211,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if let Some(slot) = request.extensions().get::<RouteSlot>() {
-            // An outer server layer records this request; tell it the route.
-            if let Some(matched) = request.extensions().get::<MatchedPath>() {
-                let _ = slot.0.set(matched.as_str().into());
-            }
+        if request.extensions().get::<RecordedOutside>().is_some() {
+            // An outer server layer records this request; tell it the route
+            // through the response.
+            let matched = request.extensions().get::<MatchedPath>().cloned();
             return ServerFuture {
                 inner: self.inner.call(request).instrument(Span::none()),
                 attach: None,
                 record: None,
+                matched,
             };
         }
-        let slot = RouteSlot::default();
-        request.extensions_mut().insert(slot.clone());
+        request.extensions_mut().insert(RecordedOutside);
         let method = method_label(request.method());
         let code = method_code(request.method());
         let scheme = self.scheme.as_str();
@@ -280,13 +285,13 @@ where
         ServerFuture {
             inner: future.instrument(span),
             attach,
+            matched: None,
             record: Some(Record {
                 start: Instant::now(),
                 method,
                 code,
                 scheme,
                 route,
-                slot,
                 handles: self.handles.clone(),
                 request_size,
                 pending,
@@ -304,6 +309,8 @@ pin_project! {
         attach: Option<OtelContext>,
         // `None` when an outer server layer records the request.
         record: Option<Record>,
+        // An inner layer's: the route the router matched, for the outer layer.
+        matched: Option<MatchedPath>,
     }
 }
 
@@ -314,7 +321,6 @@ struct Record {
     code: u8,
     scheme: &'static str,
     route: Arc<RouteHandles>,
-    slot: RouteSlot,
     handles: Arc<ServerHandles>,
     request_size: Option<u64>,
     pending: Option<Pending>,
@@ -350,16 +356,24 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
-        let result = std::task::ready!(this.inner.as_mut().poll(cx));
+        let mut result = std::task::ready!(this.inner.as_mut().poll(cx));
         let Some(mut record) = this.record.take() else {
+            if let (Some(matched), Ok(response)) = (this.matched.take(), &mut result) {
+                response.extensions_mut().insert(InnerRoute(matched));
+            }
             return Poll::Ready(result);
         };
         let elapsed = record.start.elapsed();
         let span = this.inner.span();
-        if let Some(name) = record.slot.0.get() {
+        let inner_route = match &mut result {
+            Ok(response) => response.extensions_mut().remove::<InnerRoute>(),
+            Err(_) => None,
+        };
+        if let Some(InnerRoute(matched)) = inner_route {
             // An inner layer saw the route the router matched.
+            let name = matched.as_str();
             record.route = route_handles(&record.handles, name);
-            span.record("http.route", &**name);
+            span.record("http.route", name);
             span.record(
                 "otel.name",
                 tracing::field::display(format_args!("{} {name}", record.method)),
