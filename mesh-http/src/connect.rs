@@ -121,15 +121,28 @@ impl std::fmt::Debug for MtlsConnector {
 }
 
 impl MtlsConnector {
-    /// A connector for the service `service` whose servers must present `expected`.
+    /// A connector for the service `service` whose servers must present
+    /// `expected`, over which the client speaks `protocol`.
+    ///
+    /// ALPN offers that protocol only (`http/1.1`, or `h2` for HTTP/2 and
+    /// gRPC): offering both would let the server pick `h2` for a connection
+    /// the client then speaks HTTP/1.1 on, which a strict server refuses and
+    /// which keeps ours guessing the protocol from the first bytes.
     pub fn new(
         identity: &mesh_core::identity::IdentitySource,
         expected: mesh_core::identity::ExpectedIdentity,
         service: &str,
+        protocol: mesh_core::config::Protocol,
     ) -> Self {
-        let config = mesh_core::tls::client_config(identity, expected);
+        let mut config = (*mesh_core::tls::client_config(identity, expected)).clone();
+        let alpn: &[u8] = if protocol.is_http2() {
+            b"h2"
+        } else {
+            b"http/1.1"
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
         MtlsConnector {
-            tls: tokio_rustls::TlsConnector::from(config),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             service: service.into(),
         }
     }

@@ -197,3 +197,44 @@ async fn rotating_certificate_files_fails_no_request_and_new_handshakes_present_
         new.serial
     );
 }
+
+/// The client offers in ALPN only the protocol its pool speaks, so a server
+/// offering both (ours does) never picks `h2` for an HTTP/1.1 connection.
+#[tokio::test]
+async fn alpn_offers_only_the_protocol_the_client_speaks() {
+    use mesh_core::config::Protocol;
+    use mesh_http::connect::{Connect, MtlsConnector};
+
+    let pki = Pki::new("example.org");
+    let (_server_files, server) = pki.server_source("server", "spiffe://example.org/api");
+    let client_files = pki.client("client", "spiffe://example.org/web");
+    let client = mesh_core::identity::IdentitySource::from_files(client_files.identity_files())
+        .expect("load client identity");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(mesh_core::tls::server_config(&server, []));
+    let negotiated = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.expect("handshake");
+            seen.push(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+        }
+        seen
+    });
+    for protocol in [Protocol::Http1, Protocol::Grpc] {
+        let connector = MtlsConnector::new(
+            &client,
+            ExpectedIdentity::TrustDomain("example.org".parse().unwrap()),
+            "api",
+            protocol,
+        );
+        let _io = connector.connect(addr, "api").await.expect("mTLS connect");
+    }
+    let seen = negotiated.await.unwrap();
+    assert_eq!(
+        seen,
+        vec![Some(b"http/1.1".to_vec()), Some(b"h2".to_vec())],
+        "HTTP/1.1 then gRPC"
+    );
+}

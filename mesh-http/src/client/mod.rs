@@ -134,7 +134,12 @@ impl MeshClientBuilder {
                     let expected = svc.identity.clone().unwrap_or_else(|| {
                         ExpectedIdentity::TrustDomain(identity.own_trust_domain())
                     });
-                    Arc::new(MtlsConnector::new(identity, expected, &svc.name))
+                    Arc::new(MtlsConnector::new(
+                        identity,
+                        expected,
+                        &svc.name,
+                        svc.protocol,
+                    ))
                 }
                 (None, None) => Arc::new(TcpConnector),
             }
