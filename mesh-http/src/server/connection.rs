@@ -44,8 +44,9 @@ enum Protocol {
 
 impl Protocol {
     /// Only ALPN `http/1.1` settles the version. After `h2`, clients that offer
-    /// both (the mesh's own `MtlsConnector` among them) may still speak
-    /// HTTP/1.1, which the sniffing server has always accepted.
+    /// both and speak HTTP/1.1 anyway (the mesh's own `MtlsConnector` did until
+    /// it learnt to offer only what it speaks) are still served, as the
+    /// sniffing server always served them.
     fn from_alpn(alpn: Option<&[u8]>) -> Self {
         match alpn {
             Some(b"http/1.1") => Protocol::Http1,
