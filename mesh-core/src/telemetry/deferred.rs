@@ -23,7 +23,7 @@ use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Level, Metadata,
     Recorder, SharedString, Unit,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Samples of one histogram kept before the recorder is ready, at most.
 /// Start-up lasts milliseconds: a handful of samples at most in practice.
@@ -147,80 +147,60 @@ impl<R: Recorder> Recorder for DeferredRecorder<R> {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        if let Some(recorder) = self.shared.ready.get() {
-            return recorder.register_counter(key, metadata);
+        match self.ready_or_early() {
+            Ok(recorder) => recorder.register_counter(key, metadata),
+            Err(mut early) => {
+                let handle = EarlyHandle::new(key, metadata);
+                early.counters.push(handle.clone());
+                Counter::from_arc(handle)
+            }
         }
-        let mut early = self.shared.early.lock();
-        // Built while we waited for the lock?
-        if let Some(recorder) = self.shared.ready.get() {
-            return recorder.register_counter(key, metadata);
-        }
-        let handle = Arc::new(EarlyCounter {
-            key: key.clone(),
-            meta: OwnedMetadata::from(metadata),
-            real: OnceLock::new(),
-            kept: Mutex::new(CounterSamples::default()),
-        });
-        early.counters.push(handle.clone());
-        Counter::from_arc(handle)
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        if let Some(recorder) = self.shared.ready.get() {
-            return recorder.register_gauge(key, metadata);
+        match self.ready_or_early() {
+            Ok(recorder) => recorder.register_gauge(key, metadata),
+            Err(mut early) => {
+                let handle = EarlyHandle::new(key, metadata);
+                early.gauges.push(handle.clone());
+                Gauge::from_arc(handle)
+            }
         }
-        let mut early = self.shared.early.lock();
-        if let Some(recorder) = self.shared.ready.get() {
-            return recorder.register_gauge(key, metadata);
-        }
-        let handle = Arc::new(EarlyGauge {
-            key: key.clone(),
-            meta: OwnedMetadata::from(metadata),
-            real: OnceLock::new(),
-            kept: Mutex::new(GaugeSamples::default()),
-        });
-        early.gauges.push(handle.clone());
-        Gauge::from_arc(handle)
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        if let Some(recorder) = self.shared.ready.get() {
-            return recorder.register_histogram(key, metadata);
+        match self.ready_or_early() {
+            Ok(recorder) => recorder.register_histogram(key, metadata),
+            Err(mut early) => {
+                let handle = EarlyHandle::new(key, metadata);
+                early.histograms.push(handle.clone());
+                Histogram::from_arc(handle)
+            }
         }
-        let mut early = self.shared.early.lock();
-        if let Some(recorder) = self.shared.ready.get() {
-            return recorder.register_histogram(key, metadata);
-        }
-        let handle = Arc::new(EarlyHistogram {
-            key: key.clone(),
-            meta: OwnedMetadata::from(metadata),
-            real: OnceLock::new(),
-            kept: Mutex::new(Vec::new()),
-        });
-        early.histograms.push(handle.clone());
-        Histogram::from_arc(handle)
     }
 }
 
 impl<R: Recorder> DeferredRecorder<R> {
+    /// The built recorder or, while it is being built, what is kept for it,
+    /// locked: the build hands that over under the same lock, so nothing given
+    /// out meanwhile is missed.
+    fn ready_or_early(&self) -> Result<&R, MutexGuard<'_, Early>> {
+        if let Some(recorder) = self.shared.ready.get() {
+            return Ok(recorder);
+        }
+        let early = self.shared.early.lock();
+        // Built while we waited for the lock?
+        self.shared.ready.get().ok_or(early)
+    }
+
     fn describe(&self, kind: Kind, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        let recorder = match self.shared.ready.get() {
-            Some(recorder) => recorder,
-            None => {
-                let mut early = self.shared.early.lock();
-                match self.shared.ready.get() {
-                    Some(recorder) => recorder,
-                    None => {
-                        early.descriptions.push((kind, key, unit, description));
-                        return;
-                    }
-                }
-            }
-        };
-        match kind {
-            Kind::Counter => recorder.describe_counter(key, unit, description),
-            Kind::Gauge => recorder.describe_gauge(key, unit, description),
-            Kind::Histogram => recorder.describe_histogram(key, unit, description),
+        match self.ready_or_early() {
+            Ok(recorder) => match kind {
+                Kind::Counter => recorder.describe_counter(key, unit, description),
+                Kind::Gauge => recorder.describe_gauge(key, unit, description),
+                Kind::Histogram => recorder.describe_histogram(key, unit, description),
+            },
+            Err(mut early) => early.descriptions.push((kind, key, unit, description)),
         }
     }
 }
@@ -249,13 +229,55 @@ impl OwnedMetadata {
     }
 }
 
-/// A counter registered before the recorder was ready.
+/// A metric registered before the recorder was ready: its samples are kept
+/// (`S`) until the real handle `H` exists, then handed to it, and every later
+/// sample goes straight to it.
 #[derive(Debug)]
-struct EarlyCounter {
+struct EarlyHandle<H, S> {
     key: Key,
     meta: OwnedMetadata,
-    real: OnceLock<Counter>,
-    kept: Mutex<CounterSamples>,
+    real: OnceLock<H>,
+    kept: Mutex<S>,
+}
+
+type EarlyCounter = EarlyHandle<Counter, CounterSamples>;
+type EarlyGauge = EarlyHandle<Gauge, GaugeSamples>;
+type EarlyHistogram = EarlyHandle<Histogram, HistogramSamples>;
+
+/// Samples kept for a metric until its real handle `H` exists.
+trait Kept<H>: Default {
+    /// Gives what was kept to `real`.
+    fn hand_over(self, real: &H);
+}
+
+impl<H, S: Kept<H>> EarlyHandle<H, S> {
+    fn new(key: &Key, metadata: &Metadata<'_>) -> Arc<Self> {
+        Arc::new(EarlyHandle {
+            key: key.clone(),
+            meta: OwnedMetadata::from(metadata),
+            real: OnceLock::new(),
+            kept: Mutex::new(S::default()),
+        })
+    }
+
+    fn resolve(&self, real: H) {
+        let mut kept = self.kept.lock();
+        std::mem::take(&mut *kept).hand_over(&real);
+        let _ = self.real.set(real);
+    }
+
+    /// Runs `now` on the real handle, or `keep` on the kept samples; under the
+    /// lock, so a sample never slips between the two.
+    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S)) {
+        if let Some(real) = self.real.get() {
+            return now(real);
+        }
+        let mut kept = self.kept.lock();
+        match self.real.get() {
+            Some(real) => now(real),
+            None => keep(&mut kept),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -264,29 +286,13 @@ struct CounterSamples {
     added: u64,
 }
 
-impl EarlyCounter {
-    fn resolve(&self, real: Counter) {
-        let mut kept = self.kept.lock();
-        if let Some(value) = kept.absolute {
+impl Kept<Counter> for CounterSamples {
+    fn hand_over(self, real: &Counter) {
+        if let Some(value) = self.absolute {
             real.absolute(value);
         }
-        if kept.added > 0 {
-            real.increment(kept.added);
-        }
-        *kept = CounterSamples::default();
-        let _ = self.real.set(real);
-    }
-
-    /// Runs `now` on the real handle, or `keep` on the kept samples; under the
-    /// lock, so a sample never slips between the two.
-    fn with(&self, now: impl FnOnce(&Counter), keep: impl FnOnce(&mut CounterSamples)) {
-        if let Some(real) = self.real.get() {
-            return now(real);
-        }
-        let mut kept = self.kept.lock();
-        match self.real.get() {
-            Some(real) => now(real),
-            None => keep(&mut kept),
+        if self.added > 0 {
+            real.increment(self.added);
         }
     }
 }
@@ -307,42 +313,19 @@ impl CounterFn for EarlyCounter {
     }
 }
 
-/// A gauge registered before the recorder was ready.
-#[derive(Debug)]
-struct EarlyGauge {
-    key: Key,
-    meta: OwnedMetadata,
-    real: OnceLock<Gauge>,
-    kept: Mutex<GaugeSamples>,
-}
-
 #[derive(Debug, Default)]
 struct GaugeSamples {
     set: Option<f64>,
     added: f64,
 }
 
-impl EarlyGauge {
-    fn resolve(&self, real: Gauge) {
-        let mut kept = self.kept.lock();
-        if let Some(value) = kept.set {
+impl Kept<Gauge> for GaugeSamples {
+    fn hand_over(self, real: &Gauge) {
+        if let Some(value) = self.set {
             real.set(value);
         }
-        if kept.added != 0.0 {
-            real.increment(kept.added);
-        }
-        *kept = GaugeSamples::default();
-        let _ = self.real.set(real);
-    }
-
-    fn with(&self, now: impl FnOnce(&Gauge), keep: impl FnOnce(&mut GaugeSamples)) {
-        if let Some(real) = self.real.get() {
-            return now(real);
-        }
-        let mut kept = self.kept.lock();
-        match self.real.get() {
-            Some(real) => now(real),
-            None => keep(&mut kept),
+        if self.added != 0.0 {
+            real.increment(self.added);
         }
     }
 }
@@ -367,38 +350,29 @@ impl GaugeFn for EarlyGauge {
     }
 }
 
-/// A histogram registered before the recorder was ready.
-#[derive(Debug)]
-struct EarlyHistogram {
-    key: Key,
-    meta: OwnedMetadata,
-    real: OnceLock<Histogram>,
-    kept: Mutex<Vec<f64>>,
-}
+#[derive(Debug, Default)]
+struct HistogramSamples(Vec<f64>);
 
-impl EarlyHistogram {
-    fn resolve(&self, real: Histogram) {
-        let mut kept = self.kept.lock();
-        for value in kept.drain(..) {
+impl Kept<Histogram> for HistogramSamples {
+    fn hand_over(self, real: &Histogram) {
+        for value in self.0 {
             real.record(value);
         }
-        let _ = self.real.set(real);
     }
 }
 
 impl HistogramFn for EarlyHistogram {
     fn record(&self, value: f64) {
-        if let Some(real) = self.real.get() {
-            return real.record(value);
-        }
-        let mut kept = self.kept.lock();
-        match self.real.get() {
-            Some(real) => real.record(value),
-            None if kept.len() < MAX_EARLY_SAMPLES => kept.push(value),
+        self.with(
+            |h| h.record(value),
             // Beyond the cap, the rest of an unusually long start-up is not
             // kept rather than growing without bound.
-            None => {}
-        }
+            |k| {
+                if k.0.len() < MAX_EARLY_SAMPLES {
+                    k.0.push(value);
+                }
+            },
+        );
     }
 }
 

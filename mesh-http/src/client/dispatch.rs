@@ -237,21 +237,19 @@ struct HostCache(OnceLock<(Authority, HeaderValue)>);
 
 impl HostCache {
     fn value(&self, authority: &Authority) -> Result<HeaderValue, Error> {
-        let make = || {
-            HeaderValue::from_str(authority.as_str()).map_err(|e| Error::invalid_uri(e.to_string()))
-        };
-        match self.0.get() {
-            Some((cached, value)) if cached == authority => Ok(value.clone()),
-            Some(_) => make(),
-            None => {
-                let value = make()?;
-                // Stored as shared bytes, so each later clone is a reference count.
-                let value =
-                    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(value.as_bytes()))
-                        .map_err(|e| Error::invalid_uri(e.to_string()))?;
-                Ok(self.0.get_or_init(|| (authority.clone(), value)).1.clone())
+        if let Some((cached, value)) = self.0.get() {
+            if cached == authority {
+                return Ok(value.clone());
             }
         }
+        // Shared bytes, so each later clone is a reference count.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
+            authority.as_str().as_bytes(),
+        ))
+        .map_err(|e| Error::invalid_uri(e.to_string()))?;
+        // The first authority seen is the one kept.
+        let _ = self.0.set((authority.clone(), value.clone()));
+        Ok(value)
     }
 }
 
