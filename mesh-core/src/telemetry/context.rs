@@ -1,7 +1,7 @@
 //! Trace context in and out of HTTP headers, and the bounded attribute values
 //! both directions share.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
@@ -108,13 +108,18 @@ pub fn set_parent(span: &tracing::Span, cx: Context) {
 /// lines. For a span the mesh did not make (`Span::none()`), the current
 /// OpenTelemetry context's.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    use opentelemetry::trace::TraceContextExt;
-    let cx = if span.is_none() {
-        Context::current()
+    if span.is_none() {
+        Context::map_current(context_trace_id)
     } else {
-        span.context()
-    };
-    let sc = cx.span().span_context().clone();
+        context_trace_id(&span.context())
+    }
+}
+
+/// The trace ID `cx` carries as 32 hex digits, if any.
+pub fn context_trace_id(cx: &Context) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let span = cx.span();
+    let sc = span.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
@@ -123,8 +128,6 @@ const SPANS_AUTO: u8 = 0;
 const SPANS_ON: u8 = 1;
 const SPANS_OFF: u8 = 2;
 static SPAN_MODE: AtomicU8 = AtomicU8::new(SPANS_AUTO);
-/// Whether the sampler follows the parent's decision (`parentbased_*`).
-static PARENT_BASED: AtomicBool = AtomicBool::new(true);
 
 /// Tells the mesh's layers whether to make spans for each call, attempt and
 /// inbound request.
@@ -142,10 +145,6 @@ pub fn record_spans(on: bool) {
     SPAN_MODE.store(if on { SPANS_ON } else { SPANS_OFF }, Ordering::Relaxed);
 }
 
-pub(crate) fn set_parent_based(parent_based: bool) {
-    PARENT_BASED.store(parent_based, Ordering::Relaxed);
-}
-
 /// Whether a mesh layer should make a span for a call whose parent is
 /// `parent` (the extracted caller's context inbound, the current context
 /// outbound). No, when spans are off, or when the sampler follows the parent
@@ -155,7 +154,7 @@ pub fn span_wanted(parent: &Context) -> bool {
     match SPAN_MODE.load(Ordering::Relaxed) {
         SPANS_OFF => false,
         _ => {
-            if PARENT_BASED.load(Ordering::Relaxed) {
+            if super::sampling::parent_based() {
                 let span = parent.span();
                 let sc = span.span_context();
                 !sc.is_valid() || sc.is_sampled()

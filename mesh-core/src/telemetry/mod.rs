@@ -45,6 +45,7 @@ mod otlp;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 pub mod propagation;
+mod sampling;
 mod w3c;
 
 use std::net::SocketAddr;
@@ -54,9 +55,9 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
 pub use context::{
-    body_size, carries_context, extract, extract_if_present, inject, method_code, method_label,
-    record_spans, set_parent, set_parent_from_headers, span_wanted, spans_on, status_label,
-    trace_id, want_client_span,
+    body_size, carries_context, context_trace_id, extract, extract_if_present, inject, method_code,
+    method_label, record_spans, set_parent, set_parent_from_headers, span_wanted, spans_on,
+    status_label, trace_id, want_client_span,
 };
 pub use error::TelemetryError;
 pub use handles::HandleCache;
@@ -69,6 +70,7 @@ pub use otel_env::{
 };
 #[cfg(feature = "prometheus")]
 pub use prometheus::CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE;
+pub use sampling::{head, Head, RootTrace};
 
 #[cfg(feature = "prometheus")]
 pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -151,6 +153,7 @@ impl TelemetryBuilder<'_> {
         if !settings.sdk_disabled {
             let mut provider = SdkTracerProvider::builder()
                 .with_sampler(sampler(settings.sampler))
+                .with_id_generator(sampling::PinnedIds::default())
                 .with_resource(resource);
             if let Some(target) = &settings.traces {
                 provider = provider.with_batch_exporter(span_exporter(target, &mut guard)?);
@@ -163,12 +166,7 @@ impl TelemetryBuilder<'_> {
         }
         // Spans only where someone will see them: an exporter is running and the
         // sampler can keep something. Trace context is carried either way.
-        context::set_parent_based(matches!(
-            settings.sampler,
-            SamplerKind::ParentBasedAlwaysOn
-                | SamplerKind::ParentBasedAlwaysOff
-                | SamplerKind::ParentBasedTraceIdRatio(_)
-        ));
+        sampling::configure(settings.sampler, !settings.sdk_disabled);
         record_spans(guard.span_exporter && !matches!(settings.sampler, SamplerKind::AlwaysOff));
 
         if self.install_subscriber {

@@ -19,17 +19,15 @@ use mesh_core::metric_names::{
     HTTP_CLIENT_REQUEST_DURATION, HTTP_CLIENT_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, inject, method_code, method_label, status_label, trace_id, want_client_span,
-    HandleCache,
+    body_size, head, inject, method_code, method_label, status_label, HandleCache, OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::field::Empty;
-use tracing::Span;
 
 use super::access_log::{AccessLogSink, OutboundLogLine};
-use super::in_span::InSpan;
+use super::scope::{Scope, Scoped};
 use crate::error::{BoxError, Error};
 
 /// Records `http.client.request.duration` and `http.client.active_requests` for
@@ -279,7 +277,11 @@ where
         // A span only when someone will record it: building one costs
         // microseconds. Without it the current trace context still reaches the
         // attempt layer, which injects it.
-        let span = if want_client_span() {
+        // A span only when the sampler will keep it: building one costs
+        // microseconds. Without it the current trace context (or, for a call
+        // starting a trace that is not sampled, that new trace) still reaches
+        // the attempt layer, which injects it.
+        let scope = Scope::new(OtelContext::map_current(head), || {
             tracing::info_span!(
                 "http.client.call",
                 otel.name = method,
@@ -291,9 +293,7 @@ where
                 http.response.status_code = Empty,
                 error.type = Empty,
             )
-        } else {
-            Span::none()
-        };
+        });
         let active = self.handles.active(method, code, port);
         active.increment(1.0);
         let pending = self.access_log.clone().map(|sink| {
@@ -305,14 +305,11 @@ where
                 log,
             }
         });
-        let future = {
-            // Entered while the inner stack builds its future, so the attempt
-            // layer below sees this span as its parent.
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
+        // In scope while the inner stack builds its future, so the attempt
+        // layer below sees this call's span (or trace) as its parent.
+        let future = scope.in_scope(|| self.inner.call(request));
         CallFuture {
-            inner: InSpan::new(future, span),
+            inner: Scoped::new(future, scope),
             start: Instant::now(),
             handles: self.handles.clone(),
             method,
@@ -329,7 +326,7 @@ pin_project! {
     /// The future of a [`ClientTelemetry`] call.
     pub struct CallFuture<F> {
         #[pin]
-        inner: InSpan<F>,
+        inner: Scoped<F>,
         start: Instant,
         handles: Arc<ClientHandles>,
         method: &'static str,
@@ -376,7 +373,7 @@ where
             Poll::Ready(result) => result.map_err(Into::into),
         };
         let elapsed = this.start.elapsed().as_secs_f64();
-        let span = this.inner.span();
+        let span = this.inner.scope().span();
         let (status, outcome, response_size) = match &result {
             Ok(response) => {
                 let status = response.status();
@@ -416,7 +413,7 @@ where
                     .ok()
                     .and_then(|r| r.extensions().get::<ServedBy>())
                     .map(|s| s.0),
-                trace_id: trace_id(span).as_deref(),
+                trace_id: this.inner.scope().trace_id().as_deref(),
             });
         }
         let request_size = *this.request_size;
@@ -507,7 +504,7 @@ where
         if let Some(log) = request.extensions().get::<CallLog>() {
             log.0.fetch_add(1, Ordering::Relaxed);
         }
-        let span = if want_client_span() {
+        let scope = Scope::new(OtelContext::map_current(head), || {
             let method = method_label(request.method());
             // Endpoints earlier attempts used: this attempt's resend count.
             let resends = request
@@ -524,18 +521,13 @@ where
                 network.peer.port = Empty,
                 http.response.status_code = Empty,
             )
-        } else {
-            Span::none()
-        };
-        // With no span of ours, the current context (the call span's, the
-        // app's, or the inbound request's) is what the server continues.
-        inject(&span, request.headers_mut());
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
+        });
+        // With no span of ours, the current context (the call's, the app's, or
+        // the inbound request's) is what the server continues.
+        scope.in_scope(|| inject(scope.span(), request.headers_mut()));
+        let future = scope.in_scope(|| self.inner.call(request));
         AttemptFuture {
-            inner: InSpan::new(future, span),
+            inner: Scoped::new(future, scope),
             start: Instant::now(),
             handles: self.handles.clone(),
         }
@@ -546,7 +538,7 @@ pin_project! {
     /// The future of an [`AttemptTelemetry`] call.
     pub struct AttemptFuture<F> {
         #[pin]
-        inner: InSpan<F>,
+        inner: Scoped<F>,
         start: Instant,
         handles: Arc<AttemptHandles>,
     }
@@ -570,7 +562,7 @@ where
         let handles = &**this.handles;
         let ok = match &result {
             Ok(response) => {
-                let span = this.inner.span();
+                let span = this.inner.scope().span();
                 span.record("http.response.status_code", response.status().as_u16());
                 if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
                     span.record("network.peer.address", tracing::field::display(addr.ip()));

@@ -11,7 +11,7 @@
 
 mod access_log;
 mod client;
-mod in_span;
+mod scope;
 mod server;
 
 pub use access_log::AccessLogSink;
