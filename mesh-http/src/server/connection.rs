@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 
 use axum::extract::ConnectInfo;
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -121,8 +121,7 @@ pub(crate) async fn serve<S, B>(
             let watchdog = Watchdog::new(deadline.clone(), shared.options.header_read_timeout);
             let service = WithPeer {
                 inner: service,
-                peer: PeerIdentity(peer),
-                remote: connect_info,
+                extensions: connection_extensions(PeerIdentity(peer), connect_info),
                 head: Some(deadline.clone()),
             };
             let conn = shared
@@ -137,8 +136,7 @@ pub(crate) async fn serve<S, B>(
         Protocol::Sniff => {
             let service = WithPeer {
                 inner: service,
-                peer: PeerIdentity(peer),
-                remote: connect_info,
+                extensions: connection_extensions(PeerIdentity(peer), connect_info),
                 head: None,
             };
             let conn = shared.auto.serve_connection_with_upgrades(io, service);
@@ -310,15 +308,38 @@ fn count_failure(reason: &'static str) {
     metrics::counter!(TLS_HANDSHAKE_FAILURES.name, label::REASON => reason).increment(1);
 }
 
-/// Puts the peer's identity and socket address (axum's `ConnectInfo`, which the
-/// access log and handlers read) on each request before the user's service sees
-/// it; on an HTTP/1 connection, also tells the header-read watchdog that the
-/// head it waited for has arrived.
+/// What every request on a connection carries: the peer's identity and socket
+/// address (axum's `ConnectInfo`, which the access log and handlers read).
+///
+/// Built once per connection and cloned onto each request. Inserting the values
+/// one by one into a request's empty extensions allocates the map, its table,
+/// and a new table once the layers and the router add a fourth entry (telemetry
+/// marker, deadline, matched path); a clone of this map allocates its table at
+/// the size made here, room for seven entries, so it never grows.
+fn connection_extensions(peer: PeerIdentity, remote: ConnectInfo<SocketAddr>) -> Extensions {
+    #[derive(Clone, Copy)]
+    struct Room<const N: u8>;
+    let mut extensions = Extensions::new();
+    extensions.insert(peer);
+    extensions.insert(remote);
+    // Five entries grow the table to eight buckets; removing the placeholders
+    // keeps them (hash maps do not shrink on removal).
+    extensions.insert(Room::<0>);
+    extensions.insert(Room::<1>);
+    extensions.insert(Room::<2>);
+    extensions.remove::<Room<0>>();
+    extensions.remove::<Room<1>>();
+    extensions.remove::<Room<2>>();
+    extensions
+}
+
+/// Puts the connection's [`connection_extensions`] on each request before the
+/// user's service sees it; on an HTTP/1 connection, also tells the header-read
+/// watchdog that the head it waited for has arrived.
 #[derive(Debug, Clone)]
 struct WithPeer<S> {
     inner: S,
-    peer: PeerIdentity,
-    remote: ConnectInfo<SocketAddr>,
+    extensions: Extensions,
     head: Option<Arc<HeaderDeadline>>,
 }
 
@@ -334,16 +355,37 @@ where
         if let Some(head) = &self.head {
             head.disarm();
         }
-        let extensions = request.extensions_mut();
-        extensions.insert(self.peer.clone());
-        extensions.insert(self.remote);
+        // Takes the clone whole when hyper put nothing there (it does only for
+        // upgrades), else adds to what is there.
+        request.extensions_mut().extend(self.extensions.clone());
         self.inner.clone().oneshot(request)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Protocol;
+    use super::*;
+
+    #[test]
+    fn each_request_gets_the_peer_identity_and_connect_info() {
+        let peer: mesh_core::identity::SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let template = connection_extensions(PeerIdentity(peer.clone()), ConnectInfo(remote));
+        let mut extensions = Extensions::new();
+        extensions.insert(7u8);
+        extensions.extend(template.clone());
+        assert_eq!(extensions.get::<PeerIdentity>(), Some(&PeerIdentity(peer)));
+        assert_eq!(
+            extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+            Some(remote)
+        );
+        assert_eq!(
+            extensions.get::<u8>(),
+            Some(&7),
+            "what hyper put there stays"
+        );
+        assert_eq!(template.len(), 2, "the placeholders are gone");
+    }
 
     #[test]
     fn only_alpn_http1_skips_sniffing() {
