@@ -38,13 +38,22 @@ impl Running {
     async fn start(source: &IdentitySource, options: InboundOptions) -> Self {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
-        let app = Router::new().route(
-            "/whoami",
-            get(move |PeerIdentity(peer): PeerIdentity| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async move { peer.to_string() }
-            }),
-        );
+        let app = Router::new()
+            .route(
+                "/whoami",
+                get(move |PeerIdentity(peer): PeerIdentity| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move { peer.to_string() }
+                }),
+            )
+            // Longer than the header-read timeouts the tests below set.
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    "slow"
+                }),
+            );
         let server = InboundServer::bind(
             "127.0.0.1:0".parse().unwrap(),
             tls::server_config(source, []),
@@ -324,5 +333,128 @@ async fn idle_connections_without_client_hello_do_not_delay_a_real_handshake() {
         "the real handshake took {took:?}, with a 30 s handshake timeout"
     );
     drop(idle);
+    server.shutdown().await;
+}
+
+/// An mTLS connection offering exactly `alpn` (empty: none), not yet speaking.
+async fn tls_connect(
+    addr: SocketAddr,
+    client: &IdentitySource,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut config = (*tls::client_config(client, spiffe_id(SERVER_ID).into())).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("api").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Slowloris: a client that sends its request head one byte at a time, each
+/// byte well within the timeout but the whole head far beyond it, is cut off
+/// once the header-read timeout has passed since it started — over HTTP/1 by
+/// ALPN (the server's own per-connection timer) and without ALPN (hyper's).
+#[tokio::test]
+async fn a_client_trickling_its_request_head_is_cut_off_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new("example.org");
+    let (_server_files, source) = pki.server_source("api", SERVER_ID);
+    let client_files = pki.client("web", CLIENT_ID);
+    let client = IdentitySource::from_files(client_files.identity_files()).unwrap();
+    let timeout = Duration::from_millis(500);
+    let server = Running::start(
+        &source,
+        InboundOptions::default().header_read_timeout(timeout),
+    )
+    .await;
+
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        // Before the handshake: the server's clock starts after it.
+        let started = Instant::now();
+        let stream = tls_connect(server.addr, &client, alpn).await;
+        let (mut read, mut write) = tokio::io::split(stream);
+        // 200 bytes at one per 50 ms: 10 s for the whole head, 20 times the timeout.
+        let head = format!(
+            "GET /whoami HTTP/1.1\r\nhost: api\r\nx-pad: {}\r\n\r\n",
+            "a".repeat(150)
+        );
+        let trickle = tokio::spawn(async move {
+            let mut sent = 0;
+            for byte in head.as_bytes() {
+                if write.write_all(&[*byte]).await.is_err() || write.flush().await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (sent, head.len())
+        });
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(8), read.read_to_end(&mut buf)).await;
+        let took = started.elapsed();
+        assert!(
+            closed.is_ok(),
+            "ALPN {alpn:?}: the server kept a trickling client for 8 s"
+        );
+        assert!(buf.is_empty(), "ALPN {alpn:?}: no response is due: {buf:?}");
+        assert!(
+            took >= timeout,
+            "ALPN {alpn:?}: cut off after {took:?}, before the timeout"
+        );
+        trickle.abort();
+        let _ = trickle.await;
+    }
+    assert_eq!(
+        server.calls.load(Ordering::SeqCst),
+        0,
+        "no head was complete"
+    );
+    server.shutdown().await;
+}
+
+/// The timeout bounds each head, not the connection: a keep-alive connection
+/// whose requests (and one handler that runs longer than the timeout) span
+/// several timeouts is served throughout.
+#[tokio::test]
+async fn a_keep_alive_connection_outliving_the_header_read_timeout_is_served() {
+    let pki = Pki::new("example.org");
+    let (_server_files, source) = pki.server_source("api", SERVER_ID);
+    let client_files = pki.client("web", CLIENT_ID);
+    let client = IdentitySource::from_files(client_files.identity_files()).unwrap();
+    let timeout = Duration::from_millis(500);
+    let server = Running::start(
+        &source,
+        InboundOptions::default().header_read_timeout(timeout),
+    )
+    .await;
+
+    let stream = tls_connect(server.addr, &client, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(path)
+            .header("host", "api")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // Eight requests 150 ms apart: 1.2 s on one connection, each head prompt.
+    for _ in 0..8 {
+        let response = sender.send_request(get("/whoami")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // A handler busy for three timeouts: no head is awaited meanwhile.
+    let response = sender.send_request(get("/slow")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let response = sender.send_request(get("/whoami")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(server.calls.load(Ordering::SeqCst), 9);
+    assert!(!conn.is_finished(), "the connection stayed open");
     server.shutdown().await;
 }

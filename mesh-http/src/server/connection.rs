@@ -3,10 +3,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use axum::extract::ConnectInfo;
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,10 +19,12 @@ use mesh_core::metric_names::{label, TLS_HANDSHAKE_FAILURES};
 use mesh_core::tls::{failure_reason, peer_spiffe_id};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
+use super::header_timeout::{HeaderDeadline, HeaderTimer, Watchdog};
 use super::options::InboundOptions;
 use super::PeerIdentity;
 use crate::error::BoxError;
@@ -26,7 +32,8 @@ use crate::error::BoxError;
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub(crate) acceptor: TlsAcceptor,
-    /// For connections whose ALPN settled on HTTP/1.1.
+    /// For connections whose ALPN settled on HTTP/1.1; each connection adds
+    /// its own header-read timer.
     pub(crate) http1: http1::Builder,
     /// For every other connection: tells the versions apart by the first
     /// bytes (it wraps the stream to replay them, which costs on every read).
@@ -104,20 +111,36 @@ pub(crate) async fn serve<S, B>(
         return;
     };
     let protocol = Protocol::from_alpn(session.alpn_protocol());
-    let service = WithPeer {
-        inner: service,
-        peer: PeerIdentity(peer),
-        remote: ConnectInfo(remote),
-    };
+    let connect_info = ConnectInfo(remote);
     let io = TokioIo::new(tls);
     let result = match protocol {
         Protocol::Http1 => {
-            let conn = shared.http1.serve_connection(io, service).with_upgrades();
-            drive(conn, &mut shutdown).await
+            // Our own header-read timer (see `header_timeout`): hyper's boxes a
+            // sleep per request.
+            let deadline = HeaderDeadline::new();
+            let watchdog = Watchdog::new(deadline.clone(), shared.options.header_read_timeout);
+            let service = WithPeer {
+                inner: service,
+                extensions: connection_extensions(PeerIdentity(peer), connect_info),
+                head: Some(deadline.clone()),
+            };
+            let conn = shared
+                .http1
+                .clone()
+                .timer(HeaderTimer(deadline))
+                .header_read_timeout(shared.options.header_read_timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(conn, &mut shutdown, Some(watchdog)).await
         }
         Protocol::Sniff => {
+            let service = WithPeer {
+                inner: service,
+                extensions: connection_extensions(PeerIdentity(peer), connect_info),
+                head: None,
+            };
             let conn = shared.auto.serve_connection_with_upgrades(io, service);
-            drive(conn, &mut shutdown).await
+            drive(conn, &mut shutdown, None).await
         }
     };
     if let Err(error) = result {
@@ -162,20 +185,77 @@ where
 }
 
 /// Runs `conn` to its end; once shutdown begins, lets it finish in-flight
-/// requests and refuse new ones (GOAWAY / `Connection: close`).
+/// requests and refuse new ones (GOAWAY / `Connection: close`). With a
+/// watchdog, a request head overdue past the header-read timeout ends the
+/// connection.
+///
+/// The shutdown watch and the watchdog's timer are polled only when one of them
+/// woke the task (they get a waker of their own that records it), not on every
+/// wake of the connection: most wakes are the socket's.
 async fn drive<C: GracefulConnection>(
     conn: C,
     shutdown: &mut watch::Receiver<bool>,
+    watchdog: Option<Watchdog>,
 ) -> Result<(), BoxError> {
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = stopped(shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    let first_check = watchdog
+        .as_ref()
+        .map_or_else(Instant::now, Watchdog::first_check);
+    let timer = tokio::time::sleep_until(first_check);
+    tokio::pin!(timer);
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
+    let mut draining = false;
+    let mut expired = false;
+    std::future::poll_fn(|cx| {
+        side.task.register(cx.waker());
+        loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(Into::into));
+            }
+            if !side.take() {
+                return Poll::Pending;
+            }
+            let mut side_cx = Context::from_waker(&side_waker);
+            // Set when the connection was told to close: poll it again at once.
+            let mut closing = false;
+            if !draining && stop.as_mut().poll(&mut side_cx).is_ready() {
+                draining = true;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            if let Some(watchdog) = &watchdog {
+                if expired {
+                    // The overdue connection had one more timeout to close.
+                    if timer.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(Err(HeaderTimeout.into()));
+                    }
+                } else if watchdog
+                    .poll_expired(timer.as_mut(), &mut side_cx)
+                    .is_ready()
+                {
+                    if !watchdog.served_any() {
+                        // hyper's graceful shutdown does not end a connection
+                        // still waiting for its first head: close it here.
+                        return Poll::Ready(Err(HeaderTimeout.into()));
+                    }
+                    // Idle (or mid-head) after a response: hyper closes it
+                    // cleanly (TLS close_notify), bounded by one more timeout.
+                    expired = true;
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    timer.as_mut().reset(Instant::now() + watchdog.timeout());
+                    let _ = timer.as_mut().poll(&mut side_cx);
+                }
+            }
+            if !closing {
+                return Poll::Pending;
+            }
         }
-    };
-    result.map_err(Into::into)
+    })
+    .await
 }
 
 /// Resolves once shutdown has begun (the watch guard must not live across awaits).
@@ -183,17 +263,84 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// Records that the shutdown watch or the watchdog's timer woke the connection
+/// task, and wakes it.
+#[derive(Debug)]
+struct SideWake {
+    task: AtomicWaker,
+    due: AtomicBool,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        // Due at first, so both are polled (and register this waker) once.
+        SideWake {
+            task: AtomicWaker::new(),
+            due: AtomicBool::new(true),
+        }
+    }
+}
+
+impl SideWake {
+    fn take(&self) -> bool {
+        // Cheap when nothing is due: a load, no read-modify-write.
+        self.due.load(Ordering::Relaxed) && self.due.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.due.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A request head did not arrive within the header-read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client did not send a request head within the header-read timeout")]
+struct HeaderTimeout;
+
 fn count_failure(reason: &'static str) {
     metrics::counter!(TLS_HANDSHAKE_FAILURES.name, label::REASON => reason).increment(1);
 }
 
-/// Puts the peer's identity and socket address (axum's `ConnectInfo`, which the
-/// access log and handlers read) on each request before the user's service sees it.
+/// What every request on a connection carries: the peer's identity and socket
+/// address (axum's `ConnectInfo`, which the access log and handlers read).
+///
+/// Built once per connection and cloned onto each request. Inserting the values
+/// one by one into a request's empty extensions allocates the map, its table,
+/// and a new table once the layers and the router add a fourth entry (telemetry
+/// marker, deadline, matched path); a clone of this map allocates its table at
+/// the size made here, room for seven entries, so it never grows.
+fn connection_extensions(peer: PeerIdentity, remote: ConnectInfo<SocketAddr>) -> Extensions {
+    #[derive(Clone, Copy)]
+    struct Room<const N: u8>;
+    let mut extensions = Extensions::new();
+    extensions.insert(peer);
+    extensions.insert(remote);
+    // Five entries grow the table to eight buckets; removing the placeholders
+    // keeps them (hash maps do not shrink on removal).
+    extensions.insert(Room::<0>);
+    extensions.insert(Room::<1>);
+    extensions.insert(Room::<2>);
+    extensions.remove::<Room<0>>();
+    extensions.remove::<Room<1>>();
+    extensions.remove::<Room<2>>();
+    extensions
+}
+
+/// Puts the connection's [`connection_extensions`] on each request before the
+/// user's service sees it; on an HTTP/1 connection, also tells the header-read
+/// watchdog that the head it waited for has arrived.
 #[derive(Debug, Clone)]
 struct WithPeer<S> {
     inner: S,
-    peer: PeerIdentity,
-    remote: ConnectInfo<SocketAddr>,
+    extensions: Extensions,
+    head: Option<Arc<HeaderDeadline>>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for WithPeer<S>
@@ -205,16 +352,40 @@ where
     type Future = Oneshot<S, Request<Incoming>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        let extensions = request.extensions_mut();
-        extensions.insert(self.peer.clone());
-        extensions.insert(self.remote);
+        if let Some(head) = &self.head {
+            head.disarm();
+        }
+        // Takes the clone whole when hyper put nothing there (it does only for
+        // upgrades), else adds to what is there.
+        request.extensions_mut().extend(self.extensions.clone());
         self.inner.clone().oneshot(request)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Protocol;
+    use super::*;
+
+    #[test]
+    fn each_request_gets_the_peer_identity_and_connect_info() {
+        let peer: mesh_core::identity::SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let template = connection_extensions(PeerIdentity(peer.clone()), ConnectInfo(remote));
+        let mut extensions = Extensions::new();
+        extensions.insert(7u8);
+        extensions.extend(template.clone());
+        assert_eq!(extensions.get::<PeerIdentity>(), Some(&PeerIdentity(peer)));
+        assert_eq!(
+            extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+            Some(remote)
+        );
+        assert_eq!(
+            extensions.get::<u8>(),
+            Some(&7),
+            "what hyper put there stays"
+        );
+        assert_eq!(template.len(), 2, "the placeholders are gone");
+    }
 
     #[test]
     fn only_alpn_http1_skips_sniffing() {

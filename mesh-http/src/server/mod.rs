@@ -22,6 +22,7 @@
 
 pub mod authz;
 mod connection;
+mod header_timeout;
 mod options;
 mod peer;
 mod readiness;
@@ -239,13 +240,12 @@ async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
 }
 
 /// The HTTP/1 settings, written once for hyper's builder and the auto
-/// builder's (whose methods have the same names).
+/// builder's (whose methods have the same names). The header-read timeout is
+/// set where the timer is: each HTTP/1 connection has its own (see
+/// `header_timeout`), the auto builder uses hyper's.
 macro_rules! http1_settings {
     ($builder:expr, $options:expr) => {
-        $builder
-            .timer(TokioTimer::new())
-            .header_read_timeout($options.header_read_timeout)
-            .max_buf_size($options.max_header_bytes)
+        $builder.max_buf_size($options.max_header_bytes)
     };
 }
 
@@ -276,7 +276,9 @@ fn http1_builder(options: &InboundOptions) -> http1::Builder {
 /// by the first bytes.
 fn auto_builder(options: &InboundOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    http1_settings!(builder.http1(), options);
+    http1_settings!(builder.http1(), options)
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
     http2_settings!(builder.http2(), options);
     builder
 }

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath};
@@ -74,15 +74,21 @@ pub struct ServerTelemetryLayer {
 /// Metric handles resolved once per label combination, shared by every clone.
 #[derive(Debug, Default)]
 struct ServerHandles {
-    /// By method code (the scheme is the layer's).
-    active: HandleCache<u8, Gauge>,
     /// By route template, then by [`finish_key`].
     routes: HandleCache<String, Arc<RouteHandles>>,
 }
 
+/// Method codes (`method_code`) with a slot of their own for the active gauge.
+const METHOD_CODES: usize = 10;
+
 #[derive(Debug)]
 struct RouteHandles {
     route: SharedString,
+    /// `http.server.active_requests` by method code (its labels are method and
+    /// scheme, not the route). Kept here so a request makes one cache lookup
+    /// when it starts, not two; made under the same recorder as the rest of
+    /// the entry, so a change of recorder starts these over too.
+    active: [OnceLock<Gauge>; METHOD_CODES],
     finished: HandleCache<u64, FinishedHandles>,
 }
 
@@ -258,13 +264,17 @@ where
             (Span::none(), attach)
         };
 
-        let active = self.handles.active.get(&code, |_| {
+        let make_active = || {
             metrics::gauge!(
                 HTTP_SERVER_ACTIVE_REQUESTS.name,
                 label::HTTP_REQUEST_METHOD => method,
                 label::URL_SCHEME => scheme,
             )
-        });
+        };
+        let active = match route.active.get(usize::from(code)) {
+            Some(slot) => slot.get_or_init(make_active).clone(),
+            None => make_active(),
+        };
         active.increment(1.0);
         let pending = self.access_log.clone().map(|sink| Pending {
             sink,
@@ -335,6 +345,7 @@ fn route_handles(handles: &ServerHandles, name: &str) -> Arc<RouteHandles> {
             } else {
                 SharedString::from_owned(name.to_string())
             },
+            active: Default::default(),
             finished: HandleCache::new(),
         })
     })
@@ -514,5 +525,91 @@ mod tests {
         app.oneshot(request).await.unwrap();
         let line: serde_json::Value = serde_json::from_str(&lines.lock()[0]).unwrap();
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    /// Records the active-requests gauge's value per label set, nothing else.
+    #[derive(Default)]
+    struct GaugeRecorder(Arc<Mutex<std::collections::HashMap<String, f64>>>);
+
+    struct RecordedGauge(
+        metrics::Key,
+        Arc<Mutex<std::collections::HashMap<String, f64>>>,
+    );
+
+    impl metrics::GaugeFn for RecordedGauge {
+        fn increment(&self, value: f64) {
+            *self.1.lock().entry(self.0.to_string()).or_default() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.1.lock().entry(self.0.to_string()).or_default() -= value;
+        }
+        fn set(&self, value: f64) {
+            self.1.lock().insert(self.0.to_string(), value);
+        }
+    }
+
+    impl metrics::Recorder for GaugeRecorder {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {
+        }
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+            Gauge::from_arc(Arc::new(RecordedGauge(key.clone(), self.0.clone())))
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn active_requests_count_a_request_by_method_while_it_runs() {
+        let recorder = GaugeRecorder::default();
+        let values = recorder.0.clone();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(Mutex::new(Some(released)));
+        let app = ServerTelemetryLayer::new().layer(Router::new().route(
+            "/",
+            axum::routing::post(move || {
+                let released = released.lock().take().unwrap();
+                async move {
+                    let _ = released.await;
+                    "done"
+                }
+            }),
+        ));
+        let value = |values: &Mutex<std::collections::HashMap<String, f64>>| {
+            let values = values.lock();
+            let mut active = values
+                .iter()
+                .filter(|(key, _)| key.contains(HTTP_SERVER_ACTIVE_REQUESTS.name));
+            let (key, value) = active
+                .next()
+                .unwrap_or_else(|| panic!("the gauge was not recorded: {values:?}"));
+            assert!(key.contains("POST"), "labelled by method: {key}");
+            *value
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let request = Request::post("/").body(axum::body::Body::empty()).unwrap();
+            let mut call = Box::pin(app.oneshot(request));
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(value(&values), 1.0, "one request running");
+            release.send(()).unwrap();
+            assert!(call.as_mut().poll(&mut cx).is_ready());
+            assert_eq!(value(&values), 0.0, "none once it answered");
+        });
     }
 }
