@@ -4,7 +4,10 @@
 //! on); the sampled flag is what the SDK's test says for that trace ID; no
 //! span is built for a trace that is not sampled (a layer counts the spans
 //! `tracing` builds); and exactly the sampled traces are exported, whole
-//! (call, attempt and server span), under the trace ID the server saw.
+//! (call, attempt and server span), under the trace ID the server saw. The
+//! server decides the same way for requests that arrive without a trace: a
+//! server span is built exactly for the ones exported, and every handler runs
+//! inside a trace either way.
 //!
 //! One test per binary: the tracer provider and subscriber are process-global.
 
@@ -35,20 +38,43 @@ fn ratio_keeps(trace_id_hex: &str, ratio: f64) -> bool {
     (low >> 1) < (ratio * (1u64 << 63) as f64) as u64
 }
 
-/// Counts the client call spans `tracing` builds.
-struct CountCallSpans(Arc<AtomicUsize>);
+/// Counts the client call spans and the server spans `tracing` builds.
+#[derive(Default)]
+struct Built {
+    calls: AtomicUsize,
+    servers: AtomicUsize,
+}
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountCallSpans {
+struct CountSpans(Arc<Built>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountSpans {
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
         _: &tracing::span::Id,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        if attrs.metadata().name() == "http.client.call" {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
+        match attrs.metadata().name() {
+            "http.client.call" => self.0.calls.fetch_add(1, Ordering::Relaxed),
+            "http.server" => self.0.servers.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
     }
+}
+
+/// A request with no trace context, straight over TCP.
+async fn get_untraced(addr: std::net::SocketAddr, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -71,10 +97,10 @@ async fn sampling_is_decided_before_spans_and_agrees_with_the_sdk() {
         .install_subscriber(false)
         .init_from(&otel)
         .expect("telemetry starts");
-    let built = Arc::new(AtomicUsize::new(0));
+    let built = Arc::new(Built::default());
     tracing_subscriber::registry()
         .with(telemetry.otel_layer())
-        .with(CountCallSpans(built.clone()))
+        .with(CountSpans(built.clone()))
         .init();
 
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -92,9 +118,24 @@ async fn sampling_is_decided_before_spans_and_agrees_with_the_sdk() {
             }
         }
     };
+    // Whether each untraced request's handler ran inside a trace.
+    let in_trace = Arc::new(Mutex::new(Vec::<bool>::new()));
+    let root_handler = {
+        let in_trace = in_trace.clone();
+        move || {
+            let in_trace = in_trace.clone();
+            async move {
+                in_trace
+                    .lock()
+                    .push(mesh_core::telemetry::TraceIds::current().is_some());
+                "ok"
+            }
+        }
+    };
     let backend = TestBackend::start_with(
         Router::new()
             .route("/traced", get(handler))
+            .route("/root", get(root_handler))
             .layer(ServerTelemetryLayer::new()),
     )
     .await;
@@ -146,17 +187,41 @@ async fn sampling_is_decided_before_spans_and_agrees_with_the_sdk() {
     );
 
     assert_eq!(
-        built.load(Ordering::Relaxed),
+        built.calls.load(Ordering::Relaxed),
         sampled.len(),
         "a call span is built for each sampled trace and for nothing else"
+    );
+    assert_eq!(built.servers.load(Ordering::Relaxed), sampled.len());
+
+    // Requests that arrive without a trace: the server starts one for each.
+    for _ in 0..REQUESTS {
+        get_untraced(backend.addr(), "/root").await;
+    }
+    assert_eq!(
+        *in_trace.lock(),
+        vec![true; REQUESTS],
+        "every handler runs inside a trace, sampled or not"
+    );
+    let server_roots = built.servers.load(Ordering::Relaxed) - sampled.len();
+    assert!(
+        server_roots > 0 && server_roots < REQUESTS,
+        "at 0.5 some of {REQUESTS} inbound roots are sampled and some not: {server_roots}"
     );
 
     telemetry.flush();
     let spans = receiver
         .wait_for_spans(Duration::from_secs(30), |spans| {
-            spans.len() >= 3 * sampled.len()
+            spans.len() >= 3 * sampled.len() + server_roots
         })
         .await;
+    let (roots, spans): (Vec<_>, Vec<_>) = spans
+        .iter()
+        .partition(|s| s.parent_span_id.is_empty() && s.name == "GET /root");
+    assert_eq!(
+        roots.len(),
+        server_roots,
+        "a server span is built for each inbound root exported and for nothing else"
+    );
     let mut per_trace: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for span in &spans {
         per_trace

@@ -70,7 +70,7 @@ pub use otel_env::{
 };
 #[cfg(feature = "prometheus")]
 pub use prometheus::CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE;
-pub use sampling::{head, Head, RootTrace};
+pub use sampling::{head, Head, SpanStart};
 
 #[cfg(feature = "prometheus")]
 pub use metrics_exporter_prometheus::PrometheusHandle;

@@ -42,21 +42,24 @@ pub enum Head {
     /// context (the new trace, not sampled), so it is propagated with the
     /// sampled flag off and nothing below samples it again.
     Unsampled(Context),
-    /// Make the span. With a [`RootTrace`], build it through
-    /// [`RootTrace::start`]: the call starts a trace the mesh sampled, and the
-    /// span must carry the trace ID the decision was made on.
-    Span(Option<RootTrace>),
+    /// Make the span, through [`SpanStart::build`].
+    Span(SpanStart),
 }
 
-/// The trace ID a sampled root span must carry.
+/// How the span a [`Head::Span`] asks for is made: for a call that starts a
+/// trace the mesh sampled, with the trace ID the decision was made on.
 #[derive(Debug)]
-pub struct RootTrace(TraceId);
+pub struct SpanStart(Option<TraceId>);
 
-impl RootTrace {
-    /// Builds the span with `make` and starts it with this trace ID.
-    pub fn start(self, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+impl SpanStart {
+    /// Builds the span with `make`, and starts it with the sampled trace ID
+    /// when the call starts a trace.
+    pub fn build(self, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        PINNED_TRACE.with(|pinned| pinned.set(Some(self.0)));
+        let Some(trace_id) = self.0 else {
+            return make();
+        };
+        PINNED_TRACE.with(|pinned| pinned.set(Some(trace_id)));
         let span = make();
         // Starting the OpenTelemetry span is what draws its trace ID: do it
         // now, while the pinned ID is there to be taken.
@@ -78,7 +81,7 @@ pub fn head(parent: &Context) -> Head {
         // Not ours to predict: the SDK decides on the span as it always did.
         UNKNOWN => {
             return if span_wanted(parent) {
-                Head::Span(None)
+                Head::Span(SpanStart(None))
             } else {
                 Head::Skip
             }
@@ -91,15 +94,19 @@ pub fn head(parent: &Context) -> Head {
         } else {
             root == ALWAYS || (root == RATIO && ratio_keeps(sc.trace_id()))
         };
-        return if keep { Head::Span(None) } else { Head::Skip };
+        return if keep {
+            Head::Span(SpanStart(None))
+        } else {
+            Head::Skip
+        };
     }
     match root {
-        ALWAYS => Head::Span(None),
+        ALWAYS => Head::Span(SpanStart(None)),
         RATIO => {
             let ids = RandomIdGenerator::default();
             let trace_id = ids.new_trace_id();
             if ratio_keeps(trace_id) {
-                Head::Span(Some(RootTrace(trace_id)))
+                Head::Span(SpanStart(Some(trace_id)))
             } else {
                 Head::Unsampled(unsampled(parent, trace_id, ids.new_span_id()))
             }
@@ -171,12 +178,12 @@ pub(crate) fn configure(kind: SamplerKind, installed: bool) {
 }
 
 thread_local! {
-    /// The trace ID [`RootTrace::start`] wants the span being started to get.
+    /// The trace ID [`SpanStart::build`] wants the span being started to get.
     static PINNED_TRACE: Cell<Option<TraceId>> = const { Cell::new(None) };
 }
 
 /// The tracer provider's ID generator: random IDs, except the trace ID of a
-/// root span [`RootTrace::start`] is starting, which was drawn (and sampled) before.
+/// root span [`SpanStart::build`] is starting, which was drawn (and sampled) before.
 #[derive(Debug, Default)]
 pub(crate) struct PinnedIds(RandomIdGenerator);
 

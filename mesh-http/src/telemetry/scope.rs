@@ -30,8 +30,7 @@ impl Scope {
         let span = match head {
             Head::Skip => return Scope::None,
             Head::Unsampled(cx) => return Scope::Unsampled(cx),
-            Head::Span(Some(root)) => root.start(make),
-            Head::Span(None) => make(),
+            Head::Span(start) => start.build(make),
         };
         if span.is_disabled() {
             Scope::None

@@ -19,8 +19,8 @@ use mesh_core::metric_names::{
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, carries_context, extract_if_present, method_code, method_label, set_parent,
-    span_wanted, spans_on, status_label, trace_id, HandleCache, OtelContext,
+    body_size, carries_context, extract_if_present, head, method_code, method_label, set_parent,
+    status_label, trace_id, HandleCache, Head, OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -244,24 +244,33 @@ where
         // none, attached while the handler runs so its logs, its own spans and
         // its outbound calls continue the caller's trace.
         let parent = extract_if_present(request.headers());
-        let (span, attach) = if spans_on() && span_wanted(&parent) {
-            let span = tracing::info_span!(
-                "http.server",
-                otel.name = %format_args!("{method} {}", &*route.route),
-                otel.kind = "server",
-                otel.status_code = Empty,
-                http.request.method = method,
-                http.route = &*route.route,
-                url.scheme = scheme,
-                http.response.status_code = Empty,
-                error.type = Empty,
-                mesh.peer.identity = peer_identity.map(|p| tracing::field::display(&p.0)),
-            );
-            set_parent(&span, parent);
-            (span, None)
-        } else {
-            let attach = carries_context(&parent).then_some(parent);
-            (Span::none(), attach)
+        let (span, attach) = match head(&parent) {
+            Head::Span(start) => {
+                let span = start.build(|| {
+                    let span = tracing::info_span!(
+                        "http.server",
+                        otel.name = %format_args!("{method} {}", &*route.route),
+                        otel.kind = "server",
+                        otel.status_code = Empty,
+                        http.request.method = method,
+                        http.route = &*route.route,
+                        url.scheme = scheme,
+                        http.response.status_code = Empty,
+                        error.type = Empty,
+                        mesh.peer.identity = peer_identity.map(|p| tracing::field::display(&p.0)),
+                    );
+                    set_parent(&span, parent);
+                    span
+                });
+                (span, None)
+            }
+            // A request starting a trace the sampler drops: the handler runs in
+            // that new trace, unsampled, so its own calls carry it on.
+            Head::Unsampled(cx) => (Span::none(), Some(cx)),
+            Head::Skip => {
+                let attach = carries_context(&parent).then_some(parent);
+                (Span::none(), attach)
+            }
         };
 
         let make_active = || {
