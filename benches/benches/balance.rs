@@ -3,9 +3,14 @@
 //!
 //! `cargo bench -p mesh-benches --bench balance` (add `-- --quick` for a short run).
 //! After criterion's groups it measures pick(10k)/pick(10) again with the two sizes
-//! interleaved (A B A B …) over several rounds, prints the medians, and ends with one
-//! JSON line. `balance profile <kind> <endpoints> <picks>` only picks (for
-//! cachegrind).
+//! interleaved (A B A B …) over many short rounds, prints the medians and the median
+//! of the per-round ratios, and ends with one JSON line. Run it pinned to one CPU
+//! (`taskset -c 1 cargo bench …`): a thread that migrates to the other core starts
+//! with a cold L2, which is exactly what pick(10k) measures.
+//!
+//! Modes of the bench binary itself (`target/release/deps/balance-<hash>`):
+//! `profile <kind> <endpoints> <picks>` only picks (for cachegrind);
+//! `ratios [rounds] [picks]` runs only the interleaved comparison.
 
 use std::alloc::System;
 use std::hint::black_box;
@@ -107,27 +112,90 @@ fn time_picks(balancer: &Balancer<()>, picks: u32) -> f64 {
     start.elapsed().as_nanos() as f64 / f64::from(picks)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// pick(10k)/pick(10) per kind, with the sizes interleaved within each round.
-fn interleaved_ratios(rounds: usize, picks: u32) -> Vec<(BalancerKind, f64, f64, f64)> {
+/// One kind's interleaved figures.
+struct Ratio {
+    kind: BalancerKind,
+    /// Median ns per pick at 10 and at 10,000 endpoints.
+    small: f64,
+    large: f64,
+    /// Quartiles of the per-round ratios pick(10k)/pick(10).
+    q1: f64,
+    median: f64,
+    q3: f64,
+}
+
+/// pick(10k)/pick(10) per kind, with the sizes interleaved within each round (the
+/// order alternates between rounds, so neither size always runs right after the
+/// other). The per-round ratio compares two batches run a few milliseconds apart,
+/// so load that changes over seconds cancels out of it.
+fn interleaved_ratios(rounds: usize, picks: u32) -> Vec<Ratio> {
     KINDS
         .iter()
         .map(|&kind| {
             let small = warmed(kind, 10);
             let large = warmed(kind, 10_000);
-            let (mut s, mut l) = (Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                s.push(time_picks(&small, picks));
-                l.push(time_picks(&large, picks));
+            let (mut s, mut l, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let (a, b) = if round % 2 == 0 {
+                    let a = time_picks(&small, picks);
+                    (a, time_picks(&large, picks))
+                } else {
+                    let b = time_picks(&large, picks);
+                    (time_picks(&small, picks), b)
+                };
+                s.push(a);
+                l.push(b);
+                ratios.push(b / a);
             }
-            let (s, l) = (median(s), median(l));
-            (kind, s, l, l / s)
+            Ratio {
+                kind,
+                small: quantile(&s, 0.5),
+                large: quantile(&l, 0.5),
+                q1: quantile(&ratios, 0.25),
+                median: quantile(&ratios, 0.5),
+                q3: quantile(&ratios, 0.75),
+            }
         })
         .collect()
+}
+
+/// Prints the interleaved figures and returns their JSON fields.
+fn print_ratios(rounds: usize, picks: u32) -> String {
+    println!("\npick(10k)/pick(10), {rounds} interleaved rounds of {picks} picks:");
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>17}",
+        "kind", "10 (ns)", "10k (ns)", "ratio", "q1..q3 of ratios"
+    );
+    let ratios = interleaved_ratios(rounds, picks);
+    for r in &ratios {
+        println!(
+            "{:<14} {:>10.1} {:>10.1} {:>10.2} {:>8.2}..{:<8.2}",
+            r.kind.to_string(),
+            r.small,
+            r.large,
+            r.median,
+            r.q1,
+            r.q3
+        );
+    }
+    println!("(ns: medians of the rounds; ratio: median of the per-round ratios)");
+    let fields: Vec<String> = ratios
+        .iter()
+        .map(|r| {
+            format!(
+                "\"{}\":{{\"pick_10_ns\":{:.1},\"pick_10k_ns\":{:.1},\"ratio\":{:.3},\"ratio_q1\":{:.3},\"ratio_q3\":{:.3}}}",
+                r.kind, r.small, r.large, r.median, r.q1, r.q3
+            )
+        })
+        .collect();
+    format!("\"rounds\":{rounds},\"picks\":{picks},{}", fields.join(","))
 }
 
 /// `balance profile <kind> <endpoints> <picks>`: warms a balancer, then makes
@@ -143,9 +211,16 @@ fn profile(args: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("profile") {
-        profile(&args[2..]);
-        return;
+    match args.get(1).map(String::as_str) {
+        Some("profile") => return profile(&args[2..]),
+        Some("ratios") => {
+            let rounds = args.get(2).map_or(1_001, |a| a.parse().expect("rounds"));
+            let picks = args.get(3).map_or(5_000, |a| a.parse().expect("picks"));
+            let fields = print_ratios(rounds, picks);
+            println!("{{\"bench\":\"balance\",{fields}}}");
+            return;
+        }
+        _ => {}
     }
     // `cargo test --benches` runs this binary without `--bench`: keep that quick.
     let benching = args.iter().any(|a| a == "--bench");
@@ -162,29 +237,8 @@ fn main() {
     if !benching {
         return;
     }
-    let (rounds, picks) = if quick { (41, 20_000) } else { (201, 50_000) };
-    println!("\npick(10k)/pick(10), {rounds} interleaved rounds of {picks} picks, medians:");
-    println!(
-        "{:<14} {:>10} {:>10} {:>7}",
-        "kind", "10 (ns)", "10k (ns)", "ratio"
-    );
-    let ratios = interleaved_ratios(rounds, picks);
-    for (kind, small, large, ratio) in &ratios {
-        println!(
-            "{:<14} {small:>10.1} {large:>10.1} {ratio:>7.2}",
-            kind.to_string()
-        );
-    }
-    let fields: Vec<String> = ratios
-        .iter()
-        .map(|(kind, small, large, ratio)| {
-            format!(
-                "\"{kind}\":{{\"pick_10_ns\":{small:.1},\"pick_10k_ns\":{large:.1},\"ratio\":{ratio:.3}}}"
-            )
-        })
-        .collect();
-    println!(
-        "{{\"bench\":\"balance\",\"bytes_per_known_endpoint\":{bytes:.0},\"rounds\":{rounds},{}}}",
-        fields.join(",")
-    );
+    // Many short rounds: each ratio compares batches a few milliseconds apart.
+    let (rounds, picks) = if quick { (201, 5_000) } else { (1_001, 5_000) };
+    let fields = print_ratios(rounds, picks);
+    println!("{{\"bench\":\"balance\",\"bytes_per_known_endpoint\":{bytes:.0},{fields}}}");
 }
