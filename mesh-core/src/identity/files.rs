@@ -74,6 +74,30 @@ impl IdentityFiles {
         material.validate().map_err(|e| self.locate(e))
     }
 
+    /// Whether the certificate and bundle files still hold what `identity` was
+    /// loaded from: a cheap read and PEM decode, no validation. Any problem
+    /// reading them counts as a change, so the caller's full reload reports it.
+    ///
+    /// For the watcher's catch-up after it starts: a change written between
+    /// loading and the watch being in place raised no event. The key file is
+    /// not compared: a new key without a new certificate is not a usable
+    /// identity, and the certificate that goes with it changes the chain.
+    pub(crate) fn hold(&self, identity: &Identity) -> bool {
+        let same = |path: &Path, certs: Option<&[CertificateDer<'static>]>| matches!((read_certs(path), certs), (Ok(read), Some(held)) if read == held);
+        let own = identity.trust_domain();
+        same(&self.cert, Some(identity.cert_chain()))
+            && same(
+                &self.bundle,
+                identity.bundle(own.as_str()).map(|b| b.certificates()),
+            )
+            && self.federated.iter().all(|(domain, path)| {
+                same(
+                    path,
+                    identity.bundle(domain.as_str()).map(|b| b.certificates()),
+                )
+            })
+    }
+
     /// Names the file a validation problem is about.
     fn locate(&self, invalid: Invalid) -> IdentityError {
         let bundle_path = |which: BundleRef| match which {

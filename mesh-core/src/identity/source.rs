@@ -194,36 +194,79 @@ impl IdentitySource {
     /// Must be called inside a tokio runtime. Watching stops when the returned
     /// handle is dropped. Without files (see [`from_identity`](Self::from_identity))
     /// the handle watches nothing.
+    ///
+    /// Returns at once: the watcher is created here (failing to create one is
+    /// an error), but its directories are registered in the background, since
+    /// that waits for the watcher's own thread to start (up to milliseconds on a
+    /// busy machine, on every service's start-up path). Once they are
+    /// registered the files are compared with the identity in force and
+    /// reloaded if they differ, so a change written before the watch was in
+    /// place is not missed. A directory that cannot be registered (the inotify
+    /// watch limit, say) is logged, and the files are then only re-read every
+    /// minute.
     pub fn watch(&self) -> Result<IdentityWatch, IdentityError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Our own reads raise access events; only writes matter.
-                let relevant = match event {
-                    Ok(event) => is_write(&event.kind),
-                    Err(_) => true,
-                };
-                if relevant {
-                    let _ = tx.send(());
-                }
-            })
-            .map_err(|source| IdentityError::Watch {
-                path: ".".into(),
-                source,
-            })?;
-        if let Some(files) = &self.inner.files {
-            for dir in files.directories() {
-                watcher
-                    .watch(&dir, RecursiveMode::NonRecursive)
-                    .map_err(|source| IdentityError::Watch { path: dir, source })?;
-            }
-        }
-        let task = tokio::spawn(reload_on_change(self.clone(), rx));
-        Ok(IdentityWatch {
-            _watcher: watcher,
-            task,
-        })
+        self.watch_with(|| {})
     }
+
+    /// [`watch`](Self::watch), running `before_register` on the background
+    /// thread just before the directories are registered (tests use it to
+    /// write a change the watcher cannot see).
+    pub(crate) fn watch_with(
+        &self,
+        before_register: impl FnOnce() + Send + 'static,
+    ) -> Result<IdentityWatch, IdentityError> {
+        let Some(files) = self.inner.files.clone() else {
+            return Ok(IdentityWatch { task: None });
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Our own reads raise access events; only writes matter.
+            let relevant = match event {
+                Ok(event) => is_write(&event.kind),
+                Err(_) => true,
+            };
+            if relevant {
+                let _ = tx.send(());
+            }
+        })
+        .map_err(|source| IdentityError::Watch {
+            path: ".".into(),
+            source,
+        })?;
+        let source = self.clone();
+        let start = move || {
+            before_register();
+            let watcher = register(watcher, &files);
+            // Caught up only after registering: a change from here on raises an
+            // event, one before it shows in the files.
+            if !files.hold(&source.current()) {
+                let _ = source.reload();
+            }
+            watcher
+        };
+        let task = tokio::spawn(reload_on_change(self.clone(), start, rx));
+        Ok(IdentityWatch { task: Some(task) })
+    }
+}
+
+/// Registers every directory of `files` with `watcher`; `None` (logged) when
+/// one cannot be, leaving the minute's re-read to notice changes.
+fn register(
+    mut watcher: notify::RecommendedWatcher,
+    files: &IdentityFiles,
+) -> Option<notify::RecommendedWatcher> {
+    for dir in files.directories() {
+        if let Err(source) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            let error = IdentityError::Watch { path: dir, source };
+            tracing::warn!(
+                %error,
+                "identity files are not watched; they are re-read every {}s instead",
+                POLL_INTERVAL.as_secs()
+            );
+            return None;
+        }
+    }
+    Some(watcher)
 }
 
 /// An [`IdentitySource`] that does not keep it alive, for the task feeding it.
@@ -248,19 +291,29 @@ fn is_write(kind: &EventKind) -> bool {
     }
 }
 
-async fn reload_on_change(source: IdentitySource, mut changes: mpsc::UnboundedReceiver<()>) {
+async fn reload_on_change(
+    source: IdentitySource,
+    start: impl FnOnce() -> Option<notify::RecommendedWatcher> + Send + 'static,
+    changes: mpsc::UnboundedReceiver<()>,
+) {
+    // Registering waits for the watcher's thread, and catching up reads files:
+    // both block, so neither runs on the runtime (nor on the caller's thread).
+    // Dropping this task drops the watcher.
+    let watcher = tokio::task::spawn_blocking(start).await.ok().flatten();
+    // Without a watcher no event comes; the channel would only say "closed".
+    let mut changes = watcher.is_some().then_some(changes);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll.tick().await; // the first tick is immediate; the files were just loaded
+    poll.tick().await; // the first tick is immediate; the files were just compared
     loop {
         tokio::select! {
-            change = changes.recv() => {
+            change = next_change(&mut changes) => {
                 if change.is_none() {
                     return;
                 }
                 // Debounce: wait until no change arrived for DEBOUNCE.
                 loop {
-                    match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                    match tokio::time::timeout(DEBOUNCE, next_change(&mut changes)).await {
                         Ok(Some(())) => continue,
                         Ok(None) => return,
                         Err(_quiet) => break,
@@ -276,16 +329,26 @@ async fn reload_on_change(source: IdentitySource, mut changes: mpsc::UnboundedRe
     }
 }
 
+/// The next change event; never, without a watcher.
+async fn next_change(changes: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Keeps an identity's files watched; dropping it stops watching.
 #[derive(Debug)]
 pub struct IdentityWatch {
-    _watcher: notify::RecommendedWatcher,
-    task: tokio::task::JoinHandle<()>,
+    /// Owns the watcher; `None` for a source without files.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for IdentityWatch {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
