@@ -100,21 +100,15 @@ pub fn head(parent: &Context) -> Head {
             Head::Skip
         };
     }
-    match root {
-        ALWAYS => Head::Span(SpanStart(None)),
-        RATIO => {
-            let ids = RandomIdGenerator::default();
-            let trace_id = ids.new_trace_id();
-            if ratio_keeps(trace_id) {
-                Head::Span(SpanStart(Some(trace_id)))
-            } else {
-                Head::Unsampled(unsampled(parent, trace_id, ids.new_span_id()))
-            }
-        }
-        _ => {
-            let ids = RandomIdGenerator::default();
-            Head::Unsampled(unsampled(parent, ids.new_trace_id(), ids.new_span_id()))
-        }
+    if root == ALWAYS {
+        return Head::Span(SpanStart(None));
+    }
+    let ids = RandomIdGenerator::default();
+    let trace_id = ids.new_trace_id();
+    if root == RATIO && ratio_keeps(trace_id) {
+        Head::Span(SpanStart(Some(trace_id)))
+    } else {
+        Head::Unsampled(unsampled(parent, trace_id, ids.new_span_id()))
     }
 }
 
