@@ -196,3 +196,9 @@ impl Drop for OtlpReceiver {
         self.http_task.abort();
     }
 }
+
+/// A trace or span ID as received (bytes) in W3C's lowercase hex, to compare
+/// with `traceparent` and `TraceIds`.
+pub fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

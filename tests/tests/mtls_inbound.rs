@@ -282,37 +282,42 @@ async fn openssl_sees_tls13_and_the_server_spiffe_id_and_the_rotated_serial() {
     server.shutdown().await;
 }
 
-/// One GET over mTLS with the mesh's client config; returns status and body.
+/// One `GET /whoami` over mTLS and HTTP/1.1; returns status and body.
 async fn mesh_get(addr: SocketAddr, client: &IdentitySource) -> (u16, String) {
-    let config = tls::client_config(client, spiffe_id(SERVER_ID).into());
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("api").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, client, &[b"http/1.1"]).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let request = http::Request::get("/whoami")
-        .header("host", "api")
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender.send_request(get_request("/whoami")).await.unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-#[tokio::test]
-async fn idle_connections_without_client_hello_do_not_delay_a_real_handshake() {
-    let pki = Pki::new("example.org");
+/// `GET path` for the test server.
+fn get_request(path: &str) -> http::Request<Empty<bytes::Bytes>> {
+    http::Request::get(path)
+        .header("host", "api")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap()
+}
+
+/// The server started with `options`, and a client identity of `pki` to call
+/// it with.
+async fn server_and_client(pki: &Pki, options: InboundOptions) -> (Running, IdentitySource) {
     let (_server_files, source) = pki.server_source("api", SERVER_ID);
     let client_files = pki.client("web", CLIENT_ID);
     let client = IdentitySource::from_files(client_files.identity_files()).unwrap();
+    (Running::start(&source, options).await, client)
+}
+
+#[tokio::test]
+async fn idle_connections_without_client_hello_do_not_delay_a_real_handshake() {
+    let pki = Pki::new("example.org");
     let handshake_timeout = Duration::from_secs(30);
-    let server = Running::start(
-        &source,
+    let (server, client) = server_and_client(
+        &pki,
         InboundOptions::default().handshake_timeout(handshake_timeout),
     )
     .await;
@@ -360,15 +365,9 @@ async fn a_client_trickling_its_request_head_is_cut_off_at_the_header_read_timeo
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let pki = Pki::new("example.org");
-    let (_server_files, source) = pki.server_source("api", SERVER_ID);
-    let client_files = pki.client("web", CLIENT_ID);
-    let client = IdentitySource::from_files(client_files.identity_files()).unwrap();
     let timeout = Duration::from_millis(500);
-    let server = Running::start(
-        &source,
-        InboundOptions::default().header_read_timeout(timeout),
-    )
-    .await;
+    let (server, client) =
+        server_and_client(&pki, InboundOptions::default().header_read_timeout(timeout)).await;
 
     for alpn in [&[&b"http/1.1"[..]][..], &[]] {
         // Before the handshake: the server's clock starts after it.
@@ -420,39 +419,27 @@ async fn a_client_trickling_its_request_head_is_cut_off_at_the_header_read_timeo
 #[tokio::test]
 async fn a_keep_alive_connection_outliving_the_header_read_timeout_is_served() {
     let pki = Pki::new("example.org");
-    let (_server_files, source) = pki.server_source("api", SERVER_ID);
-    let client_files = pki.client("web", CLIENT_ID);
-    let client = IdentitySource::from_files(client_files.identity_files()).unwrap();
     let timeout = Duration::from_millis(500);
-    let server = Running::start(
-        &source,
-        InboundOptions::default().header_read_timeout(timeout),
-    )
-    .await;
+    let (server, client) =
+        server_and_client(&pki, InboundOptions::default().header_read_timeout(timeout)).await;
 
     let stream = tls_connect(server.addr, &client, &[b"http/1.1"]).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     let conn = tokio::spawn(conn);
-    let get = |path: &str| {
-        http::Request::get(path)
-            .header("host", "api")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
     // Eight requests 150 ms apart: 1.2 s on one connection, each head prompt.
     for _ in 0..8 {
-        let response = sender.send_request(get("/whoami")).await.unwrap();
+        let response = sender.send_request(get_request("/whoami")).await.unwrap();
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // A handler busy for three timeouts: no head is awaited meanwhile.
-    let response = sender.send_request(get("/slow")).await.unwrap();
+    let response = sender.send_request(get_request("/slow")).await.unwrap();
     assert_eq!(response.status(), 200);
     response.into_body().collect().await.unwrap();
-    let response = sender.send_request(get("/whoami")).await.unwrap();
+    let response = sender.send_request(get_request("/whoami")).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(server.calls.load(Ordering::SeqCst), 9);
     assert!(!conn.is_finished(), "the connection stayed open");

@@ -25,7 +25,7 @@ use mesh_core::config::MeshConfig;
 use mesh_http::telemetry::ServerTelemetryLayer;
 use mesh_http::MeshClient;
 use mesh_tests::backend::TestBackend;
-use mesh_tests::otlp::OtlpReceiver;
+use mesh_tests::otlp::{hex, OtlpReceiver};
 use parking_lot::Mutex;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -75,10 +75,6 @@ async fn get_untraced(addr: std::net::SocketAddr, path: &str) {
         "{}",
         String::from_utf8_lossy(&response)
     );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

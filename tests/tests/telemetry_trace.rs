@@ -19,7 +19,7 @@ use mesh_core::config::MeshConfig;
 use mesh_http::telemetry::{AccessLogSink, ServerTelemetryLayer};
 use mesh_http::MeshClient;
 use mesh_tests::backend::TestBackend;
-use mesh_tests::otlp::OtlpReceiver;
+use mesh_tests::otlp::{hex, OtlpReceiver};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -86,10 +86,6 @@ fn attr_str<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
         Value::StringValue(s) => Some(s),
         _ => None,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

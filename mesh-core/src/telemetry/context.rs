@@ -145,32 +145,6 @@ pub fn record_spans(on: bool) {
     SPAN_MODE.store(if on { SPANS_ON } else { SPANS_OFF }, Ordering::Relaxed);
 }
 
-/// Whether a mesh layer should make a span for a call whose parent is
-/// `parent` (the extracted caller's context inbound, the current context
-/// outbound). No, when spans are off, or when the sampler follows the parent
-/// and the parent was not sampled: that span would be dropped anyway.
-pub fn span_wanted(parent: &Context) -> bool {
-    use opentelemetry::trace::TraceContextExt;
-    match SPAN_MODE.load(Ordering::Relaxed) {
-        SPANS_OFF => false,
-        _ => {
-            if super::sampling::parent_based() {
-                let span = parent.span();
-                let sc = span.span_context();
-                !sc.is_valid() || sc.is_sampled()
-            } else {
-                true
-            }
-        }
-    }
-}
-
-/// Whether a mesh layer should make a span for an outbound call or attempt
-/// starting now: [`span_wanted`] with the current context as parent.
-pub fn want_client_span() -> bool {
-    spans_on() && Context::map_current(span_wanted)
-}
-
 /// Whether `cx` carries a trace (a valid span context) or baggage: something
 /// worth attaching while a handler runs.
 pub fn carries_context(cx: &Context) -> bool {

@@ -56,8 +56,8 @@ use opentelemetry_sdk::Resource;
 
 pub use context::{
     body_size, carries_context, context_trace_id, extract, extract_if_present, inject, method_code,
-    method_label, record_spans, set_parent, set_parent_from_headers, span_wanted, spans_on,
-    status_label, trace_id, want_client_span,
+    method_label, record_spans, set_parent, set_parent_from_headers, spans_on, status_label,
+    trace_id,
 };
 pub use error::TelemetryError;
 pub use handles::HandleCache;

@@ -30,7 +30,7 @@ use opentelemetry::Context;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 use super::otel_env::SamplerKind;
-use super::{span_wanted, spans_on};
+use super::spans_on;
 
 /// What a layer does about the span of a call it is about to make.
 #[derive(Debug)]
@@ -78,12 +78,13 @@ pub fn head(parent: &Context) -> Head {
     let span = parent.span();
     let sc = span.span_context();
     let root = match ROOT.load(Ordering::Relaxed) {
-        // Not ours to predict: the SDK decides on the span as it always did.
+        // Not ours to predict: the SDK decides, but a parent-based sampler is
+        // known to drop what an unsampled parent starts.
         UNKNOWN => {
-            return if span_wanted(parent) {
-                Head::Span(SpanStart(None))
-            } else {
+            return if parent_based() && sc.is_valid() && !sc.is_sampled() {
                 Head::Skip
+            } else {
+                Head::Span(SpanStart(None))
             }
         }
         root => root,
@@ -144,7 +145,7 @@ static PARENT_BASED: AtomicBool = AtomicBool::new(true);
 
 /// Whether the sampler follows the parent's decision (`parentbased_*`, and
 /// when unknown).
-pub(crate) fn parent_based() -> bool {
+fn parent_based() -> bool {
     PARENT_BASED.load(Ordering::Relaxed)
 }
 

@@ -111,7 +111,7 @@ pub(crate) async fn serve<S, B>(
         return;
     };
     let protocol = Protocol::from_alpn(session.alpn_protocol());
-    let connect_info = ConnectInfo(remote);
+    let extensions = connection_extensions(PeerIdentity(peer), ConnectInfo(remote));
     let io = TokioIo::new(tls);
     let result = match protocol {
         Protocol::Http1 => {
@@ -121,7 +121,7 @@ pub(crate) async fn serve<S, B>(
             let watchdog = Watchdog::new(deadline.clone(), shared.options.header_read_timeout);
             let service = WithPeer {
                 inner: service,
-                extensions: connection_extensions(PeerIdentity(peer), connect_info),
+                extensions,
                 head: Some(deadline.clone()),
             };
             let conn = shared
@@ -136,7 +136,7 @@ pub(crate) async fn serve<S, B>(
         Protocol::Sniff => {
             let service = WithPeer {
                 inner: service,
-                extensions: connection_extensions(PeerIdentity(peer), connect_info),
+                extensions,
                 head: None,
             };
             let conn = shared.auto.serve_connection_with_upgrades(io, service);

@@ -524,8 +524,10 @@ where
         });
         // With no span of ours, the current context (the call's, the app's, or
         // the inbound request's) is what the server continues.
-        scope.in_scope(|| inject(scope.span(), request.headers_mut()));
-        let future = scope.in_scope(|| self.inner.call(request));
+        let future = scope.in_scope(|| {
+            inject(scope.span(), request.headers_mut());
+            self.inner.call(request)
+        });
         AttemptFuture {
             inner: Scoped::new(future, scope),
             start: Instant::now(),
