@@ -313,9 +313,19 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
     let work = tempfile::tempdir()?;
     let pki = PkiFiles::generate(work.path())?;
     let server = ServerProcess::start(&pki)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // `PROFILE_RUNTIME=bench` drives the requests as the bench does (from
+    // `block_on` on a runtime with one worker, so every request crosses
+    // threads); the default keeps the whole client on this thread.
+    let runtime = if std::env::var("PROFILE_RUNTIME").as_deref() == Ok("bench") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
     if kind == "mesh-otel" {
         // The client is a helper process (follow it with
         // `--trace-children=yes`); this one only hosts the OTLP receiver, on
