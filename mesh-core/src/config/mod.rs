@@ -126,8 +126,10 @@ pub struct MeshConfig {
     metrics_addr: Option<SocketAddr>,
     access_log: AccessLog,
     services: Vec<ServiceConfig>,
-    /// Normalized service name → index into `services`.
-    index: HashMap<String, usize>,
+    /// Normalized service names with their index into `services`, sorted by
+    /// name: looked up by binary search, comparing the host as it is
+    /// normalized, so a request's lookup neither copies nor hashes it.
+    index: Vec<(String, usize)>,
 }
 
 impl MeshConfig {
@@ -408,16 +410,11 @@ impl MeshConfig {
     /// The position in [`services`](Self::services) of the service `host` names.
     /// Does not allocate: it runs on every request.
     pub fn service_index(&self, host: &str) -> Option<usize> {
-        let mut buf = [0u8; 255];
-        let bytes = host.as_bytes();
-        if bytes.len() > buf.len() {
-            return None;
-        }
-        for (dst, &b) in buf.iter_mut().zip(bytes) {
-            *dst = raw::normalize_byte(b);
-        }
-        let key = std::str::from_utf8(&buf[..bytes.len()]).ok()?;
-        self.index.get(key).copied()
+        let normalized = || host.bytes().map(raw::normalize_byte);
+        self.index
+            .binary_search_by(|(key, _)| key.bytes().cmp(normalized()))
+            .ok()
+            .map(|found| self.index[found].1)
     }
 }
 
@@ -690,16 +687,22 @@ impl MeshConfigBuilder {
 
     /// Checks that no two services share a normalized name.
     pub fn build(self) -> Result<MeshConfig, ConfigError> {
-        let mut index = HashMap::new();
+        let mut index: Vec<(String, usize)> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, svc)| (svc.normalized_name(), i))
+            .collect();
+        index.sort();
         let mut problems = Vec::new();
-        for (i, svc) in self.services.iter().enumerate() {
-            let key = svc.normalized_name();
-            if let Some(prev) = index.insert(key.clone(), i) {
+        for pair in index.windows(2) {
+            let ((key, first), (next, second)) = (&pair[0], &pair[1]);
+            if key == next {
                 problems.push(Problem::other(
-                    service::code_origin(&svc.name),
+                    service::code_origin(&self.services[*second].name),
                     format!(
                         "services `{}` and `{}` both normalize to `{key}`; rename one",
-                        self.services[prev].name, svc.name
+                        self.services[*first].name, self.services[*second].name
                     ),
                 ));
             }

@@ -375,6 +375,31 @@ fn config_file_errors_name_the_file_and_key() {
 }
 
 #[test]
+fn every_service_is_found_by_any_spelling_of_its_name_among_many() {
+    let discovery = || DiscoverySource::Static(vec!["127.0.0.1:1".parse().unwrap()]);
+    let names: Vec<String> = (0..40).rev().map(|i| format!("svc-{i}.ns")).collect();
+    let config = names
+        .iter()
+        .fold(MeshConfig::builder("me"), |b, name| {
+            b.service(ServiceConfig::new(name, discovery()))
+        })
+        .build()
+        .unwrap();
+    for (i, name) in names.iter().enumerate() {
+        for spelling in [
+            name.clone(),
+            name.to_uppercase(),
+            name.replace(['-', '.'], "_"),
+        ] {
+            assert_eq!(config.service_index(&spelling), Some(i), "{spelling}");
+        }
+    }
+    for unknown in ["svc-40.ns", "svc-1", "svc-1.nsx", "", "SVC_1_N"] {
+        assert_eq!(config.service_index(unknown), None, "{unknown}");
+    }
+}
+
+#[test]
 fn builder_rejects_services_that_normalize_alike() {
     let discovery = || DiscoverySource::Static(vec!["127.0.0.1:1".parse().unwrap()]);
     let e = MeshConfig::builder("me")
