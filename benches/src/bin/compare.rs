@@ -11,7 +11,7 @@
 //! cold-start client), `client mesh-otel` (the mesh client with a span
 //! exporter, driven over a pipe: telemetry is process-wide) and
 //! `endpoint-bytes` (memory per known endpoint, with the counting allocator
-//! below). `profile raw|mesh|mesh-otel N` sends N sequential requests with one
+//! below). `profile raw|mesh|mesh-otel|grpc|grpc-mesh N` sends N sequential requests with one
 //! configuration, for profilers; `cold-starts N` times N cold starts of each
 //! kind, alternating, and nothing else.
 
@@ -300,6 +300,33 @@ async fn start_mesh(
     Ok((mesh, telemetry))
 }
 
+/// tonic's own `Channel` and a `MeshChannel` (default stack, `PROTOCOL=grpc`),
+/// both without TLS to the server's gRPC port: what differs is the stack.
+async fn grpc_channels(
+    addr: SocketAddr,
+) -> Result<(tonic::transport::Channel, mesh_grpc::MeshChannel), BoxError> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let vars: BTreeMap<String, String> = [
+        ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
+        (
+            format!("MESH_SERVICE_{}_ENDPOINTS", GRPC_SERVICE.to_uppercase()),
+            addr.to_string(),
+        ),
+        (
+            format!("MESH_SERVICE_{}_PROTOCOL", GRPC_SERVICE.to_uppercase()),
+            "grpc".to_string(),
+        ),
+    ]
+    .into();
+    let client = MeshClient::new(MeshConfig::from_source(&Layered::new(Env, vars))?)?;
+    client.ready().await;
+    let mesh_channel = mesh_grpc::MeshChannel::new(client, GRPC_SERVICE)?;
+    Ok((channel, mesh_channel))
+}
+
 /// For profilers: starts the server process, then sends `count` sequential
 /// requests with one configuration (`raw` or `mesh`) after a warm-up, and
 /// prints the mean time per request. Under
@@ -362,6 +389,18 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
             "mesh" => {
                 let mesh = start_mesh(&pki, server.mesh).await?;
                 (Arc::new(MeshTarget::new(mesh.0.client())), Some(mesh))
+            }
+            // Telemetry set up for both, as in the bench, so their difference
+            // is the stack.
+            "grpc" | "grpc-mesh" => {
+                let mesh = start_mesh(&pki, server.mesh).await?;
+                let (channel, mesh_channel) = grpc_channels(server.grpc).await?;
+                let target: Arc<dyn Target> = if kind == "grpc" {
+                    Arc::new(GrpcTarget::new(channel))
+                } else {
+                    Arc::new(GrpcTarget::new(mesh_channel))
+                };
+                (target, Some(mesh))
             }
             _ => return Err(format!("profile: unknown configuration `{kind}`").into()),
         };
@@ -706,28 +745,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
     ];
 
     // The gRPC pair runs without TLS on both sides: what differs is the stack.
-    let (channel, mesh_channel) = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        let vars: BTreeMap<String, String> = [
-            ("MESH_SERVICE_NAME".to_string(), "bench-client".to_string()),
-            (
-                format!("MESH_SERVICE_{}_ENDPOINTS", GRPC_SERVICE.to_uppercase()),
-                server.grpc.to_string(),
-            ),
-            (
-                format!("MESH_SERVICE_{}_PROTOCOL", GRPC_SERVICE.to_uppercase()),
-                "grpc".to_string(),
-            ),
-        ]
-        .into();
-        let client = MeshClient::new(MeshConfig::from_source(&Layered::new(Env, vars))?)?;
-        client.ready().await;
-        let mesh_channel = mesh_grpc::MeshChannel::new(client, GRPC_SERVICE)?;
-        Ok::<_, BoxError>((channel, mesh_channel))
-    })?;
+    let (channel, mesh_channel) = runtime.block_on(grpc_channels(server.grpc))?;
 
     let me = Proc::new("client", std::process::id());
     let server_proc = Proc::new("server", server.child.id());
