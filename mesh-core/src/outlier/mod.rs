@@ -23,13 +23,13 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use crate::balance::EndpointHandle;
@@ -134,7 +134,11 @@ pub struct OutlierDetector {
 
 #[derive(Debug)]
 struct State {
-    endpoints: HashMap<SocketAddr, Stats>,
+    /// Every call's outcome is recorded here, so the key is hashed on every
+    /// request: Fx rather than SipHash (≈ 200 instructions saved per call). The
+    /// keys are the service's own endpoint addresses, from discovery, not from
+    /// whoever sends requests, so there is no one to flood it with collisions.
+    endpoints: FxHashMap<SocketAddr, Stats>,
     /// Start of the current interval.
     interval_start: Instant,
 }
@@ -163,7 +167,7 @@ impl OutlierDetector {
             service: service.into(),
             settings,
             state: Mutex::new(State {
-                endpoints: HashMap::new(),
+                endpoints: FxHashMap::default(),
                 interval_start: Instant::now(),
             }),
             ejections: AtomicU64::new(0),
