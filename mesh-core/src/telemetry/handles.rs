@@ -126,8 +126,12 @@ impl<K: Hash + Eq + Clone, V: Clone> HandleCache<K, V> {
 ///
 /// Made the first time it is used and kept for the recorder in force then; under
 /// any other recorder (a test's thread-local one) the handle is resolved per use,
-/// which is correct, only slower. Reading it costs an atomic load and the
-/// recorder check, against a [`HandleCache`]'s snapshot load and hash lookup.
+/// which is correct, only slower. So keep a slot inside an entry of a
+/// [`HandleCache`] (made under the recorder in force, and made again when
+/// another one is): a slot of its own would stay with whichever recorder was
+/// in force first, the no-op one if a request came before telemetry was set up.
+/// Reading it costs an atomic load and the recorder check, against a
+/// [`HandleCache`]'s snapshot load and hash lookup.
 pub struct HandleSlot<V> {
     slot: OnceLock<(usize, V)>,
 }
