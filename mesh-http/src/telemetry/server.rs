@@ -76,6 +76,9 @@ pub struct ServerTelemetryLayer {
 struct ServerHandles {
     /// By route template, then by [`finish_key`].
     routes: HandleCache<String, Arc<RouteHandles>>,
+    /// The [`UNMATCHED_ROUTE`] entry: every request when the layer sits outside
+    /// the router (as `Mesh::serve` puts it), found without hashing the name.
+    unmatched: HandleCache<(), Arc<RouteHandles>>,
 }
 
 /// Method codes (`method_code`) with a slot of their own for the active gauge.
@@ -351,17 +354,21 @@ struct Record {
 }
 
 fn route_handles(handles: &ServerHandles, name: &str) -> Arc<RouteHandles> {
-    handles.routes.get(name, |name| {
+    let make = |route: SharedString| {
         Arc::new(RouteHandles {
-            route: if name == UNMATCHED_ROUTE {
-                SharedString::const_str(UNMATCHED_ROUTE)
-            } else {
-                SharedString::from_owned(name.to_string())
-            },
+            route,
             active: Default::default(),
             ok: Default::default(),
             finished: HandleCache::new(),
         })
+    };
+    if name == UNMATCHED_ROUTE {
+        return handles
+            .unmatched
+            .get(&(), |_| make(SharedString::const_str(UNMATCHED_ROUTE)));
+    }
+    handles.routes.get(name, |name| {
+        make(SharedString::from_owned(name.to_string()))
     })
 }
 
