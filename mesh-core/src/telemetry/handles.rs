@@ -16,7 +16,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -120,6 +120,65 @@ impl<K: Hash + Eq + Clone, V: Clone> HandleCache<K, V> {
     }
 }
 
+/// One metric handle (or a struct of them) kept where the request path can
+/// reach it without a lookup: for the series nearly every request records into
+/// (a call that answered 200, say), beside a [`HandleCache`] holding the rest.
+///
+/// Made the first time it is used and kept for the recorder in force then; under
+/// any other recorder (a test's thread-local one) the handle is resolved per use,
+/// which is correct, only slower. So keep a slot inside an entry of a
+/// [`HandleCache`] (made under the recorder in force, and made again when
+/// another one is): a slot of its own would stay with whichever recorder was
+/// in force first, the no-op one if a request came before telemetry was set up.
+/// Reading it costs an atomic load and the recorder check, against a
+/// [`HandleCache`]'s snapshot load and hash lookup.
+pub struct HandleSlot<V> {
+    slot: OnceLock<(usize, V)>,
+}
+
+impl<V> Default for HandleSlot<V> {
+    fn default() -> Self {
+        HandleSlot {
+            slot: OnceLock::new(),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for HandleSlot<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleSlot")
+            .field("made", &self.slot.get().is_some())
+            .finish()
+    }
+}
+
+impl<V> HandleSlot<V> {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls `use_it` with the handle, making it with `make` the first time
+    /// (or, under a recorder other than the one it was made for, each time).
+    pub fn with<R>(&self, make: impl FnOnce() -> V, use_it: impl FnOnce(&V) -> R) -> R {
+        let recorder = current_recorder();
+        let mut make = Some(make);
+        let (made_for, handle) = self.slot.get_or_init(|| {
+            let make = make.take().expect("called once");
+            (recorder, make())
+        });
+        if *made_for == recorder {
+            return use_it(handle);
+        }
+        // Made for another recorder: resolve one for this use. (`make` is still
+        // here: `get_or_init` only calls it when it stores our recorder.)
+        let make = make
+            .take()
+            .expect("not used for a handle of another recorder");
+        use_it(&make())
+    }
+}
+
 /// A fast non-cryptographic hasher (the rustc "Fx" multiply-rotate) for the
 /// small keys the caches use; label values come from our own bounded sets, so
 /// there is no adversary to flood the map with collisions.
@@ -208,6 +267,43 @@ mod tests {
             assert_eq!(cache.get(&key, |k| *k), key);
         }
         assert_eq!(cache.snapshot.load().map.len(), MAX_CACHED_SERIES);
+    }
+
+    #[test]
+    fn a_slot_makes_its_handle_once() {
+        let made = AtomicUsize::new(0);
+        let slot = HandleSlot::<u32>::new();
+        for _ in 0..3 {
+            let v = slot.with(
+                || {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    7
+                },
+                |v| *v,
+            );
+            assert_eq!(v, 7);
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+    }
+
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn a_slot_records_into_the_recorder_in_force() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        let slot = HandleSlot::<metrics::Counter>::new();
+        let first = PrometheusBuilder::new().build_recorder();
+        let second = PrometheusBuilder::new().build_recorder();
+        let count = |recorder: &metrics_exporter_prometheus::PrometheusRecorder| {
+            metrics::with_local_recorder(recorder, || {
+                slot.with(|| metrics::counter!("slot_test"), |c| c.increment(1));
+            });
+        };
+        count(&first);
+        count(&second);
+        count(&second);
+        count(&first);
+        assert!(first.handle().render().contains("slot_test 2"));
+        assert!(second.handle().render().contains("slot_test 2"));
     }
 
     #[cfg(feature = "prometheus")]

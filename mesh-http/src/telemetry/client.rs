@@ -19,7 +19,8 @@ use mesh_core::metric_names::{
     HTTP_CLIENT_REQUEST_DURATION, HTTP_CLIENT_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, head, inject, method_code, method_label, status_label, HandleCache, OtelContext,
+    body_size, head, inject, method_code, method_label, status_label, HandleCache, HandleSlot,
+    OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -44,7 +45,9 @@ use crate::error::{BoxError, Error};
 /// wrapping every body.
 ///
 /// Metric handles are resolved once per label combination and shared by every
-/// clone of the layer, so a call records into atomics without building keys.
+/// clone of the layer, so a call records into atomics without building keys: a
+/// call makes one lookup when it starts (by method and port), and one more when
+/// it finishes only if it did not answer 200.
 #[derive(Debug, Clone)]
 pub struct ClientTelemetryLayer {
     handles: Arc<ClientHandles>,
@@ -61,10 +64,22 @@ struct CallLog(Arc<AtomicU32>);
 #[derive(Debug)]
 struct ClientHandles {
     service: SharedString,
-    /// By method and port.
-    active: HandleCache<u32, Gauge>,
-    /// By [`CallKey`].
-    call: HandleCache<u64, CallHandles>,
+    /// By method code and port.
+    series: HandleCache<u32, Arc<CallSeries>>,
+}
+
+/// The handles of calls with one method to one port: the active-requests gauge,
+/// and the histograms a finished call records into, by status and outcome.
+struct CallSeries {
+    service: SharedString,
+    method: &'static str,
+    port: u16,
+    active: Gauge,
+    /// A call that answered 200, the one nearly every call records into: no
+    /// lookup.
+    ok: HandleSlot<CallHandles>,
+    /// Every other status and outcome, by [`call_key`].
+    finished: HandleCache<u64, CallHandles>,
 }
 
 /// The histograms one finished call records into.
@@ -94,8 +109,9 @@ const ERROR_WORDS: [&str; 5] = [
     "_OTHER",
 ];
 
-/// Packs method, port, status and outcome into one word: the cache key.
-fn call_key(method: u8, port: u16, status: u16, outcome: Outcome) -> u64 {
+/// Packs status and outcome into one word: the key of a [`CallSeries`]'
+/// finished handles.
+fn call_key(status: u16, outcome: Outcome) -> u64 {
     let outcome = match outcome {
         Outcome::Ok => 0,
         Outcome::Status => 1,
@@ -103,7 +119,7 @@ fn call_key(method: u8, port: u16, status: u16, outcome: Outcome) -> u64 {
             2 + ERROR_WORDS.iter().position(|w| *w == word).unwrap_or(4) as u64
         }
     };
-    u64::from(method) | u64::from(port) << 8 | u64::from(status) << 24 | outcome << 40
+    u64::from(status) | outcome << 16
 }
 
 impl ClientTelemetryLayer {
@@ -112,8 +128,7 @@ impl ClientTelemetryLayer {
         ClientTelemetryLayer {
             handles: Arc::new(ClientHandles {
                 service: SharedString::from_owned(service.to_string()),
-                active: HandleCache::new(),
-                call: HandleCache::new(),
+                series: HandleCache::new(),
             }),
             access_log: None,
         }
@@ -173,36 +188,44 @@ struct PendingCall {
 }
 
 impl ClientHandles {
-    fn base_labels(&self, method: &'static str, port: u16) -> Vec<Label> {
-        vec![
-            Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
-            Label::new(label::SERVER_ADDRESS, self.service.clone()),
-            Label::new(label::SERVER_PORT, port_label(port)),
-        ]
-    }
-
-    fn active(&self, method: &'static str, code: u8, port: u16) -> Gauge {
-        self.active
+    /// The handles of calls with `method` (`code`) to `port`.
+    fn series(&self, method: &'static str, code: u8, port: u16) -> Arc<CallSeries> {
+        self.series
             .get(&(u32::from(code) | u32::from(port) << 8), |_| {
-                metrics::gauge!(
-                    HTTP_CLIENT_ACTIVE_REQUESTS.name,
-                    self.base_labels(method, port)
-                )
+                Arc::new(CallSeries {
+                    service: self.service.clone(),
+                    method,
+                    port,
+                    active: metrics::gauge!(
+                        HTTP_CLIENT_ACTIVE_REQUESTS.name,
+                        base_labels(method, &self.service, port)
+                    ),
+                    ok: HandleSlot::new(),
+                    finished: HandleCache::new(),
+                })
             })
     }
+}
 
-    fn call(
+/// The labels every client series has: method, service and port.
+fn base_labels(method: &'static str, service: &SharedString, port: u16) -> Vec<Label> {
+    vec![
+        Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
+        Label::new(label::SERVER_ADDRESS, service.clone()),
+        Label::new(label::SERVER_PORT, port_label(port)),
+    ]
+}
+
+impl CallSeries {
+    /// Calls `record` with the histograms of a call that ended so.
+    fn finished(
         &self,
-        method: &'static str,
-        code: u8,
-        port: u16,
         status: Option<http::StatusCode>,
         outcome: Outcome,
         record: impl FnOnce(&CallHandles),
     ) {
-        let key = call_key(code, port, status.map_or(0, |s| s.as_u16()), outcome);
-        let make = |_: &u64| {
-            let mut labels = self.base_labels(method, port);
+        let make = || {
+            let mut labels = base_labels(self.method, &self.service, self.port);
             if let Some(status) = status {
                 labels.push(Label::new(
                     label::HTTP_RESPONSE_STATUS_CODE,
@@ -227,7 +250,11 @@ impl ClientHandles {
                 response_size: metrics::histogram!(HTTP_CLIENT_RESPONSE_BODY_SIZE.name, labels),
             }
         };
-        self.call.with(&key, make, record)
+        if let (Some(http::StatusCode::OK), Outcome::Ok) = (status, outcome) {
+            return self.ok.with(make, record);
+        }
+        let key = call_key(status.map_or(0, |s| s.as_u16()), outcome);
+        self.finished.with(&key, |_| make(), record)
     }
 }
 
@@ -239,12 +266,13 @@ fn port_label(port: u16) -> SharedString {
     }
 }
 
-/// Decrements the active-requests gauge however the call ends (dropped included).
-struct ActiveGuard(Gauge);
+/// A call counted in its series' active-requests gauge: decrements it however
+/// the call ends (dropped included).
+struct ActiveCall(Arc<CallSeries>);
 
-impl Drop for ActiveGuard {
+impl Drop for ActiveCall {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.active.decrement(1.0);
     }
 }
 
@@ -294,8 +322,8 @@ where
                 error.type = Empty,
             )
         });
-        let active = self.handles.active(method, code, port);
-        active.increment(1.0);
+        let series = self.handles.series(method, code, port);
+        series.active.increment(1.0);
         let pending = self.access_log.clone().map(|sink| {
             let log = CallLog::default();
             request.extensions_mut().insert(log.clone());
@@ -311,13 +339,9 @@ where
         CallFuture {
             inner: Scoped::new(future, scope),
             start: Instant::now(),
-            handles: self.handles.clone(),
-            method,
-            code,
-            port,
             request_size,
             pending,
-            _active: ActiveGuard(active),
+            call: ActiveCall(series),
         }
     }
 }
@@ -328,13 +352,9 @@ pin_project! {
         #[pin]
         inner: Scoped<F>,
         start: Instant,
-        handles: Arc<ClientHandles>,
-        method: &'static str,
-        code: u8,
-        port: u16,
         request_size: Option<u64>,
         pending: Option<PendingCall>,
-        _active: ActiveGuard,
+        call: ActiveCall,
     }
 }
 
@@ -396,10 +416,11 @@ where
                 (None, Outcome::Failed(kind), None)
             }
         };
+        let series = &*this.call.0;
         if let Some(pending) = this.pending.take() {
             pending.sink.write_outbound(&OutboundLogLine {
-                service: &this.handles.service,
-                method: this.method,
+                service: &series.service,
+                method: series.method,
                 path: &pending.path,
                 status: status.map(|s| s.as_u16()),
                 error: match outcome {
@@ -417,22 +438,15 @@ where
             });
         }
         let request_size = *this.request_size;
-        this.handles.call(
-            this.method,
-            *this.code,
-            *this.port,
-            status,
-            outcome,
-            |handles| {
-                handles.duration.record(elapsed);
-                if let Some(size) = request_size {
-                    handles.request_size.record(size as f64);
-                }
-                if let Some(size) = response_size {
-                    handles.response_size.record(size as f64);
-                }
-            },
-        );
+        series.finished(status, outcome, |handles| {
+            handles.duration.record(elapsed);
+            if let Some(size) = request_size {
+                handles.request_size.record(size as f64);
+            }
+            if let Some(size) = response_size {
+                handles.response_size.record(size as f64);
+            }
+        });
         Poll::Ready(result)
     }
 }
@@ -453,8 +467,43 @@ struct AttemptHandles {
     service: SharedString,
     /// By outcome: `ok` (true) or `error`.
     attempts: HandleCache<bool, metrics::Counter>,
-    /// By the endpoint that answered (bounded by the endpoint set).
-    duration: HandleCache<SocketAddr, Histogram>,
+    /// By the endpoint that answered (bounded by the endpoint set): an
+    /// answered attempt makes this one lookup.
+    endpoints: HandleCache<SocketAddr, EndpointHandles>,
+}
+
+/// What an attempt an endpoint answered records into: the endpoint's duration
+/// histogram and the service's attempt counters (the same series as in
+/// `attempts`, kept here too).
+#[derive(Clone)]
+struct EndpointHandles {
+    duration: Histogram,
+    ok: metrics::Counter,
+    error: metrics::Counter,
+}
+
+impl AttemptHandles {
+    fn attempts(&self, ok: bool) -> metrics::Counter {
+        self.attempts.get(&ok, |ok| {
+            metrics::counter!(
+                ATTEMPTS.name,
+                label::SERVICE => self.service.clone(),
+                label::OUTCOME => if *ok { "ok" } else { "error" },
+            )
+        })
+    }
+
+    fn endpoint(&self, addr: &SocketAddr) -> EndpointHandles {
+        EndpointHandles {
+            duration: metrics::histogram!(
+                ATTEMPT_DURATION.name,
+                label::SERVICE => self.service.clone(),
+                label::ENDPOINT => addr.to_string(),
+            ),
+            ok: self.attempts(true),
+            error: self.attempts(false),
+        }
+    }
 }
 
 impl AttemptTelemetryLayer {
@@ -464,7 +513,7 @@ impl AttemptTelemetryLayer {
             handles: Arc::new(AttemptHandles {
                 service: SharedString::from_owned(service.to_string()),
                 attempts: HandleCache::new(),
-                duration: HandleCache::new(),
+                endpoints: HandleCache::new(),
             }),
         }
     }
@@ -566,37 +615,27 @@ where
             Ok(response) => {
                 let span = this.inner.scope().span();
                 span.record("http.response.status_code", response.status().as_u16());
+                let ok = !response.status().is_server_error();
                 if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
                     span.record("network.peer.address", tracing::field::display(addr.ip()));
                     span.record("network.peer.port", addr.port());
                     let elapsed = this.start.elapsed().as_secs_f64();
-                    handles.duration.with(
+                    handles.endpoints.with(
                         addr,
-                        |addr| {
-                            metrics::histogram!(
-                                ATTEMPT_DURATION.name,
-                                label::SERVICE => handles.service.clone(),
-                                label::ENDPOINT => addr.to_string(),
-                            )
+                        |addr| handles.endpoint(addr),
+                        |h| {
+                            h.duration.record(elapsed);
+                            if ok { &h.ok } else { &h.error }.increment(1);
                         },
-                        |h| h.record(elapsed),
                     );
+                    return Poll::Ready(result);
                 }
-                !response.status().is_server_error()
+                ok
             }
             Err(_) => false,
         };
-        handles.attempts.with(
-            &ok,
-            |ok| {
-                metrics::counter!(
-                    ATTEMPTS.name,
-                    label::SERVICE => handles.service.clone(),
-                    label::OUTCOME => if *ok { "ok" } else { "error" },
-                )
-            },
-            |c| c.increment(1),
-        );
+        // No endpoint answered: not the common path, a cloned handle will do.
+        handles.attempts(ok).increment(1);
         Poll::Ready(result)
     }
 }

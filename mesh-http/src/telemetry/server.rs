@@ -20,7 +20,7 @@ use mesh_core::metric_names::{
 };
 use mesh_core::telemetry::{
     body_size, carries_context, extract_if_present, head, method_code, method_label, set_parent,
-    status_label, trace_id, HandleCache, Head, OtelContext,
+    status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -76,6 +76,9 @@ pub struct ServerTelemetryLayer {
 struct ServerHandles {
     /// By route template, then by [`finish_key`].
     routes: HandleCache<String, Arc<RouteHandles>>,
+    /// The [`UNMATCHED_ROUTE`] entry: every request when the layer sits outside
+    /// the router (as `Mesh::serve` puts it), found without hashing the name.
+    unmatched: HandleCache<(), Arc<RouteHandles>>,
 }
 
 /// Method codes (`method_code`) with a slot of their own for the active gauge.
@@ -89,6 +92,10 @@ struct RouteHandles {
     /// when it starts, not two; made under the same recorder as the rest of
     /// the entry, so a change of recorder starts these over too.
     active: [OnceLock<Gauge>; METHOD_CODES],
+    /// A request answered 200, by method code: the series nearly every request
+    /// records into, without a lookup.
+    ok: [HandleSlot<FinishedHandles>; METHOD_CODES],
+    /// Every other method and status, by [`finish_key`].
     finished: HandleCache<u64, FinishedHandles>,
 }
 
@@ -347,16 +354,21 @@ struct Record {
 }
 
 fn route_handles(handles: &ServerHandles, name: &str) -> Arc<RouteHandles> {
-    handles.routes.get(name, |name| {
+    let make = |route: SharedString| {
         Arc::new(RouteHandles {
-            route: if name == UNMATCHED_ROUTE {
-                SharedString::const_str(UNMATCHED_ROUTE)
-            } else {
-                SharedString::from_owned(name.to_string())
-            },
+            route,
             active: Default::default(),
+            ok: Default::default(),
             finished: HandleCache::new(),
         })
+    };
+    if name == UNMATCHED_ROUTE {
+        return handles
+            .unmatched
+            .get(&(), |_| make(SharedString::const_str(UNMATCHED_ROUTE)));
+    }
+    handles.routes.get(name, |name| {
+        make(SharedString::from_owned(name.to_string()))
     })
 }
 
@@ -446,8 +458,7 @@ where
             }
         };
         let request_size = record.request_size;
-        let key = finish_key(record.code, status.map_or(0, |s| s.as_u16()));
-        route.finished.with(&key, make, |handles| {
+        let record_into = |handles: &FinishedHandles| {
             handles.duration.record(elapsed.as_secs_f64());
             if let Some(size) = request_size {
                 handles.request_size.record(size as f64);
@@ -455,7 +466,16 @@ where
             if let Some(size) = response_size {
                 handles.response_size.record(size as f64);
             }
-        });
+        };
+        match route.ok.get(usize::from(record.code)) {
+            Some(slot) if status == Some(http::StatusCode::OK) => {
+                slot.with(|| make(&0), record_into)
+            }
+            _ => {
+                let key = finish_key(record.code, status.map_or(0, |s| s.as_u16()));
+                route.finished.with(&key, make, record_into)
+            }
+        }
         if let Some(pending) = record.pending.take() {
             pending.sink.write(&AccessLogLine {
                 method,
