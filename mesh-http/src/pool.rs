@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::AttemptBody;
 use crate::connect::Connect;
 use crate::error::{BoxError, Error};
 
@@ -55,12 +55,12 @@ impl PoolSettings {
 /// A connection checked out for one request.
 pub(crate) enum Conn {
     Http1(Http1Conn),
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<AttemptBody>),
 }
 
 /// An HTTP/1.1 connection; goes back to the pool when its response has been read.
 pub(crate) struct Http1Conn {
-    pub(crate) sender: http1::SendRequest<RequestBody>,
+    pub(crate) sender: http1::SendRequest<AttemptBody>,
     created: Instant,
     /// Holds a place under the per-endpoint cap for as long as the connection lives.
     _permit: Option<Arc<OwnedSemaphorePermit>>,
@@ -72,7 +72,7 @@ struct Idle {
 }
 
 struct Shared {
-    sender: http2::SendRequest<RequestBody>,
+    sender: http2::SendRequest<AttemptBody>,
     created: Instant,
 }
 
@@ -170,7 +170,7 @@ impl EndpointPool {
         }
     }
 
-    async fn checkout_http2(&self) -> Result<http2::SendRequest<RequestBody>, Error> {
+    async fn checkout_http2(&self) -> Result<http2::SendRequest<AttemptBody>, Error> {
         if let Some(sender) = self.inner.shared_sender() {
             return Ok(sender);
         }
@@ -257,7 +257,7 @@ impl PoolInner {
         });
     }
 
-    fn shared_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared_sender(&self) -> Option<http2::SendRequest<AttemptBody>> {
         let mut shared = self.shared.lock();
         let usable = shared
             .as_ref()
@@ -317,7 +317,7 @@ impl PoolInner {
         })
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, BoxError> {
+    async fn connect_http2(&self) -> Result<http2::SendRequest<AttemptBody>, BoxError> {
         let io = self.open().await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
