@@ -4,12 +4,14 @@
 //!   `grpc-timeout` or [`TIMEOUT_HEADER`], cancels the handler when it runs out
 //!   (answering 504), and makes it the [`Deadline::current`] of the handler's task.
 //! - Outbound, [`OutboundDeadlineLayer`] takes the earliest of the service's
-//!   timeout (its route's, when the route layer selected one), a per-request [`RequestTimeout`], a [`Deadline`] request extension and
-//!   the current task's deadline; fails the call with [`DeadlineExceeded`] when it
-//!   passes; and puts the [`Deadline`] in the request's extensions, for the retry
-//!   layer (no retry or hedge starts when it cannot finish in time) and for the
-//!   code that sends each attempt, which writes the time left then into the
-//!   outgoing headers with [`write_headers`], so the next service knows it too.
+//!   timeout (its route's, when the route layer selected one), a per-request
+//!   [`RequestTimeout`], a [`Deadline`] request extension and the current task's
+//!   deadline; fails the call with [`DeadlineExceeded`] when it passes; and runs
+//!   the layers below with it as [`Deadline::current`], for the retry layer (no
+//!   retry or hedge starts when it cannot finish in time) and for the code that
+//!   sends each attempt, which writes the time left then
+//!   ([`Deadline::for_request`]) into the outgoing headers with
+//!   [`write_headers`], so the next service knows it too.
 //! - [`inherit`] carries the current deadline into a task the handler spawns.
 //!
 //! A chain A → B → C thus never works past A's deadline.
@@ -52,9 +54,18 @@ impl Deadline {
         Deadline(Instant::now() + timeout)
     }
 
-    /// The deadline of the inbound request this task is handling, if any.
+    /// The deadline of the inbound request this task is handling, or of the
+    /// outbound call an [`OutboundDeadlineLayer`] above is bounding, if any.
     pub fn current() -> Option<Deadline> {
         CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// The deadline a request must meet where it is sent: the earlier of its
+    /// [`Deadline`] extension (set by a caller) and [`Deadline::current`] (set
+    /// by the [`OutboundDeadlineLayer`] bounding the call). Layers below the
+    /// outbound deadline layer read it here, not from the extensions alone.
+    pub fn for_request(extensions: &http::Extensions) -> Option<Deadline> {
+        Deadline::earliest(extensions.get::<Deadline>().copied(), Deadline::current())
     }
 
     /// Time left (zero once passed).

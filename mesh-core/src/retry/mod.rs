@@ -257,7 +257,8 @@ where
     let plan = Plan {
         route,
         classifier,
-        deadline: parts.extensions.get::<Deadline>().copied(),
+        // The outbound deadline layer above sets the current deadline.
+        deadline: Deadline::for_request(&parts.extensions),
         parts,
         max_attempts,
         method_allows,

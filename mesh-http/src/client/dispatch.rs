@@ -197,7 +197,7 @@ fn into_wire_form(
     host: &HostCache,
 ) -> Result<Request<AttemptBody>, Error> {
     // The time left now: a retry carries less than the first attempt did.
-    if let Some(deadline) = request.extensions().get::<Deadline>().copied() {
+    if let Some(deadline) = Deadline::for_request(request.extensions()) {
         deadline::write_headers(request.headers_mut(), deadline);
     }
     match protocol {
