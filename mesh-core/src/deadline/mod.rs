@@ -18,6 +18,7 @@
 
 mod layer;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
 
@@ -186,7 +187,7 @@ pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
         .as_nanos()
         .div_ceil(1_000_000)
         .min(u128::from(u64::MAX)) as u64;
-    headers.insert(TIMEOUT_HEADER, decimal(ms));
+    headers.insert(TIMEOUT_HEADER, timeout_ms_value(ms));
     let grpc = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -194,6 +195,29 @@ pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
     if grpc {
         headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout_value(remaining));
     }
+}
+
+thread_local! {
+    /// The last `x-mesh-timeout-ms` value made on this thread, with its number.
+    static LAST_TIMEOUT_MS: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ms` as a header value, reusing the last one made on this thread when the
+/// number is the same: a call sent within a millisecond of its start carries its
+/// whole timeout, rounded up, so a service's first attempts write the same value
+/// over and over. A reused value is a reference count, not an allocation.
+fn timeout_ms_value(ms: u64) -> HeaderValue {
+    LAST_TIMEOUT_MS.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((n, value)) = &*last {
+            if *n == ms {
+                return value.clone();
+            }
+        }
+        let value = decimal(ms);
+        *last = Some((ms, value.clone()));
+        value
+    })
 }
 
 /// `n` in decimal as a header value, formatted on the stack: one allocation for

@@ -136,6 +136,21 @@ fn decimal_header_values_match_the_standard_formatting() {
     }
 }
 
+#[test]
+fn a_repeated_timeout_value_is_shared_and_a_new_number_is_formatted_afresh() {
+    let first = super::timeout_ms_value(15_000);
+    let again = super::timeout_ms_value(15_000);
+    assert_eq!(again, "15000");
+    assert_eq!(
+        first.as_bytes().as_ptr(),
+        again.as_bytes().as_ptr(),
+        "the same number reuses the value's bytes"
+    );
+    let other = super::timeout_ms_value(14_999);
+    assert_eq!(other, "14999");
+    assert_eq!(super::timeout_ms_value(15_000), "15000");
+}
+
 #[tokio::test(start_paused = true)]
 async fn outbound_deadline_is_the_current_one_below_the_layer_and_adds_no_extension() {
     let seen = tower::service_fn(|req: Request<()>| async move {

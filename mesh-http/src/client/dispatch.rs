@@ -236,7 +236,9 @@ struct HostCache(OnceLock<(Authority, HeaderValue)>);
 impl HostCache {
     fn value(&self, authority: &Authority) -> Result<HeaderValue, Error> {
         if let Some((cached, value)) = self.0.get() {
-            if cached == authority {
+            // Byte-equal first (the usual case: the same name, spelt the same
+            // way); `Authority`'s own comparison ignores ASCII case, byte by byte.
+            if cached.as_str() == authority.as_str() || cached == authority {
                 return Ok(value.clone());
             }
         }
