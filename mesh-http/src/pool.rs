@@ -142,8 +142,13 @@ impl EndpointPool {
 
     async fn checkout_http1(&self) -> Result<Http1Conn, Error> {
         loop {
-            // Registered before looking, so a connection given back between the
-            // look and the wait still wakes us.
+            // The usual case, a pooled connection, takes no registration for
+            // connections coming back (a lock and a waiter list entry).
+            if let Some(conn) = self.inner.take_idle() {
+                return Ok(conn);
+            }
+            // Registered before looking again, so a connection given back between
+            // the look and the wait still wakes us.
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
@@ -238,7 +243,10 @@ impl PoolInner {
         }
         if conn.sender.is_ready() {
             self.idle.lock().push(Idle { conn, since: now });
-            self.returned.notify_one();
+            // Only a capped pool has requests waiting for a connection.
+            if self.limit.is_some() {
+                self.returned.notify_one();
+            }
             return;
         }
         // The connection task has not yet seen the end of the response; wait for it
