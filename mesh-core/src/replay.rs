@@ -1,6 +1,10 @@
 //! A request body that can be sent again: it streams through while keeping a copy
 //! of what passed, up to a cap, so a retry or hedge can replay it.
 //!
+//! Every attempt of a call gets a copy of the one [`ReplayBody`], so the copies'
+//! shared state also holds what else the attempts share: the [`AttemptLog`] of
+//! the endpoints they went to. One allocation per call carries both.
+//!
 //! A body that grows past the cap (or announces a larger size) is still streamed
 //! once, in full, but stops being replayable: [`ReplayBody::is_replayable`] turns
 //! false, and a copy that would need bytes no longer kept fails rather than send a
@@ -16,17 +20,27 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use crate::retry::AttemptLog;
+
 /// A boxed error, as bodies and tower boundaries carry them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A copy of a request body that can be read again (see the module docs). Clones
-/// share the original body and the kept bytes; each clone reads from the start.
+/// A copy of a request body that can be read again (see the module docs). Copies
+/// share the original body, the kept bytes and the call's [`AttemptLog`]; each
+/// copy reads from the start.
 #[derive(Debug)]
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    shared: Arc<Call<B>>,
     /// Index of the next chunk this copy reads.
     next: usize,
     trailers_sent: bool,
+}
+
+/// What the copies of one call's body share.
+#[derive(Debug)]
+struct Call<B> {
+    body: Mutex<Shared<B>>,
+    log: AttemptLog,
 }
 
 #[derive(Debug)]
@@ -34,7 +48,7 @@ struct Shared<B> {
     /// The original body, until it ends.
     body: Option<B>,
     /// Chunks kept, in order, while the total stays within the cap.
-    kept: Vec<Bytes>,
+    kept: Kept,
     kept_len: usize,
     cap: usize,
     /// Chunks read from the original so far (kept or not).
@@ -60,6 +74,30 @@ impl std::fmt::Display for NotReplayable {
 
 impl std::error::Error for NotReplayable {}
 
+/// Chunks kept for replay. Most bodies are one chunk (a `Full` body, a small
+/// streamed one): that one is kept inline, so keeping it allocates nothing.
+#[derive(Debug, Default)]
+struct Kept {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+}
+
+impl Kept {
+    fn get(&self, index: usize) -> Option<&Bytes> {
+        match index {
+            0 => self.first.as_ref(),
+            n => self.more.get(n - 1),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        match self.first {
+            None => self.first = Some(chunk),
+            Some(_) => self.more.push(chunk),
+        }
+    }
+}
+
 impl<B> ReplayBody<B>
 where
     B: Body<Data = Bytes>,
@@ -71,27 +109,38 @@ where
         let ended = body.is_end_stream();
         let too_big = hint.lower() > cap as u64;
         ReplayBody {
-            shared: Arc::new(Mutex::new(Shared {
-                body: (!ended).then_some(body),
-                kept: Vec::new(),
-                kept_len: 0,
-                cap,
-                read: 0,
-                overflowed: too_big,
-                failed: false,
-                trailers: None,
-                hint,
-            })),
+            shared: Arc::new(Call {
+                body: Mutex::new(Shared {
+                    body: (!ended).then_some(body),
+                    kept: Kept::default(),
+                    kept_len: 0,
+                    cap,
+                    read: 0,
+                    overflowed: too_big,
+                    failed: false,
+                    trailers: None,
+                    hint,
+                }),
+                log: AttemptLog::default(),
+            }),
             next: 0,
             trailers_sent: false,
         }
+    }
+
+    /// The endpoints this call's attempts went to: whatever sends an attempt
+    /// records its endpoint here, and the retry layer reads it to tell later
+    /// attempts which endpoints to avoid (shared by every copy, so a hedge
+    /// started while the first attempt is in flight sees its endpoint).
+    pub fn attempt_log(&self) -> &AttemptLog {
+        &self.shared.log
     }
 
     /// Whether a fresh copy would send the body byte for byte: nothing of it was
     /// read yet (an attempt that could not connect), or nothing passed the cap;
     /// and the original has not failed.
     pub fn is_replayable(&self) -> bool {
-        let shared = self.shared.lock();
+        let shared = self.shared.body.lock();
         !shared.failed && (shared.read == 0 || !shared.overflowed)
     }
 
@@ -118,7 +167,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let mut shared = this.shared.lock();
+        let mut shared = this.shared.body.lock();
         // Replay what was kept.
         if let Some(chunk) = shared.kept.get(this.next) {
             if !shared.overflowed {
@@ -164,7 +213,7 @@ where
                         } else if !shared.overflowed {
                             // Too large to keep: free what was kept, stream on.
                             shared.overflowed = true;
-                            shared.kept = Vec::new();
+                            shared.kept = Kept::default();
                         }
                         Frame::data(data)
                     }
@@ -185,7 +234,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let shared = self.shared.lock();
+        let shared = self.shared.body.lock();
         shared.body.is_none()
             && !shared.failed
             && self.next >= shared.read
@@ -193,7 +242,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared.lock().hint
+        self.shared.body.lock().hint
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use mesh_core::replay::ReplayBody;
 
 use crate::client::Lease;
 use crate::error::BoxError;
@@ -14,6 +15,36 @@ use crate::error::BoxError;
 /// A request body once the client has taken it: any `http_body::Body` boxed, so
 /// one connection type serves every caller's body type.
 pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The body of one attempt as the endpoint dispatch sends it: the retry layer's
+/// copy of the call's body (which also carries the call's attempt log), sent as
+/// it is rather than boxed again, so an attempt costs no allocation for its body.
+///
+/// A type of its own, with a `Body` impl free of generic bounds: hyper's
+/// connection futures over `ReplayBody<RequestBody>` directly trip a compiler
+/// limitation (higher-ranked lifetimes in the `Send` check of `tokio::spawn`).
+#[derive(Debug)]
+pub(crate) struct AttemptBody(pub(crate) ReplayBody<RequestBody>);
+
+impl Body for AttemptBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A response body from the mesh. Reading it to the end returns its connection

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::AttemptBody;
 use crate::connect::Connect;
 use crate::error::{BoxError, Error};
 
@@ -55,12 +55,12 @@ impl PoolSettings {
 /// A connection checked out for one request.
 pub(crate) enum Conn {
     Http1(Http1Conn),
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<AttemptBody>),
 }
 
 /// An HTTP/1.1 connection; goes back to the pool when its response has been read.
 pub(crate) struct Http1Conn {
-    pub(crate) sender: http1::SendRequest<RequestBody>,
+    pub(crate) sender: http1::SendRequest<AttemptBody>,
     created: Instant,
     /// Holds a place under the per-endpoint cap for as long as the connection lives.
     _permit: Option<Arc<OwnedSemaphorePermit>>,
@@ -72,7 +72,7 @@ struct Idle {
 }
 
 struct Shared {
-    sender: http2::SendRequest<RequestBody>,
+    sender: http2::SendRequest<AttemptBody>,
     created: Instant,
 }
 
@@ -142,8 +142,13 @@ impl EndpointPool {
 
     async fn checkout_http1(&self) -> Result<Http1Conn, Error> {
         loop {
-            // Registered before looking, so a connection given back between the
-            // look and the wait still wakes us.
+            // The usual case, a pooled connection, takes no registration for
+            // connections coming back (a lock and a waiter list entry).
+            if let Some(conn) = self.inner.take_idle() {
+                return Ok(conn);
+            }
+            // Registered before looking again, so a connection given back between
+            // the look and the wait still wakes us.
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
@@ -170,7 +175,7 @@ impl EndpointPool {
         }
     }
 
-    async fn checkout_http2(&self) -> Result<http2::SendRequest<RequestBody>, Error> {
+    async fn checkout_http2(&self) -> Result<http2::SendRequest<AttemptBody>, Error> {
         if let Some(sender) = self.inner.shared_sender() {
             return Ok(sender);
         }
@@ -238,7 +243,10 @@ impl PoolInner {
         }
         if conn.sender.is_ready() {
             self.idle.lock().push(Idle { conn, since: now });
-            self.returned.notify_one();
+            // Only a capped pool has requests waiting for a connection.
+            if self.limit.is_some() {
+                self.returned.notify_one();
+            }
             return;
         }
         // The connection task has not yet seen the end of the response; wait for it
@@ -257,7 +265,7 @@ impl PoolInner {
         });
     }
 
-    fn shared_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared_sender(&self) -> Option<http2::SendRequest<AttemptBody>> {
         let mut shared = self.shared.lock();
         let usable = shared
             .as_ref()
@@ -317,7 +325,7 @@ impl PoolInner {
         })
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, BoxError> {
+    async fn connect_http2(&self) -> Result<http2::SendRequest<AttemptBody>, BoxError> {
         let io = self.open().await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());

@@ -158,9 +158,11 @@ where
 /// [`RequestTimeout`], a [`Deadline`] extension and the task's current deadline
 /// (see the module docs).
 ///
-/// The request leaves with the chosen [`Deadline`] in its extensions; the layer
-/// does not write the wire headers itself, because retries below it must each
-/// carry the time left when they are sent: whatever sends the request calls
+/// The layers below run with the chosen deadline as [`Deadline::current`] (a
+/// task-local, like the inbound layer's, so the call costs no extension map);
+/// the layer does not write the wire headers itself, because retries below it
+/// must each carry the time left when they are sent: whatever sends the request
+/// reads [`Deadline::for_request`] and calls
 /// [`write_headers`](super::write_headers) (the mesh client's endpoint dispatch
 /// does).
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +208,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         // The route's timeout replaces the service's (a route may turn it off).
         let timeout = request
             .extensions()
@@ -235,11 +237,12 @@ where
             };
         }
         // The wire headers are written where each attempt is sent, with the
-        // time left then (see the layer's docs).
-        request.extensions_mut().insert(deadline);
+        // time left then (see the layer's docs). The deadline is the current
+        // one while the inner service builds its future and while it runs.
+        let inner = CURRENT.sync_scope(deadline, || self.inner.call(request));
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
-                inner: tokio::time::timeout_at(deadline.0, self.inner.call(request)),
+                inner: tokio::time::timeout_at(deadline.0, CURRENT.scope(deadline, inner)),
                 deadline,
             },
         }
@@ -260,8 +263,11 @@ pin_project_lite::pin_project! {
     enum DeadlineState<F> {
         // No deadline applies.
         Unbounded { #[pin] inner: F },
-        // The call, cut off at the deadline.
-        Bounded { #[pin] inner: tokio::time::Timeout<F>, deadline: Deadline },
+        // The call, run with the deadline as the current one and cut off at it.
+        Bounded {
+            #[pin] inner: tokio::time::Timeout<TaskLocalFuture<Deadline, F>>,
+            deadline: Deadline,
+        },
         // The deadline had passed before the call: nothing is sent.
         Expired,
     }

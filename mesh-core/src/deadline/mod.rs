@@ -4,18 +4,21 @@
 //!   `grpc-timeout` or [`TIMEOUT_HEADER`], cancels the handler when it runs out
 //!   (answering 504), and makes it the [`Deadline::current`] of the handler's task.
 //! - Outbound, [`OutboundDeadlineLayer`] takes the earliest of the service's
-//!   timeout (its route's, when the route layer selected one), a per-request [`RequestTimeout`], a [`Deadline`] request extension and
-//!   the current task's deadline; fails the call with [`DeadlineExceeded`] when it
-//!   passes; and puts the [`Deadline`] in the request's extensions, for the retry
-//!   layer (no retry or hedge starts when it cannot finish in time) and for the
-//!   code that sends each attempt, which writes the time left then into the
-//!   outgoing headers with [`write_headers`], so the next service knows it too.
+//!   timeout (its route's, when the route layer selected one), a per-request
+//!   [`RequestTimeout`], a [`Deadline`] request extension and the current task's
+//!   deadline; fails the call with [`DeadlineExceeded`] when it passes; and runs
+//!   the layers below with it as [`Deadline::current`], for the retry layer (no
+//!   retry or hedge starts when it cannot finish in time) and for the code that
+//!   sends each attempt, which writes the time left then
+//!   ([`Deadline::for_request`]) into the outgoing headers with
+//!   [`write_headers`], so the next service knows it too.
 //! - [`inherit`] carries the current deadline into a task the handler spawns.
 //!
 //! A chain A → B → C thus never works past A's deadline.
 
 mod layer;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
 
@@ -52,9 +55,18 @@ impl Deadline {
         Deadline(Instant::now() + timeout)
     }
 
-    /// The deadline of the inbound request this task is handling, if any.
+    /// The deadline of the inbound request this task is handling, or of the
+    /// outbound call an [`OutboundDeadlineLayer`] above is bounding, if any.
     pub fn current() -> Option<Deadline> {
         CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// The deadline a request must meet where it is sent: the earlier of its
+    /// [`Deadline`] extension (set by a caller) and [`Deadline::current`] (set
+    /// by the [`OutboundDeadlineLayer`] bounding the call). Layers below the
+    /// outbound deadline layer read it here, not from the extensions alone.
+    pub fn for_request(extensions: &http::Extensions) -> Option<Deadline> {
+        Deadline::earliest(extensions.get::<Deadline>().copied(), Deadline::current())
     }
 
     /// Time left (zero once passed).
@@ -175,7 +187,7 @@ pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
         .as_nanos()
         .div_ceil(1_000_000)
         .min(u128::from(u64::MAX)) as u64;
-    headers.insert(TIMEOUT_HEADER, decimal(ms));
+    headers.insert(TIMEOUT_HEADER, timeout_ms_value(ms));
     let grpc = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -183,6 +195,29 @@ pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
     if grpc {
         headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout_value(remaining));
     }
+}
+
+thread_local! {
+    /// The last `x-mesh-timeout-ms` value made on this thread, with its number.
+    static LAST_TIMEOUT_MS: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ms` as a header value, reusing the last one made on this thread when the
+/// number is the same: a call sent within a millisecond of its start carries its
+/// whole timeout, rounded up, so a service's first attempts write the same value
+/// over and over. A reused value is a reference count, not an allocation.
+fn timeout_ms_value(ms: u64) -> HeaderValue {
+    LAST_TIMEOUT_MS.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((n, value)) = &*last {
+            if *n == ms {
+                return value.clone();
+            }
+        }
+        let value = decimal(ms);
+        *last = Some((ms, value.clone()));
+        value
+    })
 }
 
 /// `n` in decimal as a header value, formatted on the stack: one allocation for

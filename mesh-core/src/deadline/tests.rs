@@ -32,7 +32,7 @@ fn echo_deadline_header(
        + Clone {
     tower::service_fn(|mut req: Request<()>| async move {
         // As the sender does: the time left, from the deadline the layer chose.
-        if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
+        if let Some(deadline) = Deadline::for_request(req.extensions()) {
             write_headers(req.headers_mut(), deadline);
         }
         let header = req
@@ -134,4 +134,43 @@ fn decimal_header_values_match_the_standard_formatting() {
     for n in [0, 7, 10, 1500, 99_999, u64::MAX] {
         assert_eq!(super::decimal(n), http::HeaderValue::from(n), "{n}");
     }
+}
+
+#[test]
+fn a_repeated_timeout_value_is_shared_and_a_new_number_is_formatted_afresh() {
+    let first = super::timeout_ms_value(15_000);
+    let again = super::timeout_ms_value(15_000);
+    assert_eq!(again, "15000");
+    assert_eq!(
+        first.as_bytes().as_ptr(),
+        again.as_bytes().as_ptr(),
+        "the same number reuses the value's bytes"
+    );
+    let other = super::timeout_ms_value(14_999);
+    assert_eq!(other, "14999");
+    assert_eq!(super::timeout_ms_value(15_000), "15000");
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_deadline_is_the_current_one_below_the_layer_and_adds_no_extension() {
+    let seen = tower::service_fn(|req: Request<()>| async move {
+        let current = Deadline::current().map(|d| d.remaining());
+        let extension = req.extensions().get::<Deadline>().is_some();
+        Ok::<_, BoxErr>(Response::new(format!("{current:?} {extension}")))
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(3))).layer(seen);
+    let r = svc.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(r.body(), "Some(3s) false");
+    // Outside the call, the task has no deadline again.
+    assert_eq!(Deadline::current(), None);
+    // A caller's earlier deadline, as an extension, is what the sender sees.
+    let mut req = Request::new(());
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_millis(700)));
+    let sender = tower::service_fn(|req: Request<()>| async move {
+        let left = Deadline::for_request(req.extensions()).map(|d| d.remaining());
+        Ok::<_, BoxErr>(Response::new(format!("{left:?}")))
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(3))).layer(sender);
+    assert_eq!(svc.oneshot(req).await.unwrap().body(), "Some(700ms)");
 }

@@ -1,8 +1,7 @@
-//! Request extensions through which a caller, and the layers below the retry layer,
-//! take part in retries and hedging.
+//! What a caller (request extensions), and the layers below the retry layer (the
+//! call's attempt log), use to take part in retries and hedging.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -21,13 +20,15 @@ pub struct Retryable(pub bool);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hedgeable(pub bool);
 
-/// Shared by every attempt of one request (a request extension the retry layer
-/// sets): the endpoint dispatch records each endpoint it picks here, so a hedge
-/// started while the first attempt is still in flight knows which endpoint to
-/// avoid.
-#[derive(Debug, Clone, Default)]
+/// The endpoints the attempts of one call went to, in order. Shared by every
+/// attempt: it lives with the call's [`ReplayBody`](crate::replay::ReplayBody)
+/// (see [`ReplayBody::attempt_log`](crate::replay::ReplayBody::attempt_log)),
+/// which each attempt's request carries. Whatever sends an attempt (the mesh
+/// client's endpoint dispatch) records the endpoint it picks, so a hedge started
+/// while the first attempt is still in flight knows which endpoint to avoid.
+#[derive(Debug, Default)]
 pub struct AttemptLog {
-    picked: Arc<Mutex<Picked>>,
+    picked: Mutex<Picked>,
 }
 
 /// Endpoints in the order attempts went to them. Most requests make one or two

@@ -20,7 +20,8 @@
 //! - follows the policy of the request's route when the route layer selected one
 //!   ([`SelectedRoute`]), else its own (the service's);
 //! - tells the dispatch which endpoints earlier attempts used ([`TriedEndpoints`]),
-//!   and lets it record its picks in an [`AttemptLog`].
+//!   and lets it record its picks in the call's [`AttemptLog`], which every
+//!   attempt's body carries ([`ReplayBody::attempt_log`]).
 //!
 //! Upgrades (WebSocket, `CONNECT`) are never retried, and nothing is retried once
 //! a response was handed to the caller: the decision is made on the status and
@@ -183,7 +184,6 @@ struct Plan {
     method_allows: bool,
     hedge_delay: Option<Duration>,
     deadline: Option<Deadline>,
-    log: AttemptLog,
 }
 
 impl Plan {
@@ -257,12 +257,12 @@ where
     let plan = Plan {
         route,
         classifier,
-        deadline: parts.extensions.get::<Deadline>().copied(),
+        // The outbound deadline layer above sets the current deadline.
+        deadline: Deadline::for_request(&parts.extensions),
         parts,
         max_attempts,
         method_allows,
         hedge_delay,
-        log: AttemptLog::default(),
     };
 
     let mut attempts = 0u32;
@@ -428,14 +428,13 @@ where
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     *request.extensions_mut() = parts.extensions.clone();
-    request.extensions_mut().insert(plan.log.clone());
     if number > 0 {
         let mut tried = parts
             .extensions
             .get::<TriedEndpoints>()
             .cloned()
             .unwrap_or_default();
-        for addr in plan.log.endpoints() {
+        for addr in request.body().attempt_log().endpoints() {
             if !tried.0.contains(&addr) {
                 tried.0.push(addr);
             }

@@ -243,9 +243,8 @@ async fn hedge_starts_after_the_delay_and_the_first_good_answer_wins() {
         seen.lock().push(Instant::now());
         let tried = req.extensions().get::<TriedEndpoints>().cloned();
         if n == 0 {
-            req.extensions()
-                .get::<AttemptLog>()
-                .unwrap()
+            req.body()
+                .attempt_log()
                 .record("127.0.0.1:1".parse().unwrap());
         }
         let guard = DropCounter(dropped.clone());

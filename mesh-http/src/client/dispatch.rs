@@ -16,10 +16,10 @@ use mesh_core::config::Protocol;
 use mesh_core::deadline::{self, Deadline};
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
 use mesh_core::outlier::OutlierDetector;
-use mesh_core::retry::AttemptLog;
+use mesh_core::replay::ReplayBody;
 use tokio::time::Instant;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{AttemptBody, RequestBody, ResponseBody};
 use crate::error::{BoxError, Error};
 use crate::pool::{give_back, Conn, EndpointPool, Http1Conn, PoolInner};
 
@@ -28,8 +28,9 @@ use crate::pool::{give_back, Conn, EndpointPool, Http1Conn, PoolInner};
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// Sends each request to one endpoint the balancer picks, avoiding those named in
-/// the request's [`TriedEndpoints`], and records the pick in the request's
-/// [`AttemptLog`]; the response carries [`ServedBy`].
+/// the request's [`TriedEndpoints`], and records the pick in the call's
+/// [`AttemptLog`](mesh_core::retry::AttemptLog) (which the attempt's body
+/// carries); the response carries [`ServedBy`].
 ///
 /// A connection that cannot be opened fails the attempt with a connect error: the
 /// retry layer above moves the request to another endpoint (a transparent retry,
@@ -76,7 +77,7 @@ impl EndpointDispatch {
     }
 }
 
-impl tower::Service<Request<RequestBody>> for EndpointDispatch {
+impl tower::Service<Request<ReplayBody<RequestBody>>> for EndpointDispatch {
     type Response = Response<ResponseBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
@@ -87,7 +88,7 @@ impl tower::Service<Request<RequestBody>> for EndpointDispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReplayBody<RequestBody>>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move { inner.send_to_endpoint(request).await.map_err(Into::into) })
     }
@@ -96,16 +97,15 @@ impl tower::Service<Request<RequestBody>> for EndpointDispatch {
 impl DispatchInner {
     async fn send_to_endpoint(
         &self,
-        request: Request<RequestBody>,
+        request: Request<ReplayBody<RequestBody>>,
     ) -> Result<Response<ResponseBody>, Error> {
-        let mut request = into_wire_form(request, self.protocol, &self.host)?;
+        let mut request = into_wire_form(request.map(AttemptBody), self.protocol, &self.host)?;
         // Endpoints earlier attempts used, avoided when others are ready.
         let avoid: Vec<SocketAddr> = request
             .extensions_mut()
             .remove::<TriedEndpoints>()
             .map(|t| t.0)
             .unwrap_or_default();
-        let log = request.extensions_mut().remove::<AttemptLog>();
         let mut stale = 0;
         loop {
             // A first attempt may wait (bounded) for an endpoint to become ready; a
@@ -116,9 +116,7 @@ impl DispatchInner {
                 self.balancer.try_pick(&avoid)
             }
             .map_err(|e| Error::no_endpoint(&self.service, e))?;
-            if let Some(log) = &log {
-                log.record(picked.addr());
-            }
+            request.body().0.attempt_log().record(picked.addr());
             let conn = match picked.endpoint().checkout().await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -194,12 +192,12 @@ impl DispatchInner {
 /// HTTP/2 keeps the absolute URI, whose authority becomes `:authority`. Both
 /// carry the deadline's remaining time.
 fn into_wire_form(
-    mut request: Request<RequestBody>,
+    mut request: Request<AttemptBody>,
     protocol: Protocol,
     host: &HostCache,
-) -> Result<Request<RequestBody>, Error> {
+) -> Result<Request<AttemptBody>, Error> {
     // The time left now: a retry carries less than the first attempt did.
-    if let Some(deadline) = request.extensions().get::<Deadline>().copied() {
+    if let Some(deadline) = Deadline::for_request(request.extensions()) {
         deadline::write_headers(request.headers_mut(), deadline);
     }
     match protocol {
@@ -238,7 +236,9 @@ struct HostCache(OnceLock<(Authority, HeaderValue)>);
 impl HostCache {
     fn value(&self, authority: &Authority) -> Result<HeaderValue, Error> {
         if let Some((cached, value)) = self.0.get() {
-            if cached == authority {
+            // Byte-equal first (the usual case: the same name, spelt the same
+            // way); `Authority`'s own comparison ignores ASCII case, byte by byte.
+            if cached.as_str() == authority.as_str() || cached == authority {
                 return Ok(value.clone());
             }
         }

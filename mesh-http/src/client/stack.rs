@@ -21,8 +21,6 @@
 
 use std::sync::Arc;
 
-use http::Request;
-use http_body_util::BodyExt;
 use mesh_core::breaker::{BreakerLayer, CircuitBreaker};
 use mesh_core::classify::Classifier;
 use mesh_core::concurrency::{ConcurrencyLimit, OutboundConcurrencyLayer};
@@ -30,7 +28,6 @@ use mesh_core::config::{AccessLog, ServiceConfig};
 use mesh_core::deadline::OutboundDeadlineLayer;
 use mesh_core::fault::FaultLayer;
 use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
-use mesh_core::replay::ReplayBody;
 use mesh_core::retry::{RetryBudget, RetryLayer};
 use mesh_core::route::{RouteLayer, RouteTable};
 use tower::util::option_layer;
@@ -39,7 +36,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::error::BoxError;
 use crate::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer};
 
@@ -99,9 +96,6 @@ pub(crate) fn service_stack(
             budget,
             error_kind,
         ))
-        .map_request(|request: Request<ReplayBody<RequestBody>>| {
-            request.map(|body| body.boxed_unsync())
-        })
         .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
     ServiceStack::new(stack.map_err(Into::into))
