@@ -14,12 +14,12 @@
 //! when another one is in force.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 
 /// Label combinations one cache holds at most; beyond it, handles are resolved
 /// per use (correct, only slower).
@@ -35,7 +35,9 @@ pub struct HandleCache<K, V> {
 struct Snapshot<K, V> {
     /// The recorder the handles were made by (its address), see the module docs.
     recorder: usize,
-    map: HashMap<K, V, BuildHasherDefault<FxHasher>>,
+    /// Fx, not SipHash: the keys are label values from our own bounded sets, so
+    /// there is no adversary to flood the map with collisions.
+    map: FxHashMap<K, V>,
 }
 
 impl<K, V> Default for HandleCache<K, V> {
@@ -43,7 +45,7 @@ impl<K, V> Default for HandleCache<K, V> {
         HandleCache {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 recorder: 0,
-                map: HashMap::default(),
+                map: FxHashMap::default(),
             }),
             write: Mutex::new(()),
         }
@@ -113,7 +115,7 @@ impl<K: Hash + Eq + Clone, V: Clone> HandleCache<K, V> {
             }
             current.map.clone()
         } else {
-            HashMap::default()
+            FxHashMap::default()
         };
         map.insert(key.to_owned(), handle.clone());
         self.snapshot.store(Arc::new(Snapshot { recorder, map }));
@@ -176,65 +178,6 @@ impl<V> HandleSlot<V> {
             .take()
             .expect("not used for a handle of another recorder");
         use_it(&make())
-    }
-}
-
-/// A fast non-cryptographic hasher (the rustc "Fx" multiply-rotate) for the
-/// small keys the caches use; label values come from our own bounded sets, so
-/// there is no adversary to flood the map with collisions.
-#[derive(Default, Clone, Copy)]
-struct FxHasher {
-    hash: u64,
-}
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
     }
 }
 
