@@ -4,11 +4,9 @@
 //! Why: the Prometheus recorder calibrates `quanta`'s TSC clock when it is
 //! built: at least 500 rounds of a 1 µs busy loop, ≈ 0.7 ms of spinning on the
 //! thread that starts the service, and half of the mesh's instructions before
-//! its first request (callgrind on `compare cold mesh`: 4.1 M of 9.4 M). Built
-//! here in the background, the calibration overlaps the rest of start-up
-//! (identity, client, first connection) on another core; and the thread runs at
-//! the lowest priority, so on a small machine, where that core is busy with
-//! start-up too, the spinning takes only the time nothing else wants.
+//! its first request (callgrind on `compare cold mesh`). Built here in the
+//! background, the calibration overlaps the rest of start-up (identity, client,
+//! first connection) on another core.
 //!
 //! Nothing recorded in the meantime is lost, and nothing waits for it: a
 //! metric registered before the recorder is ready gets a handle that keeps its
@@ -79,10 +77,7 @@ where
     let building = shared.clone();
     let thread = std::thread::Builder::new()
         .name("mesh-metrics-init".into())
-        .spawn(move || {
-            yield_to_start_up();
-            building.finish(build())
-        })?;
+        .spawn(move || building.finish(build()))?;
     *shared.builder.lock() = Some(thread);
     Ok((
         DeferredRecorder {
@@ -90,14 +85,6 @@ where
         },
         shared,
     ))
-}
-
-/// Lowers this thread's priority to the lowest (nice 19: on Linux the nice
-/// value is per thread). Best effort: a system that refuses leaves the build
-/// at normal priority, which is only slower to start, never wrong.
-fn yield_to_start_up() {
-    #[cfg(unix)]
-    let _ = rustix::process::setpriority_process(None, 19);
 }
 
 impl<R: Recorder> Shared<R> {
