@@ -168,7 +168,12 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let inner = self.inner.clone();
-        Box::pin(run(shared, inner, request))
+        // The plan is made here, not in the future: an `async fn` keeps its
+        // arguments for its whole life, so a request passed in and taken apart
+        // inside would be stored twice in the (boxed) future.
+        shared.budget.deposit();
+        let (plan, body) = Plan::new(&shared, request);
+        Box::pin(run(shared, inner, plan, body))
     }
 }
 
@@ -193,16 +198,67 @@ impl Plan {
             .as_ref()
             .map_or(&shared.policy, |r| r.policy().retry())
     }
+
+    /// What the request's route, method and markers allow, and its body made
+    /// replayable.
+    fn new<B: Body<Data = Bytes>>(shared: &Shared, request: Request<B>) -> (Plan, ReplayBody<B>) {
+        let (parts, body) = request.into_parts();
+        let route = parts.extensions.get::<SelectedRoute>().cloned();
+        let policy = route
+            .as_ref()
+            .map_or(&shared.policy, |r| r.policy().retry());
+        let classifier = route
+            .as_ref()
+            .map_or(shared.classifier, |r| r.policy().classifier());
+        let upgrade =
+            parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE);
+        let marked = parts.extensions.get::<Retryable>().map(|r| r.0);
+        let method_allows =
+            !upgrade && marked.unwrap_or_else(|| policy.methods.contains(&parts.method));
+        let max_attempts = if upgrade {
+            1
+        } else {
+            policy.max_attempts.max(TRANSPARENT_ATTEMPTS)
+        };
+        let hedgeable = !upgrade
+            && policy.max_attempts > 1
+            && parts
+                .extensions
+                .get::<Hedgeable>()
+                .map_or(method_allows, |h| h.0);
+        let hedge_delay = match policy.hedge_delay {
+            Some(HedgeDelay::Fixed(delay)) if hedgeable => Some(delay),
+            Some(HedgeDelay::Percentile(p)) if hedgeable => shared.latencies.quantile(p),
+            _ => None,
+        };
+        let body = ReplayBody::new(body, if upgrade { 0 } else { policy.replay_buffer });
+        let plan = Plan {
+            route,
+            classifier,
+            // The outbound deadline layer above sets the current deadline.
+            deadline: Deadline::for_request(&parts.extensions),
+            parts,
+            max_attempts,
+            method_allows,
+            hedge_delay,
+        };
+        (plan, body)
+    }
 }
 
-async fn run<S, B, RB>(shared: Arc<Shared>, inner: S, request: Request<B>) -> Outcome<RB>
+async fn run<S, B, RB>(
+    shared: Arc<Shared>,
+    inner: S,
+    plan: Plan,
+    body: ReplayBody<B>,
+) -> Outcome<RB>
 where
     S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin,
 {
     let mut first_unsent = None;
-    let outcome = run_attempts(shared, inner, request, &mut first_unsent).await;
+    let outcome = run_attempts(&shared, inner, &plan, &body, &mut first_unsent).await;
     // When no attempt got a response, the first failure says most about the cause
     // (an endpoint refusing us, a server with the wrong identity); what later
     // attempts found (say, no endpoint left to try) says less.
@@ -213,9 +269,11 @@ where
 }
 
 async fn run_attempts<S, B, RB>(
-    shared: Arc<Shared>,
+    shared: &Shared,
+    // By value: a shared reference held across an await would need `S: Sync`.
     inner: S,
-    request: Request<B>,
+    plan: &Plan,
+    body: &ReplayBody<B>,
     first_unsent: &mut Option<BoxError>,
 ) -> Outcome<RB>
 where
@@ -223,60 +281,18 @@ where
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin,
 {
-    shared.budget.deposit();
-    let (parts, body) = request.into_parts();
-    let route = parts.extensions.get::<SelectedRoute>().cloned();
-    let policy = route
-        .as_ref()
-        .map_or(&shared.policy, |r| r.policy().retry());
-    let classifier = route
-        .as_ref()
-        .map_or(shared.classifier, |r| r.policy().classifier());
-    let upgrade =
-        parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE);
-    let marked = parts.extensions.get::<Retryable>().map(|r| r.0);
-    let method_allows =
-        !upgrade && marked.unwrap_or_else(|| policy.methods.contains(&parts.method));
-    let max_attempts = if upgrade {
-        1
-    } else {
-        policy.max_attempts.max(TRANSPARENT_ATTEMPTS)
-    };
-    let hedgeable = !upgrade
-        && policy.max_attempts > 1
-        && parts
-            .extensions
-            .get::<Hedgeable>()
-            .map_or(method_allows, |h| h.0);
-    let hedge_delay = match policy.hedge_delay {
-        Some(HedgeDelay::Fixed(delay)) if hedgeable => Some(delay),
-        Some(HedgeDelay::Percentile(p)) if hedgeable => shared.latencies.quantile(p),
-        _ => None,
-    };
-    let body = ReplayBody::new(body, if upgrade { 0 } else { policy.replay_buffer });
-    let plan = Plan {
-        route,
-        classifier,
-        // The outbound deadline layer above sets the current deadline.
-        deadline: Deadline::for_request(&parts.extensions),
-        parts,
-        max_attempts,
-        method_allows,
-        hedge_delay,
-    };
-
     let mut attempts = 0u32;
     let mut waits = 0u32;
     loop {
         let started = Instant::now();
-        let (outcome, class, used) = round(&shared, inner.clone(), &plan, &body, attempts).await;
+        let (outcome, class, used) = round(shared, inner.clone(), plan, body, attempts).await;
         attempts += used;
         let Class::Retryable(reason) = class else {
             return outcome;
         };
         // The policy's limit applies to retries after something was sent;
         // transparent ones may go up to TRANSPARENT_ATTEMPTS.
-        let policy = plan.policy(&shared);
+        let policy = plan.policy(shared);
         let limit = if reason.nothing_sent() {
             plan.max_attempts
         } else {
@@ -310,10 +326,10 @@ where
             }
         }
         if !shared.budget.withdraw() {
-            count(&shared, &metric_names::RETRY_BUDGET_EXHAUSTED, None);
+            count(shared, &metric_names::RETRY_BUDGET_EXHAUSTED, None);
             return outcome;
         }
-        count(&shared, &metric_names::RETRIES, Some(reason.as_str()));
+        count(shared, &metric_names::RETRIES, Some(reason.as_str()));
         // Release the failed attempt (and its connection) before waiting; keep the
         // first error of an attempt nothing was sent for.
         match outcome {
