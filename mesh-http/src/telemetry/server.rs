@@ -430,7 +430,7 @@ where
             }
         };
         let (method, scheme, route) = (record.method, record.scheme, &*record.route);
-        let make = |_: &u64| {
+        let make = || {
             let mut labels = vec![
                 Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
                 Label::new(label::HTTP_ROUTE, route.route.clone()),
@@ -468,12 +468,10 @@ where
             }
         };
         match route.ok.get(usize::from(record.code)) {
-            Some(slot) if status == Some(http::StatusCode::OK) => {
-                slot.with(|| make(&0), record_into)
-            }
+            Some(slot) if status == Some(http::StatusCode::OK) => slot.with(make, record_into),
             _ => {
                 let key = finish_key(record.code, status.map_or(0, |s| s.as_u16()));
-                route.finished.with(&key, make, record_into)
+                route.finished.with(&key, |_| make(), record_into)
             }
         }
         if let Some(pending) = record.pending.take() {
