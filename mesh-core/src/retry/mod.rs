@@ -194,9 +194,7 @@ struct Plan {
 impl Plan {
     /// The route's retry policy, else the layer's own.
     fn policy<'a>(&'a self, shared: &'a Shared) -> &'a RetryPolicy {
-        self.route
-            .as_ref()
-            .map_or(&shared.policy, |r| r.policy().retry())
+        route_policy(self.route.as_ref(), shared)
     }
 
     /// What the request's route, method and markers allow, and its body made
@@ -204,9 +202,7 @@ impl Plan {
     fn new<B: Body<Data = Bytes>>(shared: &Shared, request: Request<B>) -> (Plan, ReplayBody<B>) {
         let (parts, body) = request.into_parts();
         let route = parts.extensions.get::<SelectedRoute>().cloned();
-        let policy = route
-            .as_ref()
-            .map_or(&shared.policy, |r| r.policy().retry());
+        let policy = route_policy(route.as_ref(), shared);
         let classifier = route
             .as_ref()
             .map_or(shared.classifier, |r| r.policy().classifier());
@@ -244,6 +240,11 @@ impl Plan {
         };
         (plan, body)
     }
+}
+
+/// The route's retry policy, else the layer's own.
+fn route_policy<'a>(route: Option<&'a SelectedRoute>, shared: &'a Shared) -> &'a RetryPolicy {
+    route.map_or(&shared.policy, |r| r.policy().retry())
 }
 
 async fn run<S, B, RB>(
