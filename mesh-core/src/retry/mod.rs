@@ -41,6 +41,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -158,7 +159,7 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, BoxError>> + Send>>;
+    type Future = RetryFuture<S, B, RB>;
 
     /// Readiness is checked per attempt, on a clone of the inner service.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -168,12 +169,151 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let inner = self.inner.clone();
-        // The plan is made here, not in the future: an `async fn` keeps its
-        // arguments for its whole life, so a request passed in and taken apart
-        // inside would be stored twice in the (boxed) future.
         shared.budget.deposit();
         let (plan, body) = Plan::new(&shared, request);
-        Box::pin(run(shared, inner, plan, body))
+        let policy = plan.policy(&shared);
+        let first_body = body.try_clone();
+        match first_body {
+            // Nothing races or times the first attempt: it is sent in place, and
+            // only a retry moves to the general path.
+            Some(first_body)
+                if policy.hedge_delay.is_none() && policy.per_try_timeout.is_none() =>
+            {
+                let request = attempt_request(&plan, first_body, 0);
+                RetryFuture {
+                    call: Some(Call {
+                        started: Instant::now(),
+                        shared,
+                        inner,
+                        plan,
+                        body,
+                    }),
+                    state: State::Ready {
+                        request: Some(request),
+                    },
+                }
+            }
+            _ => RetryFuture {
+                call: None,
+                state: State::General {
+                    run: Box::pin(run(shared, inner, plan, body, None)),
+                },
+            },
+        }
+    }
+}
+
+type BoxOutcome<RB> = Pin<Box<dyn Future<Output = Outcome<RB>> + Send>>;
+
+/// What one call keeps for its attempts.
+struct Call<S, B> {
+    shared: Arc<Shared>,
+    /// Sends the first attempt; a retry takes it over.
+    inner: S,
+    plan: Plan,
+    body: ReplayBody<B>,
+    /// When the first attempt started: a retry must fit the deadline.
+    started: Instant,
+}
+
+pin_project! {
+    /// The future [`Retry`] returns.
+    ///
+    /// A request that is neither hedged nor timed per try (the default) sends its
+    /// first attempt from here, with nothing boxed; most calls end there. A retry,
+    /// or a policy that races or times attempts, runs the general path in a box.
+    pub struct RetryFuture<S, B, RB>
+    where
+        S: tower::Service<Request<ReplayBody<B>>>,
+    {
+        // The call's state while the first attempt runs here; `None` once the
+        // general path owns it.
+        call: Option<Call<S, B>>,
+        #[pin]
+        state: State<S, B, RB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, RB>
+    where
+        S: tower::Service<Request<ReplayBody<B>>>,
+    {
+        // The first attempt, waiting for the inner service to be ready.
+        Ready { request: Option<Request<ReplayBody<B>>> },
+        // The first attempt, sent.
+        Sent { #[pin] future: S::Future },
+        // Everything else: retries, hedging, per-try timeouts.
+        General { run: BoxOutcome<RB> },
+    }
+}
+
+impl<S, B, RB> std::fmt::Debug for RetryFuture<S, B, RB>
+where
+    S: tower::Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> Future for RetryFuture<S, B, RB>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    type Output = Outcome<RB>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<RB>> {
+        let mut this = self.project();
+        let outcome = loop {
+            match this.state.as_mut().project() {
+                StateProj::Ready { request } => {
+                    let call = this
+                        .call
+                        .as_mut()
+                        .expect("the first attempt keeps its call");
+                    match std::task::ready!(call.inner.poll_ready(cx)) {
+                        Ok(()) => {
+                            let request = request.take().expect("the first attempt is sent once");
+                            let future = call.inner.call(request);
+                            this.state.set(State::Sent { future });
+                        }
+                        Err(error) => break Err(error.into()),
+                    }
+                }
+                StateProj::Sent { future } => {
+                    break std::task::ready!(future.poll(cx)).map_err(Into::into);
+                }
+                StateProj::General { run } => return run.as_mut().poll(cx),
+            }
+        };
+        let call = this.call.take().expect("the first attempt keeps its call");
+        let class = classify(&call.shared, &call.plan, &outcome);
+        if !matches!(class, Class::Retryable(_)) {
+            return Poll::Ready(outcome);
+        }
+        let first = Round {
+            outcome,
+            class,
+            attempts: 1,
+            started: call.started,
+        };
+        let mut run = Box::pin(run(
+            call.shared,
+            call.inner,
+            call.plan,
+            call.body,
+            Some(first),
+        ));
+        let poll = run.as_mut().poll(cx);
+        this.state.set(State::General { run });
+        poll
     }
 }
 
@@ -247,11 +387,23 @@ fn route_policy<'a>(route: Option<&'a SelectedRoute>, shared: &'a Shared) -> &'a
     route.map_or(&shared.policy, |r| r.policy().retry())
 }
 
+/// One round of attempts (one, or two when hedged) and what came of it.
+struct Round<RB> {
+    outcome: Outcome<RB>,
+    class: Class,
+    /// Attempts the round made.
+    attempts: u32,
+    started: Instant,
+}
+
+/// The general path: rounds of attempts until one is not retried; `first` is a
+/// round [`RetryFuture`] already ran.
 async fn run<S, B, RB>(
     shared: Arc<Shared>,
     inner: S,
     plan: Plan,
     body: ReplayBody<B>,
+    first: Option<Round<RB>>,
 ) -> Outcome<RB>
 where
     S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
@@ -259,7 +411,7 @@ where
     B: Body<Data = Bytes> + Unpin,
 {
     let mut first_unsent = None;
-    let outcome = run_attempts(&shared, inner, &plan, &body, &mut first_unsent).await;
+    let outcome = run_attempts(&shared, inner, &plan, &body, first, &mut first_unsent).await;
     // When no attempt got a response, the first failure says most about the cause
     // (an endpoint refusing us, a server with the wrong identity); what later
     // attempts found (say, no endpoint left to try) says less.
@@ -275,6 +427,7 @@ async fn run_attempts<S, B, RB>(
     inner: S,
     plan: &Plan,
     body: &ReplayBody<B>,
+    mut first: Option<Round<RB>>,
     first_unsent: &mut Option<BoxError>,
 ) -> Outcome<RB>
 where
@@ -285,8 +438,15 @@ where
     let mut attempts = 0u32;
     let mut waits = 0u32;
     loop {
-        let started = Instant::now();
-        let (outcome, class, used) = round(shared, inner.clone(), plan, body, attempts).await;
+        let Round {
+            outcome,
+            class,
+            attempts: used,
+            started,
+        } = match first.take() {
+            Some(round) => round,
+            None => round(shared, inner.clone(), plan, body, attempts).await,
+        };
         attempts += used;
         let Class::Retryable(reason) = class else {
             return outcome;
@@ -346,9 +506,32 @@ where
     }
 }
 
-/// One attempt, or two when the request is hedged. Returns the winning outcome,
-/// its class and the attempts made.
+/// One attempt, or two when the request is hedged.
 async fn round<S, B, RB>(
+    shared: &Shared,
+    inner: S,
+    plan: &Plan,
+    body: &ReplayBody<B>,
+    attempts_before: u32,
+) -> Round<RB>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let started = Instant::now();
+    let (outcome, class, attempts) = race(shared, inner, plan, body, attempts_before).await;
+    Round {
+        outcome,
+        class,
+        attempts,
+        started,
+    }
+}
+
+/// The attempts of one round: the winning outcome, its class and the attempts
+/// made.
+async fn race<S, B, RB>(
     shared: &Shared,
     inner: S,
     plan: &Plan,
@@ -438,6 +621,35 @@ where
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin,
 {
+    let call = inner.oneshot(attempt_request(plan, body, number));
+    // Only a policy hedging at a percentile reads attempt latencies back.
+    let percentile_hedging = matches!(
+        plan.policy(shared).hedge_delay,
+        Some(HedgeDelay::Percentile(_))
+    );
+    let started = percentile_hedging.then(Instant::now);
+    let outcome = match plan.policy(shared).per_try_timeout {
+        Some(per_try) => match tokio::time::timeout(per_try, call).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(PerTryTimeout.into()),
+        },
+        None => call.await.map_err(Into::into),
+    };
+    let class = classify(shared, plan, &outcome);
+    if let (Class::Success, Some(started)) = (class, started) {
+        shared.latencies.record(started.elapsed());
+    }
+    // Attempts are counted by the attempt telemetry layer (`mesh.client.attempts`).
+    (outcome, class)
+}
+
+/// The request of attempt `number`: the kept parts around a replay of the body,
+/// and for a retry the endpoints earlier attempts used.
+fn attempt_request<B: Body<Data = Bytes>>(
+    plan: &Plan,
+    body: ReplayBody<B>,
+    number: u32,
+) -> Request<ReplayBody<B>> {
     let parts = &plan.parts;
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
@@ -458,32 +670,18 @@ where
         }
         request.extensions_mut().insert(tried);
     }
-    let call = inner.oneshot(request);
-    // Only a policy hedging at a percentile reads attempt latencies back.
-    let percentile_hedging = matches!(
-        plan.policy(shared).hedge_delay,
-        Some(HedgeDelay::Percentile(_))
-    );
-    let started = percentile_hedging.then(Instant::now);
-    let outcome = match plan.policy(shared).per_try_timeout {
-        Some(per_try) => match tokio::time::timeout(per_try, call).await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => Err(PerTryTimeout.into()),
-        },
-        None => call.await.map_err(Into::into),
-    };
-    let class = match &outcome {
+    request
+}
+
+/// What the outcome of an attempt is, under the request's classifier.
+fn classify<RB>(shared: &Shared, plan: &Plan, outcome: &Outcome<RB>) -> Class {
+    match outcome {
         Ok(response) => plan
             .classifier
             .response(response.status(), response.headers()),
         Err(e) if e.is::<PerTryTimeout>() => plan.classifier.error(ErrorKind::PerTryTimeout),
         Err(e) => plan.classifier.error((shared.error_kind)(e)),
-    };
-    if let (Class::Success, Some(started)) = (class, started) {
-        shared.latencies.record(started.elapsed());
     }
-    // Attempts are counted by the attempt telemetry layer (`mesh.client.attempts`).
-    (outcome, class)
 }
 
 /// `Retry-After` as delta-seconds (an HTTP date is not honoured: clocks differ),
