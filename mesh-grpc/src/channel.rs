@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use mesh_core::deadline::{parse_grpc_timeout, Deadline, GRPC_TIMEOUT_HEADER};
-use mesh_core::retry::Retryable;
 use mesh_http::{BoxError, Mesh, MeshClient, ResponseBody};
 
 use crate::status::status_from_error;
@@ -82,17 +81,14 @@ impl MeshChannel {
             .get(GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let extensions = request.extensions_mut();
         if let Some(timeout) = timeout {
+            let extensions = request.extensions_mut();
             let own = Deadline::after(timeout);
             let earliest = Deadline::earliest(Some(own), extensions.get::<Deadline>().copied());
             extensions.insert(earliest.expect("one is set"));
         }
-        // gRPC calls are POSTs; whether they are retried is the status code's
-        // business (gRFC A6), not the method's.
-        if extensions.get::<Retryable>().is_none() {
-            extensions.insert(Retryable(true));
-        }
+        // Nothing marks the call retryable: the retry layer retries gRPC calls
+        // (POSTs all) by status code (gRFC A6), whatever their method.
         request
     }
 }
@@ -118,7 +114,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+    type Future = CallFuture;
 
     /// Always ready: waiting for an endpoint happens per call, bounded by the
     /// service's queue timeout and the call's deadline.
@@ -131,15 +127,35 @@ where
         // Started before the mesh's own layers, so the duration is the call's as
         // the application sees it (queueing, retries and all).
         let pending = PendingCall::start(&self.rpc, &request);
-        let call = tower::Service::call(&mut self.client, request);
-        Box::pin(async move {
-            match call.await {
-                Ok(response) => Ok(pending.respond(response).map(ResponseBody::new)),
-                Err(e) => {
-                    let status = status_from_error(e);
-                    pending.failed(status.code());
-                    Err(Box::new(status) as BoxError)
-                }
+        CallFuture {
+            call: tower::Service::call(&mut self.client, request),
+            pending: Some(pending),
+        }
+    }
+}
+
+/// The future of a [`MeshChannel`] call: the response, or the failure as the
+/// `tonic::Status` a gRPC client would report.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct CallFuture {
+    call: mesh_http::client::ResponseFuture,
+    /// The call's `rpc.client.call.duration`, recorded when it ends.
+    pending: Option<PendingCall>,
+}
+
+impl Future for CallFuture {
+    type Output = Result<Response<ResponseBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(Pin::new(&mut self.call).poll(cx));
+        let pending = self.pending.take().expect("a call ends once");
+        Poll::Ready(match result {
+            Ok(response) => Ok(pending.respond(response).map(ResponseBody::new)),
+            Err(e) => {
+                let status = status_from_error(e);
+                pending.failed(status.code());
+                Err(Box::new(status) as BoxError)
             }
         })
     }

@@ -22,7 +22,7 @@ mod start;
 mod status;
 pub mod telemetry;
 
-pub use channel::{GrpcChannelExt, MeshChannel};
+pub use channel::{CallFuture, GrpcChannelExt, MeshChannel};
 pub use start::{mesh_builder, start_mesh_from_env};
 pub use status::status_from_error;
 pub use telemetry::GrpcServerTelemetryLayer;

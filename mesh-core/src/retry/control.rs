@@ -8,8 +8,10 @@ use parking_lot::Mutex;
 /// Per-request control: `Retryable(true)` lets the retry layer retry this request
 /// even though its method is not in the service's retry methods (a POST the caller
 /// knows to be idempotent, say); `Retryable(false)` forbids retries (connect
-/// failures, where nothing was sent, are still retried). The body must still fit
-/// the replay buffer to be sent again.
+/// failures, where nothing was sent, are still retried). Without it, a gRPC call
+/// (`content-type: application/grpc`) counts as marked `Retryable(true)`: gRPC
+/// retries by status code, not by method. The body must still fit the replay
+/// buffer to be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retryable(pub bool);
 

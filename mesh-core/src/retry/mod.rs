@@ -7,7 +7,8 @@
 //! - keeps the body in a [`ReplayBody`] up to the replay buffer;
 //! - classifies each attempt's outcome with the one [`Classifier`];
 //! - retries what is [`Class::Retryable`] when the method allows it (or the caller
-//!   marked the request [`Retryable`]), the body can be sent again, attempts are
+//!   marked the request [`Retryable`], or it is a gRPC call, which gRFC A6 retries
+//!   by status whatever its method), the body can be sent again, attempts are
 //!   left, the budget allows it and the wait plus an attempt fits the deadline.
 //!   Attempts nothing was sent for (connect failures, HTTP/2 refused streams) are
 //!   retried at once whatever the method ("transparent" retries, still drawn from
@@ -54,7 +55,7 @@ pub use policy::{
 
 use latency::LatencyTracker;
 
-use crate::classify::{Class, Classifier, ErrorKind};
+use crate::classify::{is_grpc, Class, Classifier, ErrorKind};
 use crate::deadline::Deadline;
 use crate::extensions::TriedEndpoints;
 use crate::metric_names::{self, label};
@@ -348,7 +349,13 @@ impl Plan {
             .map_or(shared.classifier, |r| r.policy().classifier());
         let upgrade =
             parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE);
-        let marked = parts.extensions.get::<Retryable>().map(|r| r.0);
+        // A gRPC call is a POST whatever the method does: whether it is retried is
+        // its status code's business (gRFC A6), which the classifier judges.
+        let marked = parts
+            .extensions
+            .get::<Retryable>()
+            .map(|r| r.0)
+            .or_else(|| is_grpc(&parts.headers).then_some(true));
         let method_allows =
             !upgrade && marked.unwrap_or_else(|| policy.methods.contains(&parts.method));
         let max_attempts = if upgrade {

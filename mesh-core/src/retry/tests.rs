@@ -111,6 +111,29 @@ async fn post_is_retried_only_when_marked_retryable_and_replayed_identically() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn grpc_calls_are_retried_whatever_their_method_unless_marked_not_retryable() {
+    let grpc_post = || {
+        Request::post("http://svc/pkg.Greeter/SayHello")
+            .header(http::header::CONTENT_TYPE, "application/grpc+proto")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    let (svc, attempts) = stack(RetryPolicy::default(), roomy_budget(), |n, _| async move {
+        status(if n == 0 { 503 } else { 200 })
+    });
+    assert_eq!(svc.oneshot(grpc_post()).await.unwrap().status(), 200);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+
+    let mut marked = grpc_post();
+    marked.extensions_mut().insert(Retryable(false));
+    let (svc, attempts) = stack(RetryPolicy::default(), roomy_budget(), |_, _| async {
+        status(503)
+    });
+    assert_eq!(svc.oneshot(marked).await.unwrap().status(), 503);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn upgrades_and_requests_marked_not_retryable_are_never_retried() {
     let mut upgrade = get();
     upgrade

@@ -78,7 +78,7 @@ impl EgressClients {
         let client = self
             .origin(https, host.clone(), port)
             .map_err(Error::request)?;
-        let result = client.send(request).await;
+        let result = client.send(request).await.map_err(Error::from_stack);
         count(&host, if result.is_ok() { "ok" } else { "error" });
         result
     }

@@ -236,24 +236,71 @@ impl MeshClient {
     }
 
     /// Sends a request whose body is already boxed.
-    pub async fn send(
-        &self,
-        request: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, Error> {
+    pub fn send(&self, request: Request<RequestBody>) -> ResponseFuture {
         let inner = &self.inner;
-        let host = request
-            .uri()
-            .host()
-            .ok_or_else(|| Error::invalid_uri("the URI has no host; use http://<service>/path"))?;
+        let Some(host) = request.uri().host() else {
+            return ResponseFuture::failed(Error::invalid_uri(
+                "the URI has no host; use http://<service>/path",
+            ));
+        };
         match inner.config.service_index(host) {
-            Some(i) => inner.services[i].send(request).await,
-            None => match &inner.egress {
-                Some(egress) => egress.send(request).await,
-                None => {
-                    egress::count(host, "denied");
-                    Err(Error::unknown_service(host))
-                }
-            },
+            Some(i) => ResponseFuture(Sending::Stack(inner.services[i].send(request))),
+            None if inner.egress.is_some() => {
+                let client = self.clone();
+                ResponseFuture(Sending::Egress(Box::pin(async move {
+                    let egress = client.inner.egress.as_ref().expect("egress is allowed");
+                    egress.send(request).await
+                })))
+            }
+            None => {
+                egress::count(host, "denied");
+                ResponseFuture::failed(Error::unknown_service(host))
+            }
+        }
+    }
+}
+
+/// The future of a [`MeshClient`] request: the response, or the error that ended
+/// the request.
+///
+/// A request to a configured service is its service stack's own future, polled
+/// here with nothing boxed around it.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct ResponseFuture(Sending);
+
+enum Sending {
+    Stack(service::StackFuture),
+    Egress(Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send>>),
+    Failed(Option<Error>),
+}
+
+impl std::fmt::Debug for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sending::Stack(_) => "Stack",
+            Sending::Egress(_) => "Egress",
+            Sending::Failed(_) => "Failed",
+        })
+    }
+}
+
+impl ResponseFuture {
+    fn failed(error: Error) -> Self {
+        ResponseFuture(Sending::Failed(Some(error)))
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ResponseBody>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Sending::Stack(future) => future.as_mut().poll(cx).map_err(Error::from_stack),
+            Sending::Egress(future) => future.as_mut().poll(cx),
+            Sending::Failed(error) => {
+                Poll::Ready(Err(error.take().expect("a failed request is polled once")))
+            }
         }
     }
 }
@@ -265,7 +312,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
+    type Future = ResponseFuture;
 
     /// Always ready: waiting for an endpoint happens per request, bounded by the
     /// service's queue timeout, so one slow service never blocks another.
@@ -274,8 +321,6 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let client = self.clone();
-        let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
-        Box::pin(async move { client.send(request).await })
+        self.send(request.map(|body| body.map_err(Into::into).boxed_unsync()))
     }
 }

@@ -21,7 +21,7 @@ use super::health::{self, MakeGrpcProbe};
 use super::stack;
 use crate::body::{RequestBody, ResponseBody};
 use crate::connect::Connect;
-use crate::error::{BoxError, Error};
+use crate::error::BoxError;
 use crate::pool::{EndpointPool, PoolSettings};
 
 /// The per-service stack with its types erased, once: each request clones the
@@ -31,7 +31,7 @@ use crate::pool::{EndpointPool, PoolSettings};
 #[derive(Clone)]
 pub(crate) struct ServiceStack(Arc<dyn SendThrough>);
 
-type StackFuture =
+pub(crate) type StackFuture =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static>>;
 
 trait SendThrough: Send + Sync {
@@ -190,12 +190,9 @@ impl ServiceClient {
 
     /// A plain function returning the stack's future (not an `async fn`), so the
     /// future's type is concrete and provably `Send`.
-    pub(crate) fn send(
-        &self,
-        request: Request<RequestBody>,
-    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Error>> + Send + 'static
-    {
-        use futures_util::TryFutureExt;
-        self.stack.send(request).map_err(Error::from_stack)
+    /// Sends `request` through the service's stack; its errors are the stack's,
+    /// for the caller to wrap (`Error::from_stack`).
+    pub(crate) fn send(&self, request: Request<RequestBody>) -> StackFuture {
+        self.stack.send(request)
     }
 }
