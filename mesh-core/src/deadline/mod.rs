@@ -167,73 +167,99 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 /// Encodes `timeout` as `grpc-timeout` (milliseconds, rounded up, or a coarser
 /// unit when it would not fit in 8 digits).
 pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
-    let ms = timeout.as_nanos().div_ceil(1_000_000);
-    let text = if ms < 100_000_000 {
-        format!("{ms}m")
+    grpc_timeout_ms_value(whole_ms(timeout))
+}
+
+/// `grpc-timeout` for `ms` milliseconds: `<ms>m`, or whole seconds when the
+/// milliseconds would not fit in the 8 digits gRPC allows.
+fn grpc_timeout_ms_value(ms: u64) -> HeaderValue {
+    if ms < 100_000_000 {
+        decimal(ms, "m")
     } else {
-        format!("{}S", timeout.as_secs().min(99_999_999))
-    };
-    HeaderValue::from_str(&text).expect("digits and a unit are a valid header")
+        decimal((ms / 1000).min(99_999_999), "S")
+    }
+}
+
+/// `timeout` in milliseconds, rounded up (so a callee's deadline never falls
+/// before ours).
+fn whole_ms(timeout: Duration) -> u64 {
+    timeout
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .min(u128::from(u64::MAX)) as u64
 }
 
 /// Writes the time `deadline` leaves now into `headers` ([`TIMEOUT_HEADER`], and
 /// `grpc-timeout` for gRPC requests). Called where each attempt is sent, so a
 /// retry tells the server the time left at that moment, not at the call's start.
 pub fn write_headers(headers: &mut HeaderMap, deadline: Deadline) {
-    let remaining = deadline.remaining();
     // Rounded up, so the callee's deadline never falls before ours: the caller
     // times out first and sees its own deadline error, not the callee's 504.
-    let ms = remaining
-        .as_nanos()
-        .div_ceil(1_000_000)
-        .min(u128::from(u64::MAX)) as u64;
-    headers.insert(TIMEOUT_HEADER, timeout_ms_value(ms));
-    let grpc = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if grpc {
-        headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout_value(remaining));
+    let ms = whole_ms(deadline.remaining());
+    let (mesh_value, grpc_value) = timeout_values(ms, crate::classify::is_grpc(headers));
+    headers.insert(TIMEOUT_HEADER, mesh_value);
+    if let Some(grpc_value) = grpc_value {
+        headers.insert(GRPC_TIMEOUT_HEADER, grpc_value);
     }
 }
 
-thread_local! {
-    /// The last `x-mesh-timeout-ms` value made on this thread, with its number.
-    static LAST_TIMEOUT_MS: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+/// The deadline header values last made on this thread, for `ms` milliseconds.
+struct TimeoutValues {
+    ms: u64,
+    mesh: HeaderValue,
+    /// Made the first time a gRPC request needs it.
+    grpc: Option<HeaderValue>,
 }
 
-/// `ms` as a header value, reusing the last one made on this thread when the
-/// number is the same: a call sent within a millisecond of its start carries its
-/// whole timeout, rounded up, so a service's first attempts write the same value
-/// over and over. A reused value is a reference count, not an allocation.
-fn timeout_ms_value(ms: u64) -> HeaderValue {
-    LAST_TIMEOUT_MS.with(|last| {
+thread_local! {
+    static LAST_TIMEOUT: RefCell<Option<TimeoutValues>> = const { RefCell::new(None) };
+}
+
+/// `x-mesh-timeout-ms` for `ms`, and `grpc-timeout` when `grpc`, reusing the
+/// values last made on this thread when the number is the same: a call sent
+/// within a millisecond of its start carries its whole timeout, rounded up, so a
+/// service's first attempts write the same values over and over. A reused value
+/// is a reference count, not an allocation.
+fn timeout_values(ms: u64, grpc: bool) -> (HeaderValue, Option<HeaderValue>) {
+    LAST_TIMEOUT.with(|last| {
         let mut last = last.borrow_mut();
-        if let Some((n, value)) = &*last {
-            if *n == ms {
-                return value.clone();
-            }
+        if last.as_ref().is_none_or(|values| values.ms != ms) {
+            *last = Some(TimeoutValues {
+                ms,
+                mesh: decimal(ms, ""),
+                grpc: None,
+            });
         }
-        let value = decimal(ms);
-        *last = Some((ms, value.clone()));
-        value
+        let values = last.as_mut().expect("set just above");
+        let grpc = grpc.then(|| {
+            values
+                .grpc
+                .get_or_insert_with(|| grpc_timeout_ms_value(ms))
+                .clone()
+        });
+        (values.mesh.clone(), grpc)
     })
 }
 
-/// `n` in decimal as a header value, formatted on the stack: one allocation for
-/// the value's bytes, where `HeaderValue::from(u64)` makes two.
-fn decimal(mut n: u64) -> HeaderValue {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+/// `n` in decimal followed by `unit` (at most one letter) as a header value,
+/// formatted on the stack: one allocation for the value's bytes, where
+/// `HeaderValue::from(u64)` or `format!` make two.
+fn decimal(mut n: u64, unit: &str) -> HeaderValue {
+    // Up to 20 digits (`u64::MAX`), then the unit.
+    let mut text = [0u8; 21];
+    let mut start = 20;
     loop {
         start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        text[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    HeaderValue::from_bytes(&digits[start..]).expect("ASCII digits are a valid header value")
+    let end = 20 + unit.len();
+    text[20..end].copy_from_slice(unit.as_bytes());
+    HeaderValue::from_bytes(&text[start..end])
+        .expect("ASCII digits and a unit are a valid header value")
 }
 
 #[cfg(test)]

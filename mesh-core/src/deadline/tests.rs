@@ -132,23 +132,47 @@ async fn inbound_grpc_call_whose_deadline_passes_gets_deadline_exceeded() {
 #[test]
 fn decimal_header_values_match_the_standard_formatting() {
     for n in [0, 7, 10, 1500, 99_999, u64::MAX] {
-        assert_eq!(super::decimal(n), http::HeaderValue::from(n), "{n}");
+        assert_eq!(super::decimal(n, ""), http::HeaderValue::from(n), "{n}");
     }
 }
 
 #[test]
 fn a_repeated_timeout_value_is_shared_and_a_new_number_is_formatted_afresh() {
-    let first = super::timeout_ms_value(15_000);
-    let again = super::timeout_ms_value(15_000);
+    let (first, first_grpc) = super::timeout_values(15_000, true);
+    let (again, again_grpc) = super::timeout_values(15_000, true);
+    assert_eq!((&again, &again_grpc), (&first, &first_grpc));
     assert_eq!(again, "15000");
+    assert_eq!(again_grpc.as_ref().unwrap(), "15000m");
+    for (a, b) in [
+        (&first, &again),
+        (&first_grpc.unwrap(), &again_grpc.unwrap()),
+    ] {
+        assert_eq!(
+            a.as_bytes().as_ptr(),
+            b.as_bytes().as_ptr(),
+            "the same number reuses the value's bytes"
+        );
+    }
+    let (other, other_grpc) = super::timeout_values(14_999, false);
     assert_eq!(
-        first.as_bytes().as_ptr(),
-        again.as_bytes().as_ptr(),
-        "the same number reuses the value's bytes"
+        (other, other_grpc),
+        (http::HeaderValue::from(14_999u64), None)
     );
-    let other = super::timeout_ms_value(14_999);
-    assert_eq!(other, "14999");
-    assert_eq!(super::timeout_ms_value(15_000), "15000");
+    assert_eq!(super::timeout_values(15_000, false).0, "15000");
+}
+
+#[test]
+fn grpc_timeout_is_whole_milliseconds_rounded_up_or_seconds_past_eight_digits() {
+    assert_eq!(grpc_timeout_value(Duration::from_nanos(1)), "1m");
+    assert_eq!(
+        grpc_timeout_value(Duration::from_millis(99_999_999)),
+        "99999999m"
+    );
+    assert_eq!(
+        grpc_timeout_value(Duration::from_millis(100_000_000)),
+        "100000S"
+    );
+    assert_eq!(grpc_timeout_value(Duration::MAX), "99999999S");
 }
 
 #[tokio::test(start_paused = true)]
