@@ -134,16 +134,29 @@ impl EndpointPool {
     /// a new one. A connect failure marks the endpoint unreachable and starts the
     /// background reconnect.
     pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
+        // The usual case: a pooled HTTP/1.1 connection, or the shared HTTP/2 one.
+        let ready = match self.inner.settings.protocol {
+            Protocol::Http1 => self.inner.take_idle().map(Conn::Http1),
+            Protocol::Http2 | Protocol::Grpc => self.inner.shared_sender().map(Conn::Http2),
+        };
+        if let Some(conn) = ready {
+            return Ok(conn);
+        }
+        // Waiting for a connection or opening one (a TLS handshake's state) is
+        // boxed: inline, it would make every request's future as large, over a
+        // kilobyte, which the allocator's per-thread cache does not keep.
         match self.inner.settings.protocol {
-            Protocol::Http1 => self.checkout_http1().await.map(Conn::Http1),
-            Protocol::Http2 | Protocol::Grpc => self.checkout_http2().await.map(Conn::Http2),
+            Protocol::Http1 => Box::pin(self.checkout_http1()).await.map(Conn::Http1),
+            Protocol::Http2 | Protocol::Grpc => {
+                Box::pin(self.checkout_http2()).await.map(Conn::Http2)
+            }
         }
     }
 
     async fn checkout_http1(&self) -> Result<Http1Conn, Error> {
         loop {
-            // The usual case, a pooled connection, takes no registration for
-            // connections coming back (a lock and a waiter list entry).
+            // A connection may have come back since the caller looked; looking
+            // first takes no registration for returns (a lock and a waiter entry).
             if let Some(conn) = self.inner.take_idle() {
                 return Ok(conn);
             }

@@ -279,7 +279,9 @@ impl<E: Send + Sync + 'static> Balancer<E> {
         if let Ok(picked) = self.pick_now(exclude) {
             return Ok(picked);
         }
-        let result = self.wait_for_endpoint(exclude).await;
+        // Boxed: the wait's state (a registration and a timer) would otherwise
+        // size every caller's future, though most never wait.
+        let result = Box::pin(self.wait_for_endpoint(exclude)).await;
         if let Err(e) = &result {
             self.count_failure(e);
         }

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
+use futures_util::TryFutureExt;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
@@ -89,23 +90,34 @@ impl tower::Service<Request<ReplayBody<RequestBody>>> for EndpointDispatch {
     }
 
     fn call(&mut self, request: Request<ReplayBody<RequestBody>>) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move { inner.send_to_endpoint(request).await.map_err(Into::into) })
-    }
-}
-
-impl DispatchInner {
-    async fn send_to_endpoint(
-        &self,
-        request: Request<ReplayBody<RequestBody>>,
-    ) -> Result<Response<ResponseBody>, Error> {
-        let mut request = into_wire_form(request.map(AttemptBody), self.protocol, &self.host)?;
+        // Made ready here, not in the future: an `async fn` keeps its arguments
+        // for its whole life, so the request would be stored in it twice.
+        let inner = &self.inner;
+        let mut request =
+            match into_wire_form(request.map(AttemptBody), inner.protocol, &inner.host) {
+                Ok(request) => request,
+                Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+            };
         // Endpoints earlier attempts used, avoided when others are ready.
         let avoid: Vec<SocketAddr> = request
             .extensions_mut()
             .remove::<TriedEndpoints>()
             .map(|t| t.0)
             .unwrap_or_default();
+        Box::pin(
+            Arc::clone(inner)
+                .send_to_endpoint(request, avoid)
+                .map_err(Into::into),
+        )
+    }
+}
+
+impl DispatchInner {
+    async fn send_to_endpoint(
+        self: Arc<Self>,
+        mut request: Request<AttemptBody>,
+        avoid: Vec<SocketAddr>,
+    ) -> Result<Response<ResponseBody>, Error> {
         let mut stale = 0;
         loop {
             // A first attempt may wait (bounded) for an endpoint to become ready; a
