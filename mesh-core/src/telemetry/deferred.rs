@@ -9,10 +9,13 @@
 //! (`compare cold-starts`: it was the largest part of the mesh's cold start
 //! over raw rustls, see BENCHMARKS.md).
 //!
-//! So nothing is built until one of these comes first: the first histogram
-//! sample (a request's duration: the first request has been answered), a
-//! caller that needs the recorder (a scrape, the guard's handle: built there
-//! and then), or [`BUILD_AFTER`] (a service that has no traffic yet).
+//! So nothing is built until one of these comes first: [`BUILD_AFTER`] since
+//! telemetry was set up (start-up is over by then), a caller that needs the
+//! recorder (a scrape, the guard's handle: built there and then), or a
+//! histogram that has kept [`BUILD_AT_EARLY_SAMPLES`] samples (a busy
+//! service, whose samples would otherwise pile up). Starting it at the first
+//! request instead still cost the cold start: the thread is spawned, and
+//! spins, while that request finishes (`compare cold-starts`, BENCHMARKS.md).
 //!
 //! Nothing recorded in the meantime is lost, and nothing waits for it: a
 //! metric registered before the recorder is ready gets a handle that keeps its
@@ -33,14 +36,17 @@ use metrics::{
 };
 use parking_lot::{Mutex, MutexGuard};
 
-/// Samples of one histogram kept before the recorder is ready, at most.
-/// The first sample starts the build, which takes a millisecond or two: a
-/// handful of samples at most in practice.
-const MAX_EARLY_SAMPLES: usize = 4096;
+/// Samples of one histogram kept before the recorder is ready, at most: room
+/// for what arrives while the build runs once [`BUILD_AT_EARLY_SAMPLES`]
+/// started it (a millisecond or two; the calibration gives up after 200 ms).
+const MAX_EARLY_SAMPLES: usize = 16 * 1024;
 
-/// When the recorder is built if nothing asked for it sooner: long after any
+/// Samples one histogram keeps before it starts the build itself.
+const BUILD_AT_EARLY_SAMPLES: usize = 1024;
+
+/// When the recorder is built if nothing asked for it sooner: after any
 /// start-up, soon enough that an idle service has calibrated its clock before
-/// its first scrape or request.
+/// its first scrape.
 pub(super) const BUILD_AFTER: Duration = Duration::from_secs(1);
 
 /// The global recorder: forwards to `R` once it is built.
@@ -59,8 +65,7 @@ pub(super) struct Shared<R> {
     early: Mutex<Early>,
     /// The build, until a thread or a caller takes it to run it.
     build: Mutex<Option<Build<R>>>,
-    /// Whether the build was started (or a caller ran it): the first
-    /// histogram sample starts it, the next ones only check this.
+    /// Whether the build was started (or a caller ran it).
     started: AtomicBool,
     /// The thread running the build, joined by the first caller that cannot go
     /// on without it. Held while the thread is spawned, so a caller that finds
@@ -117,7 +122,7 @@ where
 }
 
 /// Starts a recorder's build, whatever its type, for the early histograms
-/// that hold on to it.
+/// that hold on to it (see [`BUILD_AT_EARLY_SAMPLES`]).
 trait StartBuild: Send + Sync {
     fn start_build(self: Arc<Self>);
 }
@@ -252,7 +257,7 @@ impl<R: Recorder + Send + Sync + 'static> Recorder for DeferredRecorder<R> {
         match self.ready_or_early() {
             Ok(recorder) => recorder.register_histogram(key, metadata),
             Err(mut early) => {
-                // Its first sample starts the build (see the module docs).
+                // Piling samples up start the build (see the module docs).
                 let shared: Arc<dyn StartBuild> = self.shared.clone();
                 let handle = EarlyHandle::with_trigger(key, metadata, Arc::downgrade(&shared));
                 early.histograms.push(handle.clone());
@@ -320,7 +325,7 @@ struct EarlyHandle<H, S> {
     meta: OwnedMetadata,
     real: OnceLock<H>,
     kept: Mutex<S>,
-    /// Started by a sample kept here (histograms: see the module docs).
+    /// Started when samples pile up here (histograms: see the module docs).
     trigger: Option<Weak<dyn StartBuild>>,
 }
 
@@ -366,8 +371,9 @@ impl<H, S: Kept<H>> EarlyHandle<H, S> {
     }
 
     /// Runs `now` on the real handle, or `keep` on the kept samples; under the
-    /// lock, so a sample never slips between the two.
-    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S)) {
+    /// lock, so a sample never slips between the two. `keep` says whether
+    /// enough was kept to start the build.
+    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S) -> bool) {
         if let Some(real) = self.real.get() {
             return now(real);
         }
@@ -375,7 +381,9 @@ impl<H, S: Kept<H>> EarlyHandle<H, S> {
         match self.real.get() {
             Some(real) => now(real),
             None => {
-                keep(&mut kept);
+                if !keep(&mut kept) {
+                    return;
+                }
                 // Outside the lock: building hands the kept samples over.
                 drop(kept);
                 if let Some(shared) = self.trigger.as_ref().and_then(Weak::upgrade) {
@@ -405,7 +413,13 @@ impl Kept<Counter> for CounterSamples {
 
 impl CounterFn for EarlyCounter {
     fn increment(&self, value: u64) {
-        self.with(|c| c.increment(value), |k| k.added += value);
+        self.with(
+            |c| c.increment(value),
+            |k| {
+                k.added += value;
+                false
+            },
+        );
     }
 
     fn absolute(&self, value: u64) {
@@ -414,6 +428,7 @@ impl CounterFn for EarlyCounter {
             |k| {
                 k.absolute = Some(value);
                 k.added = 0;
+                false
             },
         );
     }
@@ -438,11 +453,23 @@ impl Kept<Gauge> for GaugeSamples {
 
 impl GaugeFn for EarlyGauge {
     fn increment(&self, value: f64) {
-        self.with(|g| g.increment(value), |k| k.added += value);
+        self.with(
+            |g| g.increment(value),
+            |k| {
+                k.added += value;
+                false
+            },
+        );
     }
 
     fn decrement(&self, value: f64) {
-        self.with(|g| g.decrement(value), |k| k.added -= value);
+        self.with(
+            |g| g.decrement(value),
+            |k| {
+                k.added -= value;
+                false
+            },
+        );
     }
 
     fn set(&self, value: f64) {
@@ -451,6 +478,7 @@ impl GaugeFn for EarlyGauge {
             |k| {
                 k.set = Some(value);
                 k.added = 0.0;
+                false
             },
         );
     }
@@ -477,6 +505,7 @@ impl HistogramFn for EarlyHistogram {
                 if k.0.len() < MAX_EARLY_SAMPLES {
                     k.0.push(value);
                 }
+                k.0.len() == BUILD_AT_EARLY_SAMPLES
             },
         );
     }
@@ -520,8 +549,8 @@ mod tests {
             metrics::histogram!("early_seconds").record(0.5);
             counter
         });
-        runs.recv_timeout(GENEROUS)
-            .expect("the histogram sample started the build");
+        shared.begin();
+        runs.recv_timeout(GENEROUS).expect("the build started");
         assert!(shared.get().is_none(), "the build is still held");
         go.send(()).unwrap();
         let text = shared.recorder().handle().render();
@@ -552,8 +581,9 @@ mod tests {
         assert!(recorder.shared.early.lock().counters.is_empty());
     }
 
-    /// Start-up registers metrics, counts and sets gauges: none of it builds the
-    /// recorder (its clock calibration would compete with start-up).
+    /// Start-up registers metrics, counts, sets gauges and answers its first
+    /// requests: none of it builds the recorder (its clock calibration would
+    /// compete with start-up).
     #[test]
     fn start_up_metrics_do_not_build_the_recorder() {
         let (recorder, shared, runs, go) = gated();
@@ -561,7 +591,9 @@ mod tests {
             metrics::describe_histogram!("startup_seconds", "registered early");
             metrics::counter!("startup_total").increment(1);
             metrics::gauge!("startup_gauge").set(1.0);
-            let _registered_only = metrics::histogram!("startup_seconds");
+            for _ in 0..10 {
+                metrics::histogram!("startup_seconds").record(0.1);
+            }
         });
         assert!(
             runs.try_recv().is_err(),
@@ -574,16 +606,20 @@ mod tests {
         assert!(runs.try_recv().is_ok());
         assert!(text.contains("startup_total 1"), "{text}");
         assert!(text.contains("startup_gauge 1"), "{text}");
+        assert!(text.contains("startup_seconds_count 10"), "{text}");
     }
 
-    /// The first histogram sample (a request's duration: start-up is over)
-    /// starts the build on a thread of its own; the caller does not wait.
+    /// A busy service's samples do not pile up until the delay: enough of them
+    /// start the build on a thread of its own, and the caller does not wait.
     #[test]
-    fn the_first_histogram_sample_starts_the_build_without_waiting_for_it() {
+    fn piling_up_samples_start_the_build_without_waiting_for_it() {
         let (recorder, shared, runs, go) = gated();
-        let histogram = metrics::with_local_recorder(&recorder, || {
-            metrics::histogram!("first_request_seconds")
-        });
+        let histogram =
+            metrics::with_local_recorder(&recorder, || metrics::histogram!("busy_seconds"));
+        for _ in 0..BUILD_AT_EARLY_SAMPLES - 1 {
+            histogram.record(0.25);
+        }
+        assert!(runs.try_recv().is_err(), "started too soon");
         histogram.record(0.25);
         // The build holds until `go`: had record() waited for it, this would
         // not be reached.
@@ -592,8 +628,11 @@ mod tests {
         assert!(shared.get().is_none());
         go.send(()).unwrap();
         let text = shared.recorder().handle().render();
-        assert!(text.contains("first_request_seconds_count 2"), "{text}");
-        assert!(text.contains("first_request_seconds_sum 0.75"), "{text}");
+        let count = BUILD_AT_EARLY_SAMPLES + 1;
+        assert!(
+            text.contains(&format!("busy_seconds_count {count}")),
+            "{text}"
+        );
     }
 
     /// With no traffic and no scrape, the recorder is built after

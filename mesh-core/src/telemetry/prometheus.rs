@@ -72,8 +72,8 @@ pub(super) fn install(addr: Option<SocketAddr>) -> Result<Installed, TelemetryEr
     let recorder = Recorder(shared);
     let upkeep = recorder.clone();
     let mut tasks = vec![tokio::spawn(async move {
-        // Built once start-up is over, unless a request's first histogram
-        // sample or a scrape asked for it sooner (see `deferred`).
+        // Built once start-up is over, unless a scrape or piling-up samples
+        // asked for it sooner (see `deferred`).
         upkeep.0.clone().build_after(deferred::BUILD_AFTER).await;
         // The first upkeep one interval from now, not at once: nothing to drain
         // yet, and the recorder may still be being built.
