@@ -20,6 +20,13 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// files is cheap and changes nothing.
 const POLL_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long after [`IdentitySource::watch`] the directories are registered and
+/// the files compared: start-up is over by then. Done at once, it spawned a
+/// blocking thread and re-read the files while the service made its first
+/// connections, competing with them for the cores (`compare cold-starts`,
+/// BENCHMARKS.md). A change meanwhile is caught by the comparison.
+pub(crate) const REGISTER_AFTER: Duration = Duration::from_secs(1);
+
 /// Holds the current [`Identity`] and swaps in a new one when its files change.
 ///
 /// Cloning is cheap and every clone sees the same identity. Readers
@@ -196,12 +203,12 @@ impl IdentitySource {
     /// the handle watches nothing.
     ///
     /// Returns at once: the watcher is created here (failing to create one is
-    /// an error), but its directories are registered in the background, since
-    /// that waits for the watcher's own thread to start (up to milliseconds on a
-    /// busy machine, on every service's start-up path). Once they are
-    /// registered the files are compared with the identity in force and
-    /// reloaded if they differ, so a change written before the watch was in
-    /// place is not missed. A directory that cannot be registered (the inotify
+    /// an error), but its directories are registered in the background once
+    /// start-up is over (a second after this call), since that waits for the
+    /// watcher's own thread to start (up to milliseconds on a busy machine) and
+    /// takes a blocking thread. Once they are registered the files are
+    /// compared with the identity in force and reloaded if they differ, so a
+    /// change written before the watch was in place is not missed. A directory that cannot be registered (the inotify
     /// watch limit, say) is logged, and the files are then only re-read every
     /// minute.
     pub fn watch(&self) -> Result<IdentityWatch, IdentityError> {
@@ -296,6 +303,8 @@ async fn reload_on_change(
     start: impl FnOnce() -> Option<notify::RecommendedWatcher> + Send + 'static,
     changes: mpsc::UnboundedReceiver<()>,
 ) {
+    // Not during start-up (see REGISTER_AFTER).
+    tokio::time::sleep(REGISTER_AFTER).await;
     // Registering waits for the watcher's thread, and catching up reads files:
     // both block, so neither runs on the runtime (nor on the caller's thread).
     // Dropping this task drops the watcher.
