@@ -226,24 +226,36 @@ impl IdentitySource {
             return Ok(IdentityWatch { task: None });
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Our own reads raise access events; only writes matter.
-            let relevant = match event {
-                Ok(event) => is_write(&event.kind),
-                Err(_) => true,
-            };
-            if relevant {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(|source| IdentityError::Watch {
+        // The watcher starts a thread of its own, so on Linux it is created with
+        // the registering, once start-up is over; what would make creating it
+        // fail (no inotify instance left) is checked here, so that still fails
+        // start-up.
+        let created = create_watcher_now(&tx).map_err(|source| IdentityError::Watch {
             path: ".".into(),
             source,
         })?;
         let source = self.clone();
         let start = move || {
             before_register();
-            let watcher = register(watcher, &files);
+            let watcher = match created {
+                Some(watcher) => Some(watcher),
+                None => match new_watcher(tx) {
+                    Ok(watcher) => Some(watcher),
+                    Err(source) => {
+                        let error = IdentityError::Watch {
+                            path: ".".into(),
+                            source,
+                        };
+                        tracing::warn!(
+                            %error,
+                            "identity files are not watched; they are re-read every {}s instead",
+                            POLL_INTERVAL.as_secs()
+                        );
+                        None
+                    }
+                },
+            };
+            let watcher = watcher.and_then(|watcher| register(watcher, &files));
             // Caught up only after registering: a change from here on raises an
             // event, one before it shows in the files.
             if !files.hold(&source.current()) {
@@ -254,6 +266,40 @@ impl IdentitySource {
         let task = tokio::spawn(reload_on_change(self.clone(), start, rx));
         Ok(IdentityWatch { task: Some(task) })
     }
+}
+
+/// A watcher sending `()` on `changes` for every change that may matter.
+fn new_watcher(changes: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own reads raise access events; only writes matter.
+        let relevant = match event {
+            Ok(event) => is_write(&event.kind),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = changes.send(());
+        }
+    })
+}
+
+/// Linux: checks that an inotify instance can be had (what creating the
+/// watcher needs, and the limit `fs.inotify.max_user_instances` can refuse)
+/// and leaves creating it, and its thread, for later: `None`.
+#[cfg(target_os = "linux")]
+fn create_watcher_now(
+    _changes: &mpsc::UnboundedSender<()>,
+) -> notify::Result<Option<notify::RecommendedWatcher>> {
+    inotify::Inotify::init()
+        .map(|_probe| None)
+        .map_err(notify::Error::io)
+}
+
+/// Elsewhere: creates the watcher now, so failing to is a start-up error.
+#[cfg(not(target_os = "linux"))]
+fn create_watcher_now(
+    changes: &mpsc::UnboundedSender<()>,
+) -> notify::Result<Option<notify::RecommendedWatcher>> {
+    new_watcher(changes.clone()).map(Some)
 }
 
 /// Registers every directory of `files` with `watcher`; `None` (logged) when
