@@ -20,6 +20,13 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// files is cheap and changes nothing.
 const POLL_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long after [`IdentitySource::watch`] the directories are registered and
+/// the files compared: start-up is over by then. Done at once, it spawned a
+/// blocking thread and re-read the files while the service made its first
+/// connections, competing with them for the cores (`compare cold-starts`,
+/// BENCHMARKS.md). A change meanwhile is caught by the comparison.
+pub(crate) const REGISTER_AFTER: Duration = Duration::from_secs(1);
+
 /// Holds the current [`Identity`] and swaps in a new one when its files change.
 ///
 /// Cloning is cheap and every clone sees the same identity. Readers
@@ -196,12 +203,12 @@ impl IdentitySource {
     /// the handle watches nothing.
     ///
     /// Returns at once: the watcher is created here (failing to create one is
-    /// an error), but its directories are registered in the background, since
-    /// that waits for the watcher's own thread to start (up to milliseconds on a
-    /// busy machine, on every service's start-up path). Once they are
-    /// registered the files are compared with the identity in force and
-    /// reloaded if they differ, so a change written before the watch was in
-    /// place is not missed. A directory that cannot be registered (the inotify
+    /// an error), but its directories are registered in the background once
+    /// start-up is over (a second after this call), since that waits for the
+    /// watcher's own thread to start (up to milliseconds on a busy machine) and
+    /// takes a blocking thread. Once they are registered the files are
+    /// compared with the identity in force and reloaded if they differ, so a
+    /// change written before the watch was in place is not missed. A directory that cannot be registered (the inotify
     /// watch limit, say) is logged, and the files are then only re-read every
     /// minute.
     pub fn watch(&self) -> Result<IdentityWatch, IdentityError> {
@@ -219,24 +226,36 @@ impl IdentitySource {
             return Ok(IdentityWatch { task: None });
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Our own reads raise access events; only writes matter.
-            let relevant = match event {
-                Ok(event) => is_write(&event.kind),
-                Err(_) => true,
-            };
-            if relevant {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(|source| IdentityError::Watch {
+        // The watcher starts a thread of its own, so on Linux it is created with
+        // the registering, once start-up is over; what would make creating it
+        // fail (no inotify instance left) is checked here, so that still fails
+        // start-up.
+        let created = create_watcher_now(&tx).map_err(|source| IdentityError::Watch {
             path: ".".into(),
             source,
         })?;
         let source = self.clone();
         let start = move || {
             before_register();
-            let watcher = register(watcher, &files);
+            let watcher = match created {
+                Some(watcher) => Some(watcher),
+                None => match new_watcher(tx) {
+                    Ok(watcher) => Some(watcher),
+                    Err(source) => {
+                        let error = IdentityError::Watch {
+                            path: ".".into(),
+                            source,
+                        };
+                        tracing::warn!(
+                            %error,
+                            "identity files are not watched; they are re-read every {}s instead",
+                            POLL_INTERVAL.as_secs()
+                        );
+                        None
+                    }
+                },
+            };
+            let watcher = watcher.and_then(|watcher| register(watcher, &files));
             // Caught up only after registering: a change from here on raises an
             // event, one before it shows in the files.
             if !files.hold(&source.current()) {
@@ -247,6 +266,40 @@ impl IdentitySource {
         let task = tokio::spawn(reload_on_change(self.clone(), start, rx));
         Ok(IdentityWatch { task: Some(task) })
     }
+}
+
+/// A watcher sending `()` on `changes` for every change that may matter.
+fn new_watcher(changes: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own reads raise access events; only writes matter.
+        let relevant = match event {
+            Ok(event) => is_write(&event.kind),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = changes.send(());
+        }
+    })
+}
+
+/// Linux: checks that an inotify instance can be had (what creating the
+/// watcher needs, and the limit `fs.inotify.max_user_instances` can refuse)
+/// and leaves creating it, and its thread, for later: `None`.
+#[cfg(target_os = "linux")]
+fn create_watcher_now(
+    _changes: &mpsc::UnboundedSender<()>,
+) -> notify::Result<Option<notify::RecommendedWatcher>> {
+    inotify::Inotify::init()
+        .map(|_probe| None)
+        .map_err(notify::Error::io)
+}
+
+/// Elsewhere: creates the watcher now, so failing to is a start-up error.
+#[cfg(not(target_os = "linux"))]
+fn create_watcher_now(
+    changes: &mpsc::UnboundedSender<()>,
+) -> notify::Result<Option<notify::RecommendedWatcher>> {
+    new_watcher(changes.clone()).map(Some)
 }
 
 /// Registers every directory of `files` with `watcher`; `None` (logged) when
@@ -296,6 +349,8 @@ async fn reload_on_change(
     start: impl FnOnce() -> Option<notify::RecommendedWatcher> + Send + 'static,
     changes: mpsc::UnboundedReceiver<()>,
 ) {
+    // Not during start-up (see REGISTER_AFTER).
+    tokio::time::sleep(REGISTER_AFTER).await;
     // Registering waits for the watcher's thread, and catching up reads files:
     // both block, so neither runs on the runtime (nor on the caller's thread).
     // Dropping this task drops the watcher.

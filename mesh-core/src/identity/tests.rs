@@ -231,6 +231,29 @@ async fn a_change_written_before_the_watch_is_registered_is_picked_up() {
     assert_eq!(source.generation(), 1);
 }
 
+/// Registering the watch takes a blocking thread and re-reads the files: not
+/// while the service starts, only once start-up is over.
+#[tokio::test(start_paused = true)]
+async fn the_watch_is_registered_only_once_start_up_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = files_in(dir.path(), &ca, "spiffe://example.org/web");
+    let source = IdentitySource::from_files(files).unwrap();
+    let (registering, registered) = std::sync::mpsc::channel();
+    let _watch = source
+        .watch_with(move || registering.send(()).unwrap())
+        .unwrap();
+
+    tokio::time::sleep(super::source::REGISTER_AFTER - Duration::from_millis(1)).await;
+    assert!(registered.try_recv().is_err(), "registered during start-up");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    // On the blocking pool: that keeps paused time from jumping ahead meanwhile.
+    tokio::task::spawn_blocking(move || registered.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("registered once start-up was over");
+}
+
 #[test]
 fn files_hold_the_identity_loaded_from_them_until_one_is_rewritten() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,21 @@
-//! A metrics recorder that is global at once but built on a thread of its own,
-//! so building it stays off the start-up path.
+//! A metrics recorder that is global at once but built later, off the
+//! start-up path: on a thread of its own once start-up is over.
 //!
 //! Why: the Prometheus recorder calibrates `quanta`'s TSC clock when it is
-//! built: at least 500 rounds of a 1 µs busy loop, ≈ 0.7 ms of spinning on the
-//! thread that starts the service, and half of the mesh's instructions before
-//! its first request (callgrind on `compare cold mesh`). Built here in the
-//! background, the calibration overlaps the rest of start-up (identity, client,
-//! first connection) on another core.
+//! built: at least 500 rounds of a 1 µs busy loop, ≈ 1–2 ms of one core's time
+//! (longer when it is preempted: it runs until the rounds agree). Run during
+//! start-up, even on a thread of its own, it competes for the machine's cores
+//! with the start-up itself and with the peer's side of the first handshake
+//! (`compare cold-starts`: it was the largest part of the mesh's cold start
+//! over raw rustls, see BENCHMARKS.md).
+//!
+//! So nothing is built until one of these comes first: [`BUILD_AFTER`] since
+//! telemetry was set up (start-up is over by then), a caller that needs the
+//! recorder (a scrape, the guard's handle: built there and then), or a
+//! histogram that has kept [`BUILD_AT_EARLY_SAMPLES`] samples (a busy
+//! service, whose samples would otherwise pile up). Starting it at the first
+//! request instead still cost the cold start: the thread is spawned, and
+//! spins, while that request finishes (`compare cold-starts`, BENCHMARKS.md).
 //!
 //! Nothing recorded in the meantime is lost, and nothing waits for it: a
 //! metric registered before the recorder is ready gets a handle that keeps its
@@ -16,8 +25,10 @@
 //! registered afterwards get the recorder's own handles, so the per-request
 //! path is unchanged once start-up is over.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Level, Metadata,
@@ -25,9 +36,18 @@ use metrics::{
 };
 use parking_lot::{Mutex, MutexGuard};
 
-/// Samples of one histogram kept before the recorder is ready, at most.
-/// Start-up lasts milliseconds: a handful of samples at most in practice.
-const MAX_EARLY_SAMPLES: usize = 4096;
+/// Samples of one histogram kept before the recorder is ready, at most: room
+/// for what arrives while the build runs once [`BUILD_AT_EARLY_SAMPLES`]
+/// started it (a millisecond or two; the calibration gives up after 200 ms).
+const MAX_EARLY_SAMPLES: usize = 16 * 1024;
+
+/// Samples one histogram keeps before it starts the build itself.
+const BUILD_AT_EARLY_SAMPLES: usize = 1024;
+
+/// When the recorder is built if nothing asked for it sooner: after any
+/// start-up, soon enough that an idle service has calibrated its clock before
+/// its first scrape.
+pub(super) const BUILD_AFTER: Duration = Duration::from_secs(1);
 
 /// The global recorder: forwards to `R` once it is built.
 #[derive(Debug)]
@@ -35,15 +55,31 @@ pub(super) struct DeferredRecorder<R> {
     shared: Arc<Shared<R>>,
 }
 
+/// What builds the recorder, taken by whoever runs it.
+type Build<R> = Box<dyn FnOnce() -> R + Send>;
+
 /// What the global recorder and the telemetry guard share.
-#[derive(Debug)]
 pub(super) struct Shared<R> {
     ready: OnceLock<R>,
     /// Handles and descriptions given out before `ready`; emptied when it is set.
     early: Mutex<Early>,
-    /// The thread building the recorder, joined by the first caller that
-    /// cannot go on without it (a scrape, the guard's handle).
-    builder: Mutex<Option<JoinHandle<()>>>,
+    /// The build, until a thread or a caller takes it to run it.
+    build: Mutex<Option<Build<R>>>,
+    /// Whether the build was started (or a caller ran it).
+    started: AtomicBool,
+    /// The thread running the build, joined by the first caller that cannot go
+    /// on without it. Held while the thread is spawned, so a caller that finds
+    /// the build taken finds its thread here.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<R> std::fmt::Debug for Shared<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("ready", &self.ready.get().is_some())
+            .field("started", &self.started.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,33 +97,78 @@ enum Kind {
     Histogram,
 }
 
-/// Starts `build` on a thread of its own and returns the recorder to install
-/// now, and the state to reach the built recorder by.
+/// Returns the recorder to install now, and the state to reach the built
+/// recorder by; `build` runs later (see the module docs). Nothing is spawned
+/// here: the caller arranges [`BUILD_AFTER`] ([`Shared::build_after`]).
 pub(super) fn start<R>(
     build: impl FnOnce() -> R + Send + 'static,
-) -> std::io::Result<(DeferredRecorder<R>, Arc<Shared<R>>)>
+) -> (DeferredRecorder<R>, Arc<Shared<R>>)
 where
     R: Recorder + Send + Sync + 'static,
 {
     let shared = Arc::new(Shared {
         ready: OnceLock::new(),
         early: Mutex::new(Early::default()),
-        builder: Mutex::new(None),
+        build: Mutex::new(Some(Box::new(build))),
+        started: AtomicBool::new(false),
+        thread: Mutex::new(None),
     });
-    let building = shared.clone();
-    let thread = std::thread::Builder::new()
-        .name("mesh-metrics-init".into())
-        .spawn(move || building.finish(build()))?;
-    *shared.builder.lock() = Some(thread);
-    Ok((
+    (
         DeferredRecorder {
             shared: shared.clone(),
         },
         shared,
-    ))
+    )
 }
 
-impl<R: Recorder> Shared<R> {
+/// Starts a recorder's build, whatever its type, for the early histograms
+/// that hold on to it (see [`BUILD_AT_EARLY_SAMPLES`]).
+trait StartBuild: Send + Sync {
+    fn start_build(self: Arc<Self>);
+}
+
+impl<R: Recorder + Send + Sync + 'static> StartBuild for Shared<R> {
+    fn start_build(self: Arc<Self>) {
+        self.begin();
+    }
+}
+
+impl<R: Recorder + Send + Sync + 'static> Shared<R> {
+    /// Starts the build on a thread of its own, unless it was started. Should
+    /// the thread not spawn, builds here.
+    pub(super) fn begin(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut thread = self.thread.lock();
+        let shared = self.clone();
+        match std::thread::Builder::new()
+            .name("mesh-metrics-init".into())
+            .spawn(move || shared.run_build())
+        {
+            Ok(handle) => *thread = Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "no thread for the metrics recorder's build; building it here");
+                self.run_build();
+            }
+        }
+    }
+
+    /// Waits [`BUILD_AFTER`], then starts the build (if nothing started it
+    /// sooner). For a task of the runtime telemetry is set up on.
+    pub(super) async fn build_after(self: Arc<Self>, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        self.begin();
+    }
+
+    /// Runs the build, if nobody took it yet.
+    fn run_build(&self) {
+        let build = self.build.lock().take();
+        if let Some(build) = build {
+            self.finish(build());
+        }
+    }
+
     /// Hands everything given out early to `recorder`, then makes it the one
     /// every call reaches. Under the `early` lock, so no handle registered
     /// meanwhile is missed.
@@ -112,12 +193,16 @@ impl<R: Recorder> Shared<R> {
         let _ = self.ready.set(recorder);
     }
 
-    /// The built recorder, waiting for it if it is still being built.
+    /// The built recorder: built here if nothing started building it, waited
+    /// for if a thread is building it.
     pub(super) fn recorder(&self) -> &R {
         if let Some(recorder) = self.ready.get() {
             return recorder;
         }
-        let thread = self.builder.lock().take();
+        // No thread is needed from now on: whoever asks first builds.
+        self.started.store(true, Ordering::Release);
+        self.run_build();
+        let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             if let Err(panic) = thread.join() {
                 std::panic::resume_unwind(panic);
@@ -133,7 +218,7 @@ impl<R: Recorder> Shared<R> {
     }
 }
 
-impl<R: Recorder> Recorder for DeferredRecorder<R> {
+impl<R: Recorder + Send + Sync + 'static> Recorder for DeferredRecorder<R> {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
         self.describe(Kind::Counter, key, unit, description);
     }
@@ -172,7 +257,9 @@ impl<R: Recorder> Recorder for DeferredRecorder<R> {
         match self.ready_or_early() {
             Ok(recorder) => recorder.register_histogram(key, metadata),
             Err(mut early) => {
-                let handle = EarlyHandle::new(key, metadata);
+                // Piling samples up start the build (see the module docs).
+                let shared: Arc<dyn StartBuild> = self.shared.clone();
+                let handle = EarlyHandle::with_trigger(key, metadata, Arc::downgrade(&shared));
                 early.histograms.push(handle.clone());
                 Histogram::from_arc(handle)
             }
@@ -180,7 +267,7 @@ impl<R: Recorder> Recorder for DeferredRecorder<R> {
     }
 }
 
-impl<R: Recorder> DeferredRecorder<R> {
+impl<R: Recorder + Send + Sync + 'static> DeferredRecorder<R> {
     /// The built recorder or, while it is being built, what is kept for it,
     /// locked: the build hands that over under the same lock, so nothing given
     /// out meanwhile is missed.
@@ -238,6 +325,8 @@ struct EarlyHandle<H, S> {
     meta: OwnedMetadata,
     real: OnceLock<H>,
     kept: Mutex<S>,
+    /// Started when samples pile up here (histograms: see the module docs).
+    trigger: Option<Weak<dyn StartBuild>>,
 }
 
 type EarlyCounter = EarlyHandle<Counter, CounterSamples>;
@@ -257,6 +346,21 @@ impl<H, S: Kept<H>> EarlyHandle<H, S> {
             meta: OwnedMetadata::from(metadata),
             real: OnceLock::new(),
             kept: Mutex::new(S::default()),
+            trigger: None,
+        })
+    }
+
+    fn with_trigger(
+        key: &Key,
+        metadata: &Metadata<'_>,
+        trigger: Weak<dyn StartBuild>,
+    ) -> Arc<Self> {
+        Arc::new(EarlyHandle {
+            key: key.clone(),
+            meta: OwnedMetadata::from(metadata),
+            real: OnceLock::new(),
+            kept: Mutex::new(S::default()),
+            trigger: Some(trigger),
         })
     }
 
@@ -267,15 +371,25 @@ impl<H, S: Kept<H>> EarlyHandle<H, S> {
     }
 
     /// Runs `now` on the real handle, or `keep` on the kept samples; under the
-    /// lock, so a sample never slips between the two.
-    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S)) {
+    /// lock, so a sample never slips between the two. `keep` says whether
+    /// enough was kept to start the build.
+    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S) -> bool) {
         if let Some(real) = self.real.get() {
             return now(real);
         }
         let mut kept = self.kept.lock();
         match self.real.get() {
             Some(real) => now(real),
-            None => keep(&mut kept),
+            None => {
+                if !keep(&mut kept) {
+                    return;
+                }
+                // Outside the lock: building hands the kept samples over.
+                drop(kept);
+                if let Some(shared) = self.trigger.as_ref().and_then(Weak::upgrade) {
+                    shared.start_build();
+                }
+            }
         }
     }
 }
@@ -299,7 +413,13 @@ impl Kept<Counter> for CounterSamples {
 
 impl CounterFn for EarlyCounter {
     fn increment(&self, value: u64) {
-        self.with(|c| c.increment(value), |k| k.added += value);
+        self.with(
+            |c| c.increment(value),
+            |k| {
+                k.added += value;
+                false
+            },
+        );
     }
 
     fn absolute(&self, value: u64) {
@@ -308,6 +428,7 @@ impl CounterFn for EarlyCounter {
             |k| {
                 k.absolute = Some(value);
                 k.added = 0;
+                false
             },
         );
     }
@@ -332,11 +453,23 @@ impl Kept<Gauge> for GaugeSamples {
 
 impl GaugeFn for EarlyGauge {
     fn increment(&self, value: f64) {
-        self.with(|g| g.increment(value), |k| k.added += value);
+        self.with(
+            |g| g.increment(value),
+            |k| {
+                k.added += value;
+                false
+            },
+        );
     }
 
     fn decrement(&self, value: f64) {
-        self.with(|g| g.decrement(value), |k| k.added -= value);
+        self.with(
+            |g| g.decrement(value),
+            |k| {
+                k.added -= value;
+                false
+            },
+        );
     }
 
     fn set(&self, value: f64) {
@@ -345,6 +478,7 @@ impl GaugeFn for EarlyGauge {
             |k| {
                 k.set = Some(value);
                 k.added = 0.0;
+                false
             },
         );
     }
@@ -371,6 +505,7 @@ impl HistogramFn for EarlyHistogram {
                 if k.0.len() < MAX_EARLY_SAMPLES {
                     k.0.push(value);
                 }
+                k.0.len() == BUILD_AT_EARLY_SAMPLES
             },
         );
     }
@@ -382,25 +517,29 @@ mod tests {
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
     use std::sync::mpsc;
 
-    /// A Prometheus recorder whose build waits until the test sends on the
-    /// returned channel.
+    /// A Prometheus recorder whose build says on the returned channel that it
+    /// runs, then waits until the test sends on the other.
     fn gated() -> (
         DeferredRecorder<PrometheusRecorder>,
         Arc<Shared<PrometheusRecorder>>,
+        mpsc::Receiver<()>,
         mpsc::Sender<()>,
     ) {
+        let (running, runs) = mpsc::channel::<()>();
         let (go, wait) = mpsc::channel::<()>();
         let (recorder, shared) = start(move || {
+            let _ = running.send(());
             let _ = wait.recv();
             PrometheusBuilder::new().build_recorder()
-        })
-        .unwrap();
-        (recorder, shared, go)
+        });
+        (recorder, shared, runs, go)
     }
+
+    const GENEROUS: Duration = Duration::from_secs(30);
 
     #[test]
     fn samples_and_descriptions_given_before_the_build_reach_the_recorder() {
-        let (recorder, shared, go) = gated();
+        let (recorder, shared, runs, go) = gated();
         let counter = metrics::with_local_recorder(&recorder, || {
             metrics::describe_counter!("early_total", "counted before the build");
             let counter = metrics::counter!("early_total");
@@ -410,6 +549,8 @@ mod tests {
             metrics::histogram!("early_seconds").record(0.5);
             counter
         });
+        shared.begin();
+        runs.recv_timeout(GENEROUS).expect("the build started");
         assert!(shared.get().is_none(), "the build is still held");
         go.send(()).unwrap();
         let text = shared.recorder().handle().render();
@@ -429,7 +570,7 @@ mod tests {
 
     #[test]
     fn metrics_registered_after_the_build_go_straight_to_the_recorder() {
-        let (recorder, shared, go) = gated();
+        let (recorder, shared, _runs, go) = gated();
         go.send(()).unwrap();
         shared.recorder();
         metrics::with_local_recorder(&recorder, || {
@@ -438,5 +579,72 @@ mod tests {
         let text = shared.recorder().handle().render();
         assert!(text.contains("late_total 2"), "{text}");
         assert!(recorder.shared.early.lock().counters.is_empty());
+    }
+
+    /// Start-up registers metrics, counts, sets gauges and answers its first
+    /// requests: none of it builds the recorder (its clock calibration would
+    /// compete with start-up).
+    #[test]
+    fn start_up_metrics_do_not_build_the_recorder() {
+        let (recorder, shared, runs, go) = gated();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::describe_histogram!("startup_seconds", "registered early");
+            metrics::counter!("startup_total").increment(1);
+            metrics::gauge!("startup_gauge").set(1.0);
+            for _ in 0..10 {
+                metrics::histogram!("startup_seconds").record(0.1);
+            }
+        });
+        assert!(
+            runs.try_recv().is_err(),
+            "the build ran before anything asked for it"
+        );
+        assert!(shared.thread.lock().is_none(), "no thread was spawned");
+        go.send(()).unwrap();
+        // A caller that needs it builds it there and then.
+        let text = shared.recorder().handle().render();
+        assert!(runs.try_recv().is_ok());
+        assert!(text.contains("startup_total 1"), "{text}");
+        assert!(text.contains("startup_gauge 1"), "{text}");
+        assert!(text.contains("startup_seconds_count 10"), "{text}");
+    }
+
+    /// A busy service's samples do not pile up until the delay: enough of them
+    /// start the build on a thread of its own, and the caller does not wait.
+    #[test]
+    fn piling_up_samples_start_the_build_without_waiting_for_it() {
+        let (recorder, shared, runs, go) = gated();
+        let histogram =
+            metrics::with_local_recorder(&recorder, || metrics::histogram!("busy_seconds"));
+        for _ in 0..BUILD_AT_EARLY_SAMPLES - 1 {
+            histogram.record(0.25);
+        }
+        assert!(runs.try_recv().is_err(), "started too soon");
+        histogram.record(0.25);
+        // The build holds until `go`: had record() waited for it, this would
+        // not be reached.
+        runs.recv_timeout(GENEROUS).expect("the build started");
+        histogram.record(0.5);
+        assert!(shared.get().is_none());
+        go.send(()).unwrap();
+        let text = shared.recorder().handle().render();
+        let count = BUILD_AT_EARLY_SAMPLES + 1;
+        assert!(
+            text.contains(&format!("busy_seconds_count {count}")),
+            "{text}"
+        );
+    }
+
+    /// With no traffic and no scrape, the recorder is built after
+    /// [`BUILD_AFTER`], not before.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_service_builds_the_recorder_after_the_delay() {
+        let (_recorder, shared, runs, go) = gated();
+        go.send(()).unwrap();
+        let timer = tokio::spawn(shared.clone().build_after(BUILD_AFTER));
+        tokio::time::sleep(BUILD_AFTER - Duration::from_millis(1)).await;
+        assert!(runs.try_recv().is_err(), "built before the delay");
+        timer.await.unwrap();
+        runs.recv_timeout(GENEROUS).expect("built after the delay");
     }
 }

@@ -377,8 +377,8 @@ impl std::fmt::Debug for TelemetryGuard {
 impl TelemetryGuard {
     /// Renders `/metrics` for a route in the app's own router; `None` when the app
     /// installed its own recorder or metrics go over OTLP. The recorder is built
-    /// in the background at [`init`]: called within a millisecond or so of it,
-    /// this waits for that build.
+    /// once start-up is over (a second after [`init`]); called before that,
+    /// this builds it (a millisecond or two).
     ///
     /// ```ignore
     /// let handle = telemetry.prometheus_handle().unwrap();

@@ -1,8 +1,8 @@
 //! The Prometheus recorder: histograms as real buckets, recommended naming
 //! (`_total` on counters, unit suffixes), a HELP line for every mesh metric, and
 //! the exporter's upkeep run so histogram memory does not grow. The recorder is
-//! built in the background ([`deferred`](super::deferred)): building it
-//! calibrates a clock for about a millisecond.
+//! built once start-up is over ([`deferred`](super::deferred)): building it
+//! calibrates a clock for a millisecond or two.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,14 +64,17 @@ pub(super) fn install(addr: Option<SocketAddr>) -> Result<Installed, TelemetryEr
         None => None,
     };
     let builder = builder()?;
-    let (global, shared) =
-        deferred::start(move || builder.build_recorder()).map_err(TelemetryError::prometheus)?;
+    let (global, shared) = deferred::start(move || builder.build_recorder());
     if metrics::set_global_recorder(global).is_err() {
+        // Never built: the app's recorder gets everything.
         return Ok(Installed::AppRecorder);
     }
     let recorder = Recorder(shared);
     let upkeep = recorder.clone();
     let mut tasks = vec![tokio::spawn(async move {
+        // Built once start-up is over, unless a scrape or piling-up samples
+        // asked for it sooner (see `deferred`).
+        upkeep.0.clone().build_after(deferred::BUILD_AFTER).await;
         // The first upkeep one interval from now, not at once: nothing to drain
         // yet, and the recorder may still be being built.
         let start = tokio::time::Instant::now() + UPKEEP_INTERVAL;
@@ -98,8 +101,8 @@ pub(super) fn install(addr: Option<SocketAddr>) -> Result<Installed, TelemetryEr
 pub(super) struct Recorder(Arc<Shared<PrometheusRecorder>>);
 
 impl Recorder {
-    /// The handle that renders `/metrics`; waits for the recorder's build if
-    /// it is still running (a millisecond after start-up at most).
+    /// The handle that renders `/metrics`; builds the recorder here if nothing
+    /// has yet, or waits for the build running (a millisecond or two).
     pub(super) fn handle(&self) -> PrometheusHandle {
         self.0.recorder().handle()
     }
