@@ -349,7 +349,7 @@ where
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = Oneshot<S, Request<Incoming>>;
+    type Future = PeerFuture<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if let Some(head) = &self.head {
@@ -358,7 +358,44 @@ where
         // Takes the clone whole when hyper put nothing there (it does only for
         // upgrades), else adds to what is there.
         request.extensions_mut().extend(self.extensions.clone());
-        self.inner.clone().oneshot(request)
+        let mut service = self.inner.clone();
+        // The mesh's layers and axum's router are always ready: call at once
+        // rather than moving the request into a `Oneshot` and out again. A
+        // service that is not ready registers this no-op waker, so it is
+        // asked again, with the task's waker, by the `Oneshot`.
+        let mut cx = Context::from_waker(Waker::noop());
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => PeerFuture::Called {
+                future: service.call(request),
+            },
+            _ => PeerFuture::Waiting {
+                future: service.oneshot(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`WithPeer`] call: the service's own when it was ready
+    /// at once, else a `Oneshot` that waits for it.
+    #[project = PeerFutureProjection]
+    enum PeerFuture<S: tower::Service<Request<Incoming>>> {
+        Called { #[pin] future: S::Future },
+        Waiting { #[pin] future: Oneshot<S, Request<Incoming>> },
+    }
+}
+
+impl<S> Future for PeerFuture<S>
+where
+    S: tower::Service<Request<Incoming>>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            PeerFutureProjection::Called { future } => future.poll(cx),
+            PeerFutureProjection::Waiting { future } => future.poll(cx),
+        }
     }
 }
 
