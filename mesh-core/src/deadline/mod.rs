@@ -138,10 +138,7 @@ pub fn timeout_from_headers(headers: &HeaderMap) -> Option<Duration> {
 
 /// The smaller of the two headers' times, ignoring unparsable values.
 fn timeouts(mesh: Option<&HeaderValue>, grpc: Option<&HeaderValue>) -> Option<Duration> {
-    let mesh = mesh
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_millis);
+    let mesh = mesh.and_then(parse_millis).map(Duration::from_millis);
     let grpc = grpc
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
@@ -189,6 +186,21 @@ fn is_grpc_content_type(value: &str) -> bool {
     value
         .strip_prefix("application/grpc")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+}
+
+/// A [`TIMEOUT_HEADER`] value: whole milliseconds, as `str::parse::<u64>`
+/// reads them after trimming the whitespace a header value may carry, but
+/// straight from the bytes (no UTF-8 pass, no Unicode-aware trim).
+fn parse_millis(value: &HeaderValue) -> Option<u64> {
+    let text = value.as_bytes().trim_ascii();
+    let digits = text.strip_prefix(b"+").unwrap_or(text);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit, `H M S m u n`.

@@ -274,3 +274,31 @@ async fn inbound_deadline_cuts_off_a_handler_that_was_pending_on_its_first_poll(
     assert_eq!(began.elapsed(), Duration::from_millis(250));
     drop(tx);
 }
+
+#[test]
+fn timeout_millis_parse_as_the_standard_parser_does() {
+    for text in [
+        "1500",
+        " 1500\t",
+        "+7",
+        "0",
+        "",
+        " ",
+        "+",
+        "-1",
+        "1.5",
+        "15 00",
+        "1e3",
+        "18446744073709551615",
+        "18446744073709551616",
+        "\u{e9}12",
+    ] {
+        let Ok(value) = http::HeaderValue::from_str(text) else {
+            continue;
+        };
+        let expected = text.trim().parse::<u64>().ok();
+        assert_eq!(super::parse_millis(&value), expected, "{text:?}");
+    }
+    let obs_text = http::HeaderValue::from_bytes(b"12\xff").unwrap();
+    assert_eq!(super::parse_millis(&obs_text), None);
+}
