@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     /// bytes (it wraps the stream to replay them, which costs on every read).
     pub(crate) auto: auto::Builder<TokioExecutor>,
     pub(crate) options: InboundOptions,
+    /// What the mesh's layers want on every request besides the peer's
+    /// identity (`InboundServer::mark_requests`).
+    pub(crate) marks: Extensions,
 }
 
 /// The HTTP version a connection speaks, as far as the handshake tells.
@@ -111,7 +114,7 @@ pub(crate) async fn serve<S, B>(
         return;
     };
     let protocol = Protocol::from_alpn(session.alpn_protocol());
-    let extensions = connection_extensions(PeerIdentity(peer), ConnectInfo(remote));
+    let extensions = connection_extensions(PeerIdentity(peer), ConnectInfo(remote), &shared.marks);
     let io = TokioIo::new(tls);
     let result = match protocol {
         Protocol::Http1 => {
@@ -316,12 +319,17 @@ fn count_failure(reason: &'static str) {
 /// and a new table once the layers and the router add a fourth entry (telemetry
 /// marker, deadline, matched path); a clone of this map allocates its table at
 /// the size made here, room for seven entries, so it never grows.
-fn connection_extensions(peer: PeerIdentity, remote: ConnectInfo<SocketAddr>) -> Extensions {
+fn connection_extensions(
+    peer: PeerIdentity,
+    remote: ConnectInfo<SocketAddr>,
+    marks: &Extensions,
+) -> Extensions {
     #[derive(Clone, Copy)]
     struct Room<const N: u8>;
     let mut extensions = Extensions::new();
     extensions.insert(peer);
     extensions.insert(remote);
+    extensions.extend(marks.clone());
     // Five entries grow the table to eight buckets; removing the placeholders
     // keeps them (hash maps do not shrink on removal).
     extensions.insert(Room::<0>);
@@ -407,7 +415,12 @@ mod tests {
     fn each_request_gets_the_peer_identity_and_connect_info() {
         let peer: mesh_core::identity::SpiffeId = "spiffe://example.org/web".parse().unwrap();
         let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let template = connection_extensions(PeerIdentity(peer.clone()), ConnectInfo(remote));
+        #[derive(Clone, Debug, PartialEq)]
+        struct Mark;
+        let mut marks = Extensions::new();
+        marks.insert(Mark);
+        let template =
+            connection_extensions(PeerIdentity(peer.clone()), ConnectInfo(remote), &marks);
         let mut extensions = Extensions::new();
         extensions.insert(7u8);
         extensions.extend(template.clone());
@@ -421,7 +434,12 @@ mod tests {
             Some(&7),
             "what hyper put there stays"
         );
-        assert_eq!(template.len(), 2, "the placeholders are gone");
+        assert_eq!(
+            extensions.get::<Mark>(),
+            Some(&Mark),
+            "the server's marks too"
+        );
+        assert_eq!(template.len(), 3, "the placeholders are gone");
     }
 
     #[test]

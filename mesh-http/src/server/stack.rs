@@ -35,7 +35,7 @@ use tower::{Layer, ServiceBuilder};
 
 use super::{AuthzLayer, InboundServer, PeerIdentity};
 use crate::error::BoxError;
-use crate::telemetry::ServerTelemetryLayer;
+use crate::telemetry::{RecordedOutside, ServerTelemetryLayer};
 
 /// The layers `Mesh::serve` puts in front of the application, built from the
 /// configuration once.
@@ -49,7 +49,11 @@ pub(crate) struct InboundStack {
 impl InboundStack {
     pub(crate) fn new(config: &MeshConfig) -> Self {
         InboundStack {
-            telemetry: ServerTelemetryLayer::from_config(config).https(),
+            // Outermost, in front of a server that marks every request for
+            // it (see `serve`).
+            telemetry: ServerTelemetryLayer::from_config(config)
+                .https()
+                .premarked(),
             authz: config.authz().map(|a| Arc::new(a.policy())),
             limits: InboundLimiters::new(config.inbound_limits()),
         }
@@ -71,6 +75,10 @@ impl InboundStack {
         F: Future<Output = ()>,
     {
         let service = self.limits.layer(service);
+        // The telemetry layer is the outermost: its marker for the layers
+        // inside (an app's own, in its router) comes with each connection's
+        // extensions instead of an insert per request.
+        let server = server.mark_requests(RecordedOutside);
         // Authorization changes the response body's type, so the two shapes are
         // served separately rather than boxed per request.
         match &self.authz {
