@@ -26,9 +26,10 @@ use crate::route::SelectedRoute;
 /// request carries no `Deadline` extension: one costs an allocation per
 /// request).
 ///
-/// Cheap by design: a request without a deadline costs the header look-ups and
-/// nothing else; one with a deadline costs a clock read, and arms one timer only
-/// if the handler is still pending after its first poll.
+/// Cheap by design: a request without a deadline costs one pass over its
+/// headers (look-ups when it has many) and nothing else; one with a deadline
+/// also costs a clock read, and arms one timer only if the handler is still
+/// pending after its first poll.
 ///
 /// Works with any `tower::Service` over `http::Request`, such as an axum `Router`:
 /// `router.layer(DeadlineLayer::new())`.
