@@ -442,6 +442,79 @@ mod tests {
         assert_eq!(template.len(), 3, "the placeholders are gone");
     }
 
+    /// Not ready on its first `poll_ready`, then ready: counts the polls.
+    #[derive(Clone)]
+    struct SlowToReady {
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tower::Service<Request<Incoming>> for SlowToReady {
+        type Response = Response<http_body_util::Empty<bytes::Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+            let status = if request.extensions().get::<PeerIdentity>().is_some() {
+                http::StatusCode::NO_CONTENT
+            } else {
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let mut response = Response::new(http_body_util::Empty::new());
+            *response.status_mut() = status;
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_not_ready_at_once_is_waited_for_and_then_called() {
+        let peer: mesh_core::identity::SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = WithPeer {
+            inner: SlowToReady {
+                polls: polls.clone(),
+            },
+            extensions: connection_extensions(
+                PeerIdentity(peer),
+                ConnectInfo(remote),
+                &Extensions::new(),
+            ),
+            head: None,
+        };
+        let (client_io, server_io) = tokio::io::duplex(4096);
+        let server =
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(server_io), service));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioIo::new(client_io))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sender.send_request(Request::new(http_body_util::Empty::new())),
+        )
+        .await
+        .expect("the request was served")
+        .unwrap();
+        assert_eq!(response.status(), http::StatusCode::NO_CONTENT);
+        assert!(
+            polls.load(Ordering::SeqCst) >= 2,
+            "asked again after its first Pending"
+        );
+        drop(sender);
+        let _ = server.await;
+    }
+
     #[test]
     fn only_alpn_http1_skips_sniffing() {
         assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Protocol::Http1);
