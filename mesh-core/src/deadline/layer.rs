@@ -8,18 +8,28 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
-use tokio::time::Timeout;
+use tokio::time::Sleep;
 
-use super::{timeout_from_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
-use crate::classify::{is_grpc, GrpcCode};
+use super::{inbound_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
+use crate::classify::GrpcCode;
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
 use crate::route::SelectedRoute;
 
 /// Inbound: reads the caller's deadline from the request headers, runs the handler
-/// with it as the task's [`Deadline::current`] (and as a request extension), and
-/// answers `504 Gateway Timeout` when it passes, dropping the handler's future
-/// (a gRPC call gets `DEADLINE_EXCEEDED`, see [`GrpcRefusal`]).
+/// with it as the task's [`Deadline::current`], and answers
+/// `504 Gateway Timeout` when it passes, dropping the handler's future (a gRPC
+/// call gets `DEADLINE_EXCEEDED`, see [`GrpcRefusal`]).
+///
+/// The deadline is the current one whenever the handler's future is polled, so
+/// the handler and what it calls read it with [`Deadline::current`] (the
+/// request carries no `Deadline` extension: one costs an allocation per
+/// request).
+///
+/// Cheap by design: a request without a deadline costs one pass over its
+/// headers (look-ups when it has many) and nothing else; one with a deadline
+/// also costs a clock read, and arms one timer only if the handler is still
+/// pending after its first poll.
 ///
 /// Works with any `tower::Service` over `http::Request`, such as an axum `Router`:
 /// `router.layer(DeadlineLayer::new())`.
@@ -71,29 +81,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let timeout = match (timeout_from_headers(request.headers()), self.max) {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (timeout, grpc) = inbound_headers(request.headers());
+        let timeout = match (timeout, self.max) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let Some(timeout) = timeout else {
-            return DeadlineFuture {
-                kind: Kind::Unbounded {
-                    future: self.inner.call(request),
-                },
-            };
-        };
-        let deadline = Deadline::after(timeout);
-        let grpc = is_grpc(request.headers());
-        request.extensions_mut().insert(deadline);
-        let handler = CURRENT.scope(deadline, self.inner.call(request));
         DeadlineFuture {
-            kind: Kind::Bounded {
-                // The timer registers only if the handler is still pending when
-                // first polled, so a quick handler never touches the timer wheel.
-                future: tokio::time::timeout_at(deadline.0, handler),
-                grpc,
-            },
+            deadline: timeout.map(Deadline::after),
+            grpc,
+            timer: None,
+            future: self.inner.call(request),
         }
     }
 }
@@ -101,28 +99,28 @@ where
 pin_project! {
     /// The future of a [`DeadlineService`] call: the handler's, cut short with
     /// 504 (gRPC: `DEADLINE_EXCEEDED`) when the caller's deadline passes.
+    ///
+    /// One future rather than `Timeout<TaskLocalFuture<..>>`: the handler's
+    /// future is polled inside the task-local scope directly, and the timer is
+    /// made only when the handler is still pending after its first poll, so a
+    /// quick handler never touches the timer wheel.
     pub struct DeadlineFuture<F> {
+        // `None`: the caller sent no deadline and there is no maximum.
+        deadline: Option<Deadline>,
+        grpc: bool,
+        // Boxed so the future stays small while the timer is not needed (the
+        // future is moved into the layers above before it is pinned).
+        timer: Option<Pin<Box<Sleep>>>,
         #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProjection]
-    enum Kind<F> {
-        // The caller sent no deadline and there is no maximum.
-        Unbounded { #[pin] future: F },
-        Bounded {
-            #[pin]
-            future: Timeout<TaskLocalFuture<Deadline, F>>,
-            grpc: bool,
-        },
+        future: F,
     }
 }
 
 impl<F> std::fmt::Debug for DeadlineFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadlineFuture").finish_non_exhaustive()
+        f.debug_struct("DeadlineFuture")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,22 +132,29 @@ where
     type Output = Result<Response<RB>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProjection::Unbounded { future } => future.poll(cx),
-            KindProjection::Bounded { future, grpc } => match ready!(future.poll(cx)) {
-                Ok(result) => Poll::Ready(result),
-                Err(_elapsed) if *grpc => Poll::Ready(Ok(GrpcRefusal::new(
-                    GrpcCode::DeadlineExceeded,
-                    "deadline exceeded: the call's deadline passed before the server answered",
-                )
-                .into_response())),
-                Err(_elapsed) => {
-                    let mut response = Response::new(RB::default());
-                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                    Poll::Ready(Ok(response))
-                }
-            },
+        let this = self.project();
+        let Some(deadline) = *this.deadline else {
+            return this.future.poll(cx);
+        };
+        let future = this.future;
+        if let Poll::Ready(result) = CURRENT.sync_scope(deadline, || future.poll(cx)) {
+            return Poll::Ready(result);
         }
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.0)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Ok(if *this.grpc {
+            GrpcRefusal::new(
+                GrpcCode::DeadlineExceeded,
+                "deadline exceeded: the call's deadline passed before the server answered",
+            )
+            .into_response()
+        } else {
+            let mut response = Response::new(RB::default());
+            *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            response
+        }))
     }
 }
 

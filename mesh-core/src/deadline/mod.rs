@@ -130,19 +130,77 @@ where
 /// The caller's remaining time from `grpc-timeout` or [`TIMEOUT_HEADER`] (the
 /// smaller when both are present); unparsable values are ignored.
 pub fn timeout_from_headers(headers: &HeaderMap) -> Option<Duration> {
-    let mesh = headers
-        .get(TIMEOUT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_millis);
-    let grpc = headers
-        .get(GRPC_TIMEOUT_HEADER)
+    timeouts(
+        headers.get(TIMEOUT_HEADER),
+        headers.get(GRPC_TIMEOUT_HEADER),
+    )
+}
+
+/// The smaller of the two headers' times, ignoring unparsable values.
+fn timeouts(mesh: Option<&HeaderValue>, grpc: Option<&HeaderValue>) -> Option<Duration> {
+    let mesh = mesh.and_then(parse_millis).map(Duration::from_millis);
+    let grpc = grpc
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
     match (mesh, grpc) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Header values up to which [`inbound_headers`] makes one pass over the
+/// headers instead of looking each name up: a look-up hashes the name byte by
+/// byte, and the inbound layer needs three names.
+const SCAN_MAX: usize = 16;
+
+/// What the inbound layer reads from a request's headers, in one pass when
+/// there are few: the caller's remaining time (as [`timeout_from_headers`]),
+/// and whether the request is gRPC (as [`is_grpc`](crate::classify::is_grpc)).
+fn inbound_headers(headers: &HeaderMap) -> (Option<Duration>, bool) {
+    if headers.len() > SCAN_MAX {
+        return (
+            timeout_from_headers(headers),
+            crate::classify::is_grpc(headers),
+        );
+    }
+    let (mut mesh, mut grpc_timeout, mut content_type) = (None, None, None);
+    // The first value of each name, as `HeaderMap::get` would return it.
+    for (name, value) in headers {
+        match name.as_str() {
+            "content-type" => content_type = content_type.or(Some(value)),
+            "x-mesh-timeout-ms" => mesh = mesh.or(Some(value)),
+            "grpc-timeout" => grpc_timeout = grpc_timeout.or(Some(value)),
+            _ => {}
+        }
+    }
+    let timeout = timeouts(mesh, grpc_timeout);
+    let grpc = content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_grpc_content_type);
+    (timeout, grpc)
+}
+
+/// `content-type` says gRPC: `application/grpc`, possibly with a `+proto`-style
+/// suffix or parameters (the rule of [`is_grpc`](crate::classify::is_grpc)).
+fn is_grpc_content_type(value: &str) -> bool {
+    value
+        .strip_prefix("application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+}
+
+/// A [`TIMEOUT_HEADER`] value: whole milliseconds, as `str::parse::<u64>`
+/// reads them after trimming the whitespace a header value may carry, but
+/// straight from the bytes (no UTF-8 pass, no Unicode-aware trim).
+fn parse_millis(value: &HeaderValue) -> Option<u64> {
+    let text = value.as_bytes().trim_ascii();
+    let digits = text.strip_prefix(b"+").unwrap_or(text);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit, `H M S m u n`.

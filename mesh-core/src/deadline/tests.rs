@@ -198,3 +198,131 @@ async fn outbound_deadline_is_the_current_one_below_the_layer_and_adds_no_extens
     let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(3))).layer(sender);
     assert_eq!(svc.oneshot(req).await.unwrap().body(), "Some(700ms)");
 }
+
+#[tokio::test(start_paused = true)]
+async fn inbound_deadline_is_current_in_the_handler_and_not_an_extension() {
+    let svc = DeadlineLayer::new().layer(tower::service_fn(|req: Request<()>| async move {
+        let current = Deadline::current().map(|d| d.remaining());
+        let extension = req.extensions().get::<Deadline>().is_some();
+        Ok::<_, BoxErr>(Response::new(format!("{current:?} {extension}")))
+    }));
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(TIMEOUT_HEADER, "800".parse().unwrap());
+    let r = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(r.body(), "Some(800ms) false");
+    // Without a deadline header there is no current deadline.
+    let r = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(r.body(), "None false");
+}
+
+#[test]
+fn inbound_header_scan_reads_what_the_lookups_read() {
+    use crate::classify::is_grpc;
+    let cases: &[&[(&str, &str)]] = &[
+        &[],
+        &[("x-mesh-timeout-ms", "1500")],
+        &[("x-mesh-timeout-ms", " 1500 "), ("grpc-timeout", "1S")],
+        &[
+            ("grpc-timeout", "200m"),
+            ("content-type", "application/grpc"),
+        ],
+        &[("content-type", "application/grpc+proto")],
+        &[("content-type", "application/grpc;charset=utf-8")],
+        &[("content-type", "application/grpcx")],
+        &[
+            ("content-type", "application/json"),
+            ("x-mesh-timeout-ms", "x"),
+        ],
+        // Repeated names: the first value counts, as `HeaderMap::get` returns it.
+        &[("x-mesh-timeout-ms", "700"), ("x-mesh-timeout-ms", "50")],
+        &[
+            ("content-type", "text/plain"),
+            ("content-type", "application/grpc"),
+        ],
+    ];
+    let many: Vec<(String, &str)> = (0..20).map(|i| (format!("x-filler-{i}"), "1")).collect();
+    let mut maps: Vec<HeaderMap> = cases
+        .iter()
+        .map(|case| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in *case {
+                headers.append(http::HeaderName::from_static(name), value.parse().unwrap());
+            }
+            headers
+        })
+        .collect();
+    // Past the scan's limit the look-ups answer.
+    let mut big = maps[3].clone();
+    for (name, value) in &many {
+        big.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    maps.push(big);
+    for headers in &maps {
+        assert_eq!(
+            super::inbound_headers(headers),
+            (timeout_from_headers(headers), is_grpc(headers)),
+            "{headers:?}"
+        );
+    }
+    assert_eq!(
+        super::inbound_headers(&maps[3]),
+        (Some(Duration::from_millis(200)), true)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inbound_deadline_cuts_off_a_handler_that_was_pending_on_its_first_poll() {
+    // The timer is made only after the first poll found the handler pending:
+    // it must still fire at the caller's deadline, not later.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let svc = DeadlineLayer::new().layer(tower::service_fn(move |_req: Request<()>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|done| *done).await;
+            Ok::<_, BoxErr>(Response::new(String::from("late")))
+        }
+    }));
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(TIMEOUT_HEADER, "250".parse().unwrap());
+    let began = tokio::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("the deadline's timer fired")
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(began.elapsed(), Duration::from_millis(250));
+    drop(tx);
+}
+
+#[test]
+fn timeout_millis_parse_as_the_standard_parser_does() {
+    for text in [
+        "1500",
+        " 1500\t",
+        "+7",
+        "0",
+        "",
+        " ",
+        "+",
+        "-1",
+        "1.5",
+        "15 00",
+        "1e3",
+        "18446744073709551615",
+        "18446744073709551616",
+        "\u{e9}12",
+    ] {
+        let Ok(value) = http::HeaderValue::from_str(text) else {
+            continue;
+        };
+        let expected = text.trim().parse::<u64>().ok();
+        assert_eq!(super::parse_millis(&value), expected, "{text:?}");
+    }
+    let obs_text = http::HeaderValue::from_bytes(b"12\xff").unwrap();
+    assert_eq!(super::parse_millis(&obs_text), None);
+}

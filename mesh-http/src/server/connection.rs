@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     /// bytes (it wraps the stream to replay them, which costs on every read).
     pub(crate) auto: auto::Builder<TokioExecutor>,
     pub(crate) options: InboundOptions,
+    /// What the mesh's layers want on every request besides the peer's
+    /// identity (`InboundServer::mark_requests`).
+    pub(crate) marks: Extensions,
 }
 
 /// The HTTP version a connection speaks, as far as the handshake tells.
@@ -111,7 +114,7 @@ pub(crate) async fn serve<S, B>(
         return;
     };
     let protocol = Protocol::from_alpn(session.alpn_protocol());
-    let extensions = connection_extensions(PeerIdentity(peer), ConnectInfo(remote));
+    let extensions = connection_extensions(PeerIdentity(peer), ConnectInfo(remote), &shared.marks);
     let io = TokioIo::new(tls);
     let result = match protocol {
         Protocol::Http1 => {
@@ -316,12 +319,17 @@ fn count_failure(reason: &'static str) {
 /// and a new table once the layers and the router add a fourth entry (telemetry
 /// marker, deadline, matched path); a clone of this map allocates its table at
 /// the size made here, room for seven entries, so it never grows.
-fn connection_extensions(peer: PeerIdentity, remote: ConnectInfo<SocketAddr>) -> Extensions {
+fn connection_extensions(
+    peer: PeerIdentity,
+    remote: ConnectInfo<SocketAddr>,
+    marks: &Extensions,
+) -> Extensions {
     #[derive(Clone, Copy)]
     struct Room<const N: u8>;
     let mut extensions = Extensions::new();
     extensions.insert(peer);
     extensions.insert(remote);
+    extensions.extend(marks.clone());
     // Five entries grow the table to eight buckets; removing the placeholders
     // keeps them (hash maps do not shrink on removal).
     extensions.insert(Room::<0>);
@@ -349,7 +357,7 @@ where
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = Oneshot<S, Request<Incoming>>;
+    type Future = PeerFuture<S>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if let Some(head) = &self.head {
@@ -358,7 +366,44 @@ where
         // Takes the clone whole when hyper put nothing there (it does only for
         // upgrades), else adds to what is there.
         request.extensions_mut().extend(self.extensions.clone());
-        self.inner.clone().oneshot(request)
+        let mut service = self.inner.clone();
+        // The mesh's layers and axum's router are always ready: call at once
+        // rather than moving the request into a `Oneshot` and out again. A
+        // service that is not ready registers this no-op waker, so it is
+        // asked again, with the task's waker, by the `Oneshot`.
+        let mut cx = Context::from_waker(Waker::noop());
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => PeerFuture::Called {
+                future: service.call(request),
+            },
+            _ => PeerFuture::Waiting {
+                future: service.oneshot(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`WithPeer`] call: the service's own when it was ready
+    /// at once, else a `Oneshot` that waits for it.
+    #[project = PeerFutureProjection]
+    enum PeerFuture<S: tower::Service<Request<Incoming>>> {
+        Called { #[pin] future: S::Future },
+        Waiting { #[pin] future: Oneshot<S, Request<Incoming>> },
+    }
+}
+
+impl<S> Future for PeerFuture<S>
+where
+    S: tower::Service<Request<Incoming>>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            PeerFutureProjection::Called { future } => future.poll(cx),
+            PeerFutureProjection::Waiting { future } => future.poll(cx),
+        }
     }
 }
 
@@ -370,7 +415,12 @@ mod tests {
     fn each_request_gets_the_peer_identity_and_connect_info() {
         let peer: mesh_core::identity::SpiffeId = "spiffe://example.org/web".parse().unwrap();
         let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let template = connection_extensions(PeerIdentity(peer.clone()), ConnectInfo(remote));
+        #[derive(Clone, Debug, PartialEq)]
+        struct Mark;
+        let mut marks = Extensions::new();
+        marks.insert(Mark);
+        let template =
+            connection_extensions(PeerIdentity(peer.clone()), ConnectInfo(remote), &marks);
         let mut extensions = Extensions::new();
         extensions.insert(7u8);
         extensions.extend(template.clone());
@@ -384,7 +434,85 @@ mod tests {
             Some(&7),
             "what hyper put there stays"
         );
-        assert_eq!(template.len(), 2, "the placeholders are gone");
+        assert_eq!(
+            extensions.get::<Mark>(),
+            Some(&Mark),
+            "the server's marks too"
+        );
+        assert_eq!(template.len(), 3, "the placeholders are gone");
+    }
+
+    /// Not ready on its first `poll_ready`, then ready: counts the polls.
+    #[derive(Clone)]
+    struct SlowToReady {
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tower::Service<Request<Incoming>> for SlowToReady {
+        type Response = Response<http_body_util::Empty<bytes::Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+            let status = if request.extensions().get::<PeerIdentity>().is_some() {
+                http::StatusCode::NO_CONTENT
+            } else {
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let mut response = Response::new(http_body_util::Empty::new());
+            *response.status_mut() = status;
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_not_ready_at_once_is_waited_for_and_then_called() {
+        let peer: mesh_core::identity::SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = WithPeer {
+            inner: SlowToReady {
+                polls: polls.clone(),
+            },
+            extensions: connection_extensions(
+                PeerIdentity(peer),
+                ConnectInfo(remote),
+                &Extensions::new(),
+            ),
+            head: None,
+        };
+        let (client_io, server_io) = tokio::io::duplex(4096);
+        let server =
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(server_io), service));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioIo::new(client_io))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sender.send_request(Request::new(http_body_util::Empty::new())),
+        )
+        .await
+        .expect("the request was served")
+        .unwrap();
+        assert_eq!(response.status(), http::StatusCode::NO_CONTENT);
+        assert!(
+            polls.load(Ordering::SeqCst) >= 2,
+            "asked again after its first Pending"
+        );
+        drop(sender);
+        let _ = server.await;
     }
 
     #[test]

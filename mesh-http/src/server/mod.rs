@@ -65,6 +65,8 @@ pub struct InboundServer {
     tls: Arc<rustls::ServerConfig>,
     options: InboundOptions,
     readiness: Readiness,
+    /// Put on every request with the peer's identity (see `mark_requests`).
+    marks: http::Extensions,
 }
 
 impl InboundServer {
@@ -81,6 +83,7 @@ impl InboundServer {
             tls,
             options: InboundOptions::default(),
             readiness: Readiness::new(),
+            marks: http::Extensions::new(),
         }
     }
 
@@ -101,6 +104,14 @@ impl InboundServer {
     /// Replaces the edge limits and timeouts.
     pub fn with_options(mut self, options: InboundOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Puts `mark` on every request, with the peer's identity: a clone of the
+    /// connection's extensions carries it, so it costs no insert per request.
+    /// For the mesh's own layers (the server telemetry's marker).
+    pub(crate) fn mark_requests<T: Clone + Send + Sync + 'static>(mut self, mark: T) -> Self {
+        self.marks.insert(mark);
         self
     }
 
@@ -128,6 +139,7 @@ impl InboundServer {
             tls,
             options,
             readiness,
+            marks,
         } = self;
         let delay = options.shutdown_delay;
         // Readiness flips first, so probes fail while the listener still serves.
@@ -147,6 +159,7 @@ impl InboundServer {
             http1: http1_builder(&options),
             auto: auto_builder(&options),
             options,
+            marks,
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -19,4 +19,5 @@ pub use client::{
     error_type, AttemptFuture, AttemptTelemetry, AttemptTelemetryLayer, CallFuture,
     ClientTelemetry, ClientTelemetryLayer,
 };
+pub(crate) use server::RecordedOutside;
 pub use server::{ServerFuture, ServerTelemetry, ServerTelemetryLayer, UNMATCHED_ROUTE};

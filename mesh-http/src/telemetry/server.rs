@@ -26,7 +26,6 @@ use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::field::Empty;
-use tracing::instrument::{Instrument, Instrumented};
 use tracing::Span;
 
 use super::access_log::{AccessLogLine, AccessLogSink};
@@ -68,6 +67,10 @@ pub const UNMATCHED_ROUTE: &str = "(unmatched)";
 pub struct ServerTelemetryLayer {
     access_log: Option<AccessLogSink>,
     scheme: Scheme,
+    /// Requests arrive carrying [`RecordedOutside`] already (the mesh's inbound
+    /// server puts it in every request's extensions for its outermost layer):
+    /// this layer records them without looking for or inserting the marker.
+    premarked: bool,
     handles: Arc<ServerHandles>,
 }
 
@@ -111,7 +114,7 @@ struct FinishedHandles {
 /// router) does not record the request again. A zero-sized value: inserting it
 /// allocates nothing.
 #[derive(Clone, Copy, Debug)]
-struct RecordedOutside;
+pub(crate) struct RecordedOutside;
 
 /// Put on the response by an inner server layer: the route the router matched,
 /// for the outer layer's labels.
@@ -161,6 +164,16 @@ impl ServerTelemetryLayer {
         self
     }
 
+    /// For the outermost layer in front of an inbound server that puts
+    /// [`RecordedOutside`] on every request (see `InboundStack`): the marker
+    /// comes with the connection's extensions, so this layer neither looks for
+    /// it nor inserts it (a map insert per request), and layers inside the
+    /// router still see it.
+    pub(crate) fn premarked(mut self) -> Self {
+        self.premarked = true;
+        self
+    }
+
     /// Labels requests `url.scheme="https"` (behind the mesh's TLS listener).
     pub fn https(mut self) -> Self {
         self.scheme = Scheme::Https;
@@ -178,6 +191,7 @@ impl<S> tower::Layer<S> for ServerTelemetryLayer {
             inner,
             access_log: self.access_log.clone(),
             scheme: self.scheme,
+            premarked: self.premarked,
             handles: self.handles.clone(),
         }
     }
@@ -189,6 +203,7 @@ pub struct ServerTelemetry<S> {
     inner: S,
     access_log: Option<AccessLogSink>,
     scheme: Scheme,
+    premarked: bool,
     handles: Arc<ServerHandles>,
 }
 
@@ -224,18 +239,21 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if request.extensions().get::<RecordedOutside>().is_some() {
+        if !self.premarked && request.extensions().get::<RecordedOutside>().is_some() {
             // An outer server layer records this request; tell it the route
             // through the response.
             let matched = request.extensions().get::<MatchedPath>().cloned();
             return ServerFuture {
-                inner: self.inner.call(request).instrument(Span::none()),
+                inner: Some(self.inner.call(request)),
+                span: Span::none(),
                 attach: None,
                 record: None,
                 matched,
             };
         }
-        request.extensions_mut().insert(RecordedOutside);
+        if !self.premarked {
+            request.extensions_mut().insert(RecordedOutside);
+        }
         let method = method_label(request.method());
         let code = method_code(request.method());
         let scheme = self.scheme.as_str();
@@ -309,7 +327,8 @@ where
             self.inner.call(request)
         };
         ServerFuture {
-            inner: future.instrument(span),
+            inner: Some(future),
+            span,
             attach,
             matched: None,
             record: Some(Record {
@@ -329,14 +348,30 @@ where
 
 pin_project! {
     /// The future of a [`ServerTelemetry`] call.
+    ///
+    /// It enters its span around each poll of the service's future itself (no
+    /// `Instrumented` wrapper: one future less to nest and move the response
+    /// through), and, as `Instrumented` does, while dropping it.
     pub struct ServerFuture<F> {
+        // `Some` until the future is dropped (see the drop below).
         #[pin]
-        inner: Instrumented<F>,
+        inner: Option<F>,
+        span: Span,
         attach: Option<OtelContext>,
         // `None` when an outer server layer records the request.
         record: Option<Record>,
         // An inner layer's: the route the router matched, for the outer layer.
         matched: Option<MatchedPath>,
+    }
+
+    impl<F> PinnedDrop for ServerFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // What the service's future does as it is dropped (a cancelled
+            // request) belongs to the request's span.
+            let _entered = (!this.span.is_none()).then(|| this.span.enter());
+            this.inner.set(None);
+        }
     }
 }
 
@@ -388,15 +423,24 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
-        let mut result = std::task::ready!(this.inner.as_mut().poll(cx));
-        let Some(mut record) = this.record.take() else {
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            // Only the drop empties it.
+            unreachable!("ServerFuture polled while being dropped");
+        };
+        let mut result = {
+            let _entered = (!this.span.is_none()).then(|| this.span.enter());
+            std::task::ready!(inner.poll(cx))
+        };
+        // Borrowed, not taken: moving the record out would copy it; setting the
+        // slot to `None` below drops it in place.
+        let Some(record) = this.record.as_mut() else {
             if let (Some(matched), Ok(response)) = (this.matched.take(), &mut result) {
                 response.extensions_mut().insert(InnerRoute(matched));
             }
             return Poll::Ready(result);
         };
         let elapsed = record.start.elapsed();
-        let span = this.inner.span();
+        let span = &*this.span;
         let inner_route = match &mut result {
             Ok(response) => response.extensions_mut().remove::<InnerRoute>(),
             Err(_) => None,
@@ -486,6 +530,8 @@ where
                 trace_id: trace_id(span).as_deref(),
             });
         }
+        // Recorded: the active-requests gauge comes down with the record.
+        *this.record = None;
         Poll::Ready(result)
     }
 }
@@ -530,6 +576,31 @@ mod tests {
         assert_eq!(line["route"], "/users/{id}");
         assert_eq!(line["path"], "/users/42");
         assert_eq!(line["peer_identity"], "spiffe://example.org/ns/prod/sa/web");
+    }
+
+    #[tokio::test]
+    async fn a_premarked_outer_layer_records_once_with_the_inner_layers_route() {
+        // As `Mesh::serve` runs it: the server marks the request, the outer
+        // layer neither looks for nor inserts the marker, the router's own
+        // layer only reports the route.
+        let (sink, lines) = captured();
+        let router = Router::new()
+            .route("/users/{id}", get(|| async { "hi" }))
+            .layer(ServerTelemetryLayer::new());
+        let app = ServerTelemetryLayer::new()
+            .access_log(sink)
+            .premarked()
+            .layer(router);
+        let mut request = Request::get("/users/42")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(RecordedOutside);
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let lines = lines.lock();
+        assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(line["route"], "/users/{id}");
     }
 
     #[tokio::test]
