@@ -554,12 +554,24 @@ mod tests {
         (sink, lines)
     }
 
+    /// A router with a templated route and its own (inner) telemetry layer.
+    fn users_router() -> Router {
+        Router::new()
+            .route("/users/{id}", get(|| async { "hi" }))
+            .layer(ServerTelemetryLayer::new())
+    }
+
+    /// The one access log line of `lines`, parsed.
+    fn only_line(lines: &Mutex<Vec<String>>) -> serde_json::Value {
+        let lines = lines.lock();
+        assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+        serde_json::from_str(&lines[0]).unwrap()
+    }
+
     #[tokio::test]
     async fn nested_layers_log_once_with_the_route_and_peer_identity() {
         let (sink, lines) = captured();
-        let router = Router::new()
-            .route("/users/{id}", get(|| async { "hi" }))
-            .layer(ServerTelemetryLayer::new());
+        let router = users_router();
         let app = ServerTelemetryLayer::new().access_log(sink).layer(router);
         let peer: mesh_core::identity::SpiffeId =
             "spiffe://example.org/ns/prod/sa/web".parse().unwrap();
@@ -570,9 +582,7 @@ mod tests {
         let response = app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), 200);
 
-        let lines = lines.lock();
-        assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
-        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let line = only_line(&lines);
         assert_eq!(line["route"], "/users/{id}");
         assert_eq!(line["path"], "/users/42");
         assert_eq!(line["peer_identity"], "spiffe://example.org/ns/prod/sa/web");
@@ -584,9 +594,7 @@ mod tests {
         // layer neither looks for nor inserts the marker, the router's own
         // layer only reports the route.
         let (sink, lines) = captured();
-        let router = Router::new()
-            .route("/users/{id}", get(|| async { "hi" }))
-            .layer(ServerTelemetryLayer::new());
+        let router = users_router();
         let app = ServerTelemetryLayer::new()
             .access_log(sink)
             .premarked()
@@ -597,10 +605,7 @@ mod tests {
         request.extensions_mut().insert(RecordedOutside);
         let response = app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), 200);
-        let lines = lines.lock();
-        assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
-        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-        assert_eq!(line["route"], "/users/{id}");
+        assert_eq!(only_line(&lines)["route"], "/users/{id}");
     }
 
     #[tokio::test]
