@@ -173,8 +173,7 @@ where
         shared.budget.deposit();
         let (plan, body) = Plan::new(&shared, request);
         let policy = plan.policy(&shared);
-        let first_body = body.try_clone();
-        match first_body {
+        match body.try_clone() {
             // Nothing races or times the first attempt: it is sent in place, and
             // only a retry moves to the general path.
             Some(first_body)
