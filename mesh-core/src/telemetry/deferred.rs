@@ -235,7 +235,7 @@ impl<R: Recorder + Send + Sync + 'static> Recorder for DeferredRecorder<R> {
         match self.ready_or_early() {
             Ok(recorder) => recorder.register_counter(key, metadata),
             Err(mut early) => {
-                let handle = EarlyHandle::new(key, metadata);
+                let handle = EarlyHandle::new(key, metadata, None);
                 early.counters.push(handle.clone());
                 Counter::from_arc(handle)
             }
@@ -246,7 +246,7 @@ impl<R: Recorder + Send + Sync + 'static> Recorder for DeferredRecorder<R> {
         match self.ready_or_early() {
             Ok(recorder) => recorder.register_gauge(key, metadata),
             Err(mut early) => {
-                let handle = EarlyHandle::new(key, metadata);
+                let handle = EarlyHandle::new(key, metadata, None);
                 early.gauges.push(handle.clone());
                 Gauge::from_arc(handle)
             }
@@ -259,7 +259,7 @@ impl<R: Recorder + Send + Sync + 'static> Recorder for DeferredRecorder<R> {
             Err(mut early) => {
                 // Piling samples up start the build (see the module docs).
                 let shared: Arc<dyn StartBuild> = self.shared.clone();
-                let handle = EarlyHandle::with_trigger(key, metadata, Arc::downgrade(&shared));
+                let handle = EarlyHandle::new(key, metadata, Some(Arc::downgrade(&shared)));
                 early.histograms.push(handle.clone());
                 Histogram::from_arc(handle)
             }
@@ -340,27 +340,14 @@ trait Kept<H>: Default {
 }
 
 impl<H, S: Kept<H>> EarlyHandle<H, S> {
-    fn new(key: &Key, metadata: &Metadata<'_>) -> Arc<Self> {
+    /// `trigger`: the build a histogram starts when its samples pile up.
+    fn new(key: &Key, metadata: &Metadata<'_>, trigger: Option<Weak<dyn StartBuild>>) -> Arc<Self> {
         Arc::new(EarlyHandle {
             key: key.clone(),
             meta: OwnedMetadata::from(metadata),
             real: OnceLock::new(),
             kept: Mutex::new(S::default()),
-            trigger: None,
-        })
-    }
-
-    fn with_trigger(
-        key: &Key,
-        metadata: &Metadata<'_>,
-        trigger: Weak<dyn StartBuild>,
-    ) -> Arc<Self> {
-        Arc::new(EarlyHandle {
-            key: key.clone(),
-            meta: OwnedMetadata::from(metadata),
-            real: OnceLock::new(),
-            kept: Mutex::new(S::default()),
-            trigger: Some(trigger),
+            trigger,
         })
     }
 
@@ -371,25 +358,20 @@ impl<H, S: Kept<H>> EarlyHandle<H, S> {
     }
 
     /// Runs `now` on the real handle, or `keep` on the kept samples; under the
-    /// lock, so a sample never slips between the two. `keep` says whether
-    /// enough was kept to start the build.
-    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S) -> bool) {
+    /// lock, so a sample never slips between the two. Returns what `keep`
+    /// returned, when it ran.
+    fn with<K>(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S) -> K) -> Option<K> {
         if let Some(real) = self.real.get() {
-            return now(real);
+            now(real);
+            return None;
         }
         let mut kept = self.kept.lock();
         match self.real.get() {
-            Some(real) => now(real),
-            None => {
-                if !keep(&mut kept) {
-                    return;
-                }
-                // Outside the lock: building hands the kept samples over.
-                drop(kept);
-                if let Some(shared) = self.trigger.as_ref().and_then(Weak::upgrade) {
-                    shared.start_build();
-                }
+            Some(real) => {
+                now(real);
+                None
             }
+            None => Some(keep(&mut kept)),
         }
     }
 }
@@ -413,13 +395,7 @@ impl Kept<Counter> for CounterSamples {
 
 impl CounterFn for EarlyCounter {
     fn increment(&self, value: u64) {
-        self.with(
-            |c| c.increment(value),
-            |k| {
-                k.added += value;
-                false
-            },
-        );
+        self.with(|c| c.increment(value), |k| k.added += value);
     }
 
     fn absolute(&self, value: u64) {
@@ -428,7 +404,6 @@ impl CounterFn for EarlyCounter {
             |k| {
                 k.absolute = Some(value);
                 k.added = 0;
-                false
             },
         );
     }
@@ -453,23 +428,11 @@ impl Kept<Gauge> for GaugeSamples {
 
 impl GaugeFn for EarlyGauge {
     fn increment(&self, value: f64) {
-        self.with(
-            |g| g.increment(value),
-            |k| {
-                k.added += value;
-                false
-            },
-        );
+        self.with(|g| g.increment(value), |k| k.added += value);
     }
 
     fn decrement(&self, value: f64) {
-        self.with(
-            |g| g.decrement(value),
-            |k| {
-                k.added -= value;
-                false
-            },
-        );
+        self.with(|g| g.decrement(value), |k| k.added -= value);
     }
 
     fn set(&self, value: f64) {
@@ -478,7 +441,6 @@ impl GaugeFn for EarlyGauge {
             |k| {
                 k.set = Some(value);
                 k.added = 0.0;
-                false
             },
         );
     }
@@ -497,7 +459,7 @@ impl Kept<Histogram> for HistogramSamples {
 
 impl HistogramFn for EarlyHistogram {
     fn record(&self, value: f64) {
-        self.with(
+        let piled_up = self.with(
             |h| h.record(value),
             // Beyond the cap, the rest of an unusually long start-up is not
             // kept rather than growing without bound.
@@ -508,6 +470,12 @@ impl HistogramFn for EarlyHistogram {
                 k.0.len() == BUILD_AT_EARLY_SAMPLES
             },
         );
+        // Outside the lock: building hands the kept samples over.
+        if piled_up == Some(true) {
+            if let Some(shared) = self.trigger.as_ref().and_then(Weak::upgrade) {
+                shared.start_build();
+            }
+        }
     }
 }
 
