@@ -201,10 +201,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
-        })
+        .is_some_and(is_grpc_content_type)
+}
+
+/// Whether a `content-type` value is gRPC's (the rule of [`is_grpc`]).
+pub(crate) fn is_grpc_content_type(value: &str) -> bool {
+    value
+        .strip_prefix("application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
 }
 
 /// The `grpc-status` in `headers` (a trailers-only response's headers, or a

@@ -176,16 +176,8 @@ fn inbound_headers(headers: &HeaderMap) -> (Option<Duration>, bool) {
     let timeout = timeouts(mesh, grpc_timeout);
     let grpc = content_type
         .and_then(|v| v.to_str().ok())
-        .is_some_and(is_grpc_content_type);
+        .is_some_and(crate::classify::is_grpc_content_type);
     (timeout, grpc)
-}
-
-/// `content-type` says gRPC: `application/grpc`, possibly with a `+proto`-style
-/// suffix or parameters (the rule of [`is_grpc`](crate::classify::is_grpc)).
-fn is_grpc_content_type(value: &str) -> bool {
-    value
-        .strip_prefix("application/grpc")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
 }
 
 /// A [`TIMEOUT_HEADER`] value: whole milliseconds, as `str::parse::<u64>`

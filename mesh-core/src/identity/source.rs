@@ -202,15 +202,16 @@ impl IdentitySource {
     /// handle is dropped. Without files (see [`from_identity`](Self::from_identity))
     /// the handle watches nothing.
     ///
-    /// Returns at once: the watcher is created here (failing to create one is
-    /// an error), but its directories are registered in the background once
-    /// start-up is over (a second after this call), since that waits for the
-    /// watcher's own thread to start (up to milliseconds on a busy machine) and
-    /// takes a blocking thread. Once they are registered the files are
+    /// Returns at once: what creating the watcher needs is checked here
+    /// (failing is an error; on Linux the watcher itself, and its thread, is
+    /// created later), and its directories are registered in the background
+    /// once start-up is over (a second after this call), since that waits for
+    /// the watcher's own thread to start (up to milliseconds on a busy machine)
+    /// and takes a blocking thread. Once they are registered the files are
     /// compared with the identity in force and reloaded if they differ, so a
-    /// change written before the watch was in place is not missed. A directory that cannot be registered (the inotify
-    /// watch limit, say) is logged, and the files are then only re-read every
-    /// minute.
+    /// change written before the watch was in place is not missed. A directory
+    /// that cannot be registered (the inotify watch limit, say) is logged, and
+    /// the files are then only re-read every minute.
     pub fn watch(&self) -> Result<IdentityWatch, IdentityError> {
         self.watch_with(|| {})
     }
