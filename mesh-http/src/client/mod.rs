@@ -247,7 +247,7 @@ impl MeshClient {
             Some(i) => ResponseFuture(Sending::Stack(inner.services[i].send(request))),
             None if inner.egress.is_some() => {
                 let client = self.clone();
-                ResponseFuture(Sending::Egress(Box::pin(async move {
+                ResponseFuture(Sending::Other(Box::pin(async move {
                     let egress = client.inner.egress.as_ref().expect("egress is allowed");
                     egress.send(request).await
                 })))
@@ -264,30 +264,29 @@ impl MeshClient {
 /// the request.
 ///
 /// A request to a configured service is its service stack's own future, polled
-/// here with nothing boxed around it.
+/// here with nothing boxed around it; the rest (egress, a request refused at
+/// once) is boxed.
 #[must_use = "futures do nothing unless polled"]
 #[derive(Debug)]
 pub struct ResponseFuture(Sending);
 
 enum Sending {
     Stack(service::StackFuture),
-    Egress(Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send>>),
-    Failed(Option<Error>),
+    Other(Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send>>),
 }
 
 impl std::fmt::Debug for Sending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Sending::Stack(_) => "Stack",
-            Sending::Egress(_) => "Egress",
-            Sending::Failed(_) => "Failed",
+            Sending::Other(_) => "Other",
         })
     }
 }
 
 impl ResponseFuture {
     fn failed(error: Error) -> Self {
-        ResponseFuture(Sending::Failed(Some(error)))
+        ResponseFuture(Sending::Other(Box::pin(std::future::ready(Err(error)))))
     }
 }
 
@@ -297,10 +296,7 @@ impl Future for ResponseFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
             Sending::Stack(future) => future.as_mut().poll(cx).map_err(Error::from_stack),
-            Sending::Egress(future) => future.as_mut().poll(cx),
-            Sending::Failed(error) => {
-                Poll::Ready(Err(error.take().expect("a failed request is polled once")))
-            }
+            Sending::Other(future) => future.as_mut().poll(cx),
         }
     }
 }
