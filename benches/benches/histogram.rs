@@ -19,8 +19,9 @@ use std::hint::black_box;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Samples recorded between two upkeeps of the exporter (its upkeep runs every
-/// 5 s in the mesh before; this is a few milliseconds of samples).
+/// Samples recorded between two upkeeps of the exporter: a few milliseconds of
+/// samples here (the mesh ran its upkeep every 5 s when it used the exporter's
+/// histograms).
 const DRAIN_EVERY: u64 = 64 * 1024;
 
 /// Times `iters` samples of a 20 ms duration (the third bucket), running

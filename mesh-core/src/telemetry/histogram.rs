@@ -130,13 +130,22 @@ pub(super) type BoundsFor = fn(&str) -> &'static [f64];
 
 /// Every histogram series registered, keyed by `metrics::Key` so the same key
 /// gets the same series, and grouped by family for rendering.
-#[derive(Debug)]
 pub(super) struct HistogramRegistry {
     bounds_for: BoundsFor,
     inner: RwLock<Registry>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for HistogramRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.inner.read();
+        f.debug_struct("HistogramRegistry")
+            .field("families", &inner.families.len())
+            .field("keys", &inner.by_key.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct Registry {
     by_key: FxHashMap<Key, Arc<BucketHistogram>>,
     /// By sanitized name, series in registration order. Two keys that

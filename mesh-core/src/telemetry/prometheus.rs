@@ -159,6 +159,12 @@ impl Recorder {
 #[derive(Debug, Clone)]
 pub struct PrometheusHandle(Recorder);
 
+// Apps move the handle into their router's handlers and clone it there.
+const _: fn() = || {
+    fn is_shareable<T: Clone + Send + Sync + std::fmt::Debug + 'static>() {}
+    is_shareable::<PrometheusHandle>();
+};
+
 impl PrometheusHandle {
     /// The exposition text: every metric recorded so far, with HELP and TYPE
     /// lines. The first render before start-up is over builds the counters'
