@@ -1,5 +1,5 @@
-//! A metrics recorder that is global at once but built later, off the
-//! start-up path: on a thread of its own once start-up is over.
+//! Counters and gauges for a recorder that is built later, off the start-up
+//! path: on a thread of its own once start-up is over.
 //!
 //! Why: the Prometheus recorder calibrates `quanta`'s TSC clock when it is
 //! built: at least 500 rounds of a 1 µs busy loop, ≈ 1–2 ms of one core's time
@@ -10,46 +10,39 @@
 //! over raw rustls, see BENCHMARKS.md).
 //!
 //! So nothing is built until one of these comes first: [`BUILD_AFTER`] since
-//! telemetry was set up (start-up is over by then), a caller that needs the
-//! recorder (a scrape, the guard's handle: built there and then), or a
-//! histogram that has kept [`BUILD_AT_EARLY_SAMPLES`] samples (a busy
-//! service, whose samples would otherwise pile up). Starting it at the first
-//! request instead still cost the cold start: the thread is spawned, and
-//! spins, while that request finishes (`compare cold-starts`, BENCHMARKS.md).
+//! telemetry was set up (start-up is over by then), or a caller that needs the
+//! recorder (a scrape, the guard's handle: built there and then). Starting it
+//! at the first request instead still cost the cold start: the thread is
+//! spawned, and spins, while that request finishes (`compare cold-starts`,
+//! BENCHMARKS.md).
 //!
 //! Nothing recorded in the meantime is lost, and nothing waits for it: a
-//! metric registered before the recorder is ready gets a handle that keeps its
-//! samples (a counter's sum, a gauge's value, a histogram's first samples) and
-//! hands them over, with every description given meanwhile, once the recorder
-//! is built; from then on that handle forwards to the real one. Metrics
-//! registered afterwards get the recorder's own handles, so the per-request
-//! path is unchanged once start-up is over.
+//! counter or gauge registered before the recorder is ready gets a handle that
+//! keeps its value (a counter's sum, a gauge's value) and hands it over, with
+//! every description given meanwhile, once the recorder is built; from then on
+//! that handle forwards to the real one. Metrics registered afterwards get the
+//! recorder's own handles, so the per-request path is unchanged once start-up
+//! is over. Histograms are not deferred: they are ours, fixed buckets from the
+//! start ([`histogram`](super::histogram)), and need no clock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Level, Metadata,
-    Recorder, SharedString, Unit,
+    Counter, CounterFn, Gauge, GaugeFn, Key, KeyName, Level, Metadata, Recorder, SharedString, Unit,
 };
 use parking_lot::{Mutex, MutexGuard};
-
-/// Samples of one histogram kept before the recorder is ready, at most: room
-/// for what arrives while the build runs once [`BUILD_AT_EARLY_SAMPLES`]
-/// started it (a millisecond or two; the calibration gives up after 200 ms).
-const MAX_EARLY_SAMPLES: usize = 16 * 1024;
-
-/// Samples one histogram keeps before it starts the build itself.
-const BUILD_AT_EARLY_SAMPLES: usize = 1024;
 
 /// When the recorder is built if nothing asked for it sooner: after any
 /// start-up, soon enough that an idle service has calibrated its clock before
 /// its first scrape.
 pub(super) const BUILD_AFTER: Duration = Duration::from_secs(1);
 
-/// The global recorder: forwards to `R` once it is built.
+/// The counters and gauges of the global recorder: forwards them to `R` once
+/// it is built. Not a [`Recorder`] itself: whoever installs it answers for
+/// histograms.
 #[derive(Debug)]
 pub(super) struct DeferredRecorder<R> {
     shared: Arc<Shared<R>>,
@@ -86,20 +79,20 @@ impl<R> std::fmt::Debug for Shared<R> {
 struct Early {
     counters: Vec<Arc<EarlyCounter>>,
     gauges: Vec<Arc<EarlyGauge>>,
-    histograms: Vec<Arc<EarlyHistogram>>,
     descriptions: Vec<(Kind, KeyName, Option<Unit>, SharedString)>,
 }
 
+/// Which kind of metric a description is for.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Counter,
     Gauge,
-    Histogram,
 }
 
-/// Returns the recorder to install now, and the state to reach the built
-/// recorder by; `build` runs later (see the module docs). Nothing is spawned
-/// here: the caller arranges [`BUILD_AFTER`] ([`Shared::build_after`]).
+/// Returns the counters' and gauges' recorder to install now, and the state to
+/// reach the built recorder by; `build` runs later (see the module docs).
+/// Nothing is spawned here: the caller arranges [`BUILD_AFTER`]
+/// ([`Shared::build_after`]).
 pub(super) fn start<R>(
     build: impl FnOnce() -> R + Send + 'static,
 ) -> (DeferredRecorder<R>, Arc<Shared<R>>)
@@ -119,18 +112,6 @@ where
         },
         shared,
     )
-}
-
-/// Starts a recorder's build, whatever its type, for the early histograms
-/// that hold on to it (see [`BUILD_AT_EARLY_SAMPLES`]).
-trait StartBuild: Send + Sync {
-    fn start_build(self: Arc<Self>);
-}
-
-impl<R: Recorder + Send + Sync + 'static> StartBuild for Shared<R> {
-    fn start_build(self: Arc<Self>) {
-        self.begin();
-    }
 }
 
 impl<R: Recorder + Send + Sync + 'static> Shared<R> {
@@ -178,7 +159,6 @@ impl<R: Recorder + Send + Sync + 'static> Shared<R> {
             match kind {
                 Kind::Counter => recorder.describe_counter(key, unit, description),
                 Kind::Gauge => recorder.describe_gauge(key, unit, description),
-                Kind::Histogram => recorder.describe_histogram(key, unit, description),
             }
         }
         for c in early.counters.drain(..) {
@@ -186,9 +166,6 @@ impl<R: Recorder + Send + Sync + 'static> Shared<R> {
         }
         for g in early.gauges.drain(..) {
             g.resolve(recorder.register_gauge(&g.key, &g.meta.get()));
-        }
-        for h in early.histograms.drain(..) {
-            h.resolve(recorder.register_histogram(&h.key, &h.meta.get()));
         }
         let _ = self.ready.set(recorder);
     }
@@ -213,61 +190,54 @@ impl<R: Recorder + Send + Sync + 'static> Shared<R> {
 
     /// The built recorder, if it is ready.
     #[cfg(test)]
-    fn get(&self) -> Option<&R> {
+    pub(super) fn get(&self) -> Option<&R> {
         self.ready.get()
     }
 }
 
-impl<R: Recorder + Send + Sync + 'static> Recorder for DeferredRecorder<R> {
-    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(Kind::Counter, key, unit, description);
+impl<R: Recorder + Send + Sync + 'static> DeferredRecorder<R> {
+    /// Gives a counter's or gauge's HELP text and unit to the recorder, or
+    /// keeps it for the recorder until it is built.
+    pub(super) fn describe(
+        &self,
+        kind: Kind,
+        key: KeyName,
+        unit: Option<Unit>,
+        description: SharedString,
+    ) {
+        match self.ready_or_early() {
+            Ok(recorder) => match kind {
+                Kind::Counter => recorder.describe_counter(key, unit, description),
+                Kind::Gauge => recorder.describe_gauge(key, unit, description),
+            },
+            Err(mut early) => early.descriptions.push((kind, key, unit, description)),
+        }
     }
 
-    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(Kind::Gauge, key, unit, description);
-    }
-
-    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(Kind::Histogram, key, unit, description);
-    }
-
-    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+    /// The recorder's counter for `key`, or one that keeps its sum until then.
+    pub(super) fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
         match self.ready_or_early() {
             Ok(recorder) => recorder.register_counter(key, metadata),
             Err(mut early) => {
-                let handle = EarlyHandle::new(key, metadata, None);
+                let handle = EarlyHandle::new(key, metadata);
                 early.counters.push(handle.clone());
                 Counter::from_arc(handle)
             }
         }
     }
 
-    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+    /// The recorder's gauge for `key`, or one that keeps its value until then.
+    pub(super) fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
         match self.ready_or_early() {
             Ok(recorder) => recorder.register_gauge(key, metadata),
             Err(mut early) => {
-                let handle = EarlyHandle::new(key, metadata, None);
+                let handle = EarlyHandle::new(key, metadata);
                 early.gauges.push(handle.clone());
                 Gauge::from_arc(handle)
             }
         }
     }
 
-    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        match self.ready_or_early() {
-            Ok(recorder) => recorder.register_histogram(key, metadata),
-            Err(mut early) => {
-                // Piling samples up start the build (see the module docs).
-                let shared: Arc<dyn StartBuild> = self.shared.clone();
-                let handle = EarlyHandle::new(key, metadata, Some(Arc::downgrade(&shared)));
-                early.histograms.push(handle.clone());
-                Histogram::from_arc(handle)
-            }
-        }
-    }
-}
-
-impl<R: Recorder + Send + Sync + 'static> DeferredRecorder<R> {
     /// The built recorder or, while it is being built, what is kept for it,
     /// locked: the build hands that over under the same lock, so nothing given
     /// out meanwhile is missed.
@@ -278,17 +248,6 @@ impl<R: Recorder + Send + Sync + 'static> DeferredRecorder<R> {
         let early = self.shared.early.lock();
         // Built while we waited for the lock?
         self.shared.ready.get().ok_or(early)
-    }
-
-    fn describe(&self, kind: Kind, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        match self.ready_or_early() {
-            Ok(recorder) => match kind {
-                Kind::Counter => recorder.describe_counter(key, unit, description),
-                Kind::Gauge => recorder.describe_gauge(key, unit, description),
-                Kind::Histogram => recorder.describe_histogram(key, unit, description),
-            },
-            Err(mut early) => early.descriptions.push((kind, key, unit, description)),
-        }
     }
 }
 
@@ -325,13 +284,10 @@ struct EarlyHandle<H, S> {
     meta: OwnedMetadata,
     real: OnceLock<H>,
     kept: Mutex<S>,
-    /// Started when samples pile up here (histograms: see the module docs).
-    trigger: Option<Weak<dyn StartBuild>>,
 }
 
 type EarlyCounter = EarlyHandle<Counter, CounterSamples>;
 type EarlyGauge = EarlyHandle<Gauge, GaugeSamples>;
-type EarlyHistogram = EarlyHandle<Histogram, HistogramSamples>;
 
 /// Samples kept for a metric until its real handle `H` exists.
 trait Kept<H>: Default {
@@ -340,14 +296,12 @@ trait Kept<H>: Default {
 }
 
 impl<H, S: Kept<H>> EarlyHandle<H, S> {
-    /// `trigger`: the build a histogram starts when its samples pile up.
-    fn new(key: &Key, metadata: &Metadata<'_>, trigger: Option<Weak<dyn StartBuild>>) -> Arc<Self> {
+    fn new(key: &Key, metadata: &Metadata<'_>) -> Arc<Self> {
         Arc::new(EarlyHandle {
             key: key.clone(),
             meta: OwnedMetadata::from(metadata),
             real: OnceLock::new(),
             kept: Mutex::new(S::default()),
-            trigger,
         })
     }
 
@@ -358,20 +312,15 @@ impl<H, S: Kept<H>> EarlyHandle<H, S> {
     }
 
     /// Runs `now` on the real handle, or `keep` on the kept samples; under the
-    /// lock, so a sample never slips between the two. Returns what `keep`
-    /// returned, when it ran.
-    fn with<K>(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S) -> K) -> Option<K> {
+    /// lock, so a sample never slips between the two.
+    fn with(&self, now: impl FnOnce(&H), keep: impl FnOnce(&mut S)) {
         if let Some(real) = self.real.get() {
-            now(real);
-            return None;
+            return now(real);
         }
         let mut kept = self.kept.lock();
         match self.real.get() {
-            Some(real) => {
-                now(real);
-                None
-            }
-            None => Some(keep(&mut kept)),
+            Some(real) => now(real),
+            None => keep(&mut kept),
         }
     }
 }
@@ -446,49 +395,40 @@ impl GaugeFn for EarlyGauge {
     }
 }
 
-#[derive(Debug, Default)]
-struct HistogramSamples(Vec<f64>);
-
-impl Kept<Histogram> for HistogramSamples {
-    fn hand_over(self, real: &Histogram) {
-        for value in self.0 {
-            real.record(value);
-        }
-    }
-}
-
-impl HistogramFn for EarlyHistogram {
-    fn record(&self, value: f64) {
-        let piled_up = self.with(
-            |h| h.record(value),
-            // Beyond the cap, the rest of an unusually long start-up is not
-            // kept rather than growing without bound.
-            |k| {
-                if k.0.len() < MAX_EARLY_SAMPLES {
-                    k.0.push(value);
-                }
-                k.0.len() == BUILD_AT_EARLY_SAMPLES
-            },
-        );
-        // Outside the lock: building hands the kept samples over.
-        if piled_up == Some(true) {
-            if let Some(shared) = self.trigger.as_ref().and_then(Weak::upgrade) {
-                shared.start_build();
-            }
-        }
-    }
-}
-
 #[cfg(all(test, feature = "prometheus"))]
 mod tests {
     use super::*;
+    use metrics::{Histogram, Recorder};
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
     use std::sync::mpsc;
+
+    /// The deferred counters and gauges as a recorder, for the `metrics`
+    /// macros; the real global recorder adds our histograms (prometheus.rs).
+    struct CountersAndGauges(DeferredRecorder<PrometheusRecorder>);
+
+    impl Recorder for CountersAndGauges {
+        fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+            self.0.describe(Kind::Counter, key, unit, description);
+        }
+        fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+            self.0.describe(Kind::Gauge, key, unit, description);
+        }
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+            self.0.register_counter(key, metadata)
+        }
+        fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+            self.0.register_gauge(key, metadata)
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
 
     /// A Prometheus recorder whose build says on the returned channel that it
     /// runs, then waits until the test sends on the other.
     fn gated() -> (
-        DeferredRecorder<PrometheusRecorder>,
+        CountersAndGauges,
         Arc<Shared<PrometheusRecorder>>,
         mpsc::Receiver<()>,
         mpsc::Sender<()>,
@@ -500,7 +440,7 @@ mod tests {
             let _ = wait.recv();
             PrometheusBuilder::new().build_recorder()
         });
-        (recorder, shared, runs, go)
+        (CountersAndGauges(recorder), shared, runs, go)
     }
 
     const GENEROUS: Duration = Duration::from_secs(30);
@@ -514,7 +454,6 @@ mod tests {
             counter.increment(3);
             metrics::gauge!("early_gauge").set(5.0);
             metrics::gauge!("early_gauge").increment(2.0);
-            metrics::histogram!("early_seconds").record(0.5);
             counter
         });
         shared.begin();
@@ -528,7 +467,6 @@ mod tests {
         );
         assert!(text.contains("early_total 3"), "{text}");
         assert!(text.contains("early_gauge 7"), "{text}");
-        assert!(text.contains("early_seconds_count 1"), "{text}");
 
         // The early handle forwards to the real one from now on.
         counter.increment(1);
@@ -546,22 +484,20 @@ mod tests {
         });
         let text = shared.recorder().handle().render();
         assert!(text.contains("late_total 2"), "{text}");
-        assert!(recorder.shared.early.lock().counters.is_empty());
+        assert!(recorder.0.shared.early.lock().counters.is_empty());
     }
 
-    /// Start-up registers metrics, counts, sets gauges and answers its first
-    /// requests: none of it builds the recorder (its clock calibration would
-    /// compete with start-up).
+    /// Start-up registers metrics, counts and sets gauges: none of it builds
+    /// the recorder (its clock calibration would compete with start-up).
     #[test]
     fn start_up_metrics_do_not_build_the_recorder() {
         let (recorder, shared, runs, go) = gated();
         metrics::with_local_recorder(&recorder, || {
-            metrics::describe_histogram!("startup_seconds", "registered early");
-            metrics::counter!("startup_total").increment(1);
-            metrics::gauge!("startup_gauge").set(1.0);
+            metrics::describe_counter!("startup_total", "registered early");
             for _ in 0..10 {
-                metrics::histogram!("startup_seconds").record(0.1);
+                metrics::counter!("startup_total").increment(1);
             }
+            metrics::gauge!("startup_gauge").set(1.0);
         });
         assert!(
             runs.try_recv().is_err(),
@@ -572,35 +508,8 @@ mod tests {
         // A caller that needs it builds it there and then.
         let text = shared.recorder().handle().render();
         assert!(runs.try_recv().is_ok());
-        assert!(text.contains("startup_total 1"), "{text}");
+        assert!(text.contains("startup_total 10"), "{text}");
         assert!(text.contains("startup_gauge 1"), "{text}");
-        assert!(text.contains("startup_seconds_count 10"), "{text}");
-    }
-
-    /// A busy service's samples do not pile up until the delay: enough of them
-    /// start the build on a thread of its own, and the caller does not wait.
-    #[test]
-    fn piling_up_samples_start_the_build_without_waiting_for_it() {
-        let (recorder, shared, runs, go) = gated();
-        let histogram =
-            metrics::with_local_recorder(&recorder, || metrics::histogram!("busy_seconds"));
-        for _ in 0..BUILD_AT_EARLY_SAMPLES - 1 {
-            histogram.record(0.25);
-        }
-        assert!(runs.try_recv().is_err(), "started too soon");
-        histogram.record(0.25);
-        // The build holds until `go`: had record() waited for it, this would
-        // not be reached.
-        runs.recv_timeout(GENEROUS).expect("the build started");
-        histogram.record(0.5);
-        assert!(shared.get().is_none());
-        go.send(()).unwrap();
-        let text = shared.recorder().handle().render();
-        let count = BUILD_AT_EARLY_SAMPLES + 1;
-        assert!(
-            text.contains(&format!("busy_seconds_count {count}")),
-            "{text}"
-        );
     }
 
     /// With no traffic and no scrape, the recorder is built after

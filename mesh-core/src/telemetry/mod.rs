@@ -36,6 +36,8 @@ mod context;
 mod deferred;
 mod error;
 pub mod handles;
+#[cfg(feature = "prometheus")]
+mod histogram;
 mod log_context;
 #[cfg(feature = "otlp")]
 pub mod metrics_bridge;
@@ -73,12 +75,14 @@ pub use prometheus::CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE;
 pub use sampling::{head, Head, SpanStart};
 
 #[cfg(feature = "prometheus")]
-pub use metrics_exporter_prometheus::PrometheusHandle;
+pub use prometheus::PrometheusHandle;
 
 use crate::config::{Env, MeshConfig, Source};
 
 /// Bucket boundaries in seconds for every duration histogram: the OpenTelemetry
-/// semantic conventions' recommendation for `http.*.request.duration`.
+/// semantic conventions' recommendation for `http.*.request.duration`. The
+/// Prometheus endpoint gives them to every histogram that is not a body size,
+/// the app's own included.
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
@@ -376,9 +380,9 @@ impl std::fmt::Debug for TelemetryGuard {
 
 impl TelemetryGuard {
     /// Renders `/metrics` for a route in the app's own router; `None` when the app
-    /// installed its own recorder or metrics go over OTLP. The recorder is built
-    /// once start-up is over (a second after [`init`]); called before that,
-    /// this builds it (a millisecond or two).
+    /// installed its own recorder or metrics go over OTLP. The counters' and
+    /// gauges' recorder is built once start-up is over (a second after
+    /// [`init`]); a render before that builds it (a millisecond or two).
     ///
     /// ```ignore
     /// let handle = telemetry.prometheus_handle().unwrap();
