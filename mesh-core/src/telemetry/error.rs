@@ -18,7 +18,6 @@ enum Kind {
     Config,
     #[allow(dead_code)] // only with the `prometheus` feature
     MetricsListener(SocketAddr),
-    Prometheus,
     Otlp(&'static str),
     Unavailable(String),
 }
@@ -35,14 +34,6 @@ impl TelemetryError {
     pub(crate) fn metrics_listener(addr: SocketAddr, e: impl Into<BoxError>) -> Self {
         TelemetryError {
             kind: Kind::MetricsListener(addr),
-            source: Some(e.into()),
-        }
-    }
-
-    #[allow(dead_code)] // only with the `prometheus` feature
-    pub(crate) fn prometheus(e: impl Into<BoxError>) -> Self {
-        TelemetryError {
-            kind: Kind::Prometheus,
             source: Some(e.into()),
         }
     }
@@ -103,7 +94,6 @@ impl fmt::Display for TelemetryError {
                 f,
                 "MESH_METRICS_ADDR: cannot listen on {addr} for the Prometheus endpoint: "
             )?,
-            Kind::Prometheus => f.write_str("cannot set up the Prometheus recorder: ")?,
             Kind::Otlp(what) => write!(f, "cannot {what}: ")?,
             Kind::Unavailable(why) => return f.write_str(why),
         }
