@@ -592,14 +592,23 @@ fn typed<T, E: std::fmt::Display>(
 ) -> Option<T> {
     let entry = entry?;
     parse(&entry.value)
-        .map_err(|expected| {
-            problems.push(Problem::invalid(
-                entry.origin.clone(),
-                &entry.value,
-                expected.to_string(),
-            ))
-        })
+        .map_err(|expected| record_invalid(problems, entry, &expected))
         .ok()
+}
+
+/// Records that `entry` does not parse. Not generic, so the code of each
+/// setting's typing (instantiated once per parser) stays small.
+#[inline(never)]
+pub(crate) fn record_invalid(
+    problems: &mut Vec<Problem>,
+    entry: &Entry,
+    expected: &dyn std::fmt::Display,
+) {
+    problems.push(Problem::invalid(
+        entry.origin.clone(),
+        &entry.value,
+        expected.to_string(),
+    ));
 }
 
 /// Builds a [`MeshConfig`] in code.

@@ -147,29 +147,20 @@ struct Lookup<'a> {
     problems: &'a mut Vec<Problem>,
 }
 
-impl Lookup<'_> {
+impl<'a> Lookup<'a> {
     /// A setting with no built-in default: `None` when nobody set it.
     fn optional<T, E: std::fmt::Display>(
         &mut self,
         name: &'static str,
         parse: impl Fn(&str) -> Result<T, E>,
     ) -> Option<Option<T>> {
-        let Some(entry) = self
-            .service
-            .settings
-            .get(name)
-            .or_else(|| self.defaults.get(name))
-        else {
+        let Some(entry) = self.entry(name) else {
             return Some(None);
         };
         match parse(entry.value.trim()) {
             Ok(v) => Some(Some(v)),
             Err(e) => {
-                self.problems.push(Problem::invalid(
-                    entry.origin.clone(),
-                    &entry.value,
-                    e.to_string(),
-                ));
+                self.invalid(entry, &e);
                 None
             }
         }
@@ -224,39 +215,59 @@ impl Lookup<'_> {
 
     /// A setting with a built-in default (`def`, from [`setting!`]): the
     /// service's value, the defaults' value, or the built-in default parsed.
+    ///
+    /// Generic, so instantiated once per setting: everything but the call to
+    /// `parse` lives in the non-generic helpers below, which keeps `resolve`
+    /// small (start-up runs it once, from cold code).
     fn get<T, E: std::fmt::Display>(
         &mut self,
         def: &'static SettingDef,
         parse: impl Fn(&str) -> Result<T, E>,
     ) -> Option<T> {
-        let name = def.name;
-        let entry = self
-            .service
-            .settings
-            .get(name)
-            .or_else(|| self.defaults.get(name));
-        match entry {
+        match self.entry(def.name) {
             Some(entry) => match parse(&entry.value) {
                 Ok(v) => Some(v),
                 Err(expected) => {
-                    self.problems.push(Problem::invalid(
-                        entry.origin.clone(),
-                        &entry.value,
-                        expected.to_string(),
-                    ));
+                    self.invalid(entry, &expected);
                     None
                 }
             },
-            None => {
-                let default = def.default.trim_matches('`');
-                Some(
-                    parse(default).unwrap_or_else(|e| {
-                        panic!("default of {name} ({default}) must parse: {e}")
-                    }),
-                )
-            }
+            None => match parse(built_in_default(def)) {
+                Ok(v) => Some(v),
+                Err(e) => bad_built_in_default(def, &e),
+            },
         }
     }
+
+    /// The service's entry for `name`, else the defaults'.
+    #[inline(never)]
+    fn entry(&self, name: &str) -> Option<&'a Entry> {
+        self.service
+            .settings
+            .get(name)
+            .or_else(|| self.defaults.get(name))
+    }
+
+    /// Records that `entry` does not parse.
+    fn invalid(&mut self, entry: &Entry, expected: &dyn std::fmt::Display) {
+        super::record_invalid(self.problems, entry, expected);
+    }
+}
+
+/// A setting's documented default as its parser takes it (without the README's
+/// backticks).
+fn built_in_default(def: &SettingDef) -> &'static str {
+    def.default.trim_matches('`')
+}
+
+#[cold]
+#[inline(never)]
+fn bad_built_in_default(def: &SettingDef, e: &dyn std::fmt::Display) -> ! {
+    panic!(
+        "default of {} ({}) must parse: {e}",
+        def.name,
+        built_in_default(def)
+    )
 }
 
 /// Types one service's settings; `None` when a problem was recorded.
