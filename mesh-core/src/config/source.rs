@@ -59,7 +59,10 @@ impl Source for Env {
                 Some((name, value.into_string().ok()?))
             })
             .collect();
-        vars.sort_unstable();
+        // A stable sort, then the first of any name set twice (an environment
+        // may hold duplicates): the one `getenv`, and so `get`, returns.
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.dedup_by(|later, first| later.0 == first.0);
         vars
     }
 }
