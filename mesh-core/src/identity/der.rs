@@ -388,6 +388,41 @@ mod tests {
         }
     }
 
+    /// A peer's certificate is read before its chain is verified (its SPIFFE
+    /// ID picks the bundle), so any bytes at all must give an answer.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let der = cert(
+            vec![uri("spiffe://example.org/a"), uri("spiffe://example.org/b")],
+            (2070, 1, 1),
+            &[0x80, 1],
+        );
+        // A fixed-seed xorshift: the same mutations on every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut read, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut bad = der.clone();
+            for _ in 0..=next() % 4 {
+                let i = (next() % bad.len() as u64) as usize;
+                bad[i] = next() as u8;
+            }
+            match (cert_fields(&bad), uri_sans(&bad)) {
+                (Ok(fields), Ok(uris)) => {
+                    assert_eq!(fields.uris, uris);
+                    read += 1;
+                }
+                _ => refused += 1,
+            }
+        }
+        assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
+    }
+
     fn unix(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
