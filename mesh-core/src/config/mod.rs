@@ -43,7 +43,6 @@ pub mod settings;
 mod source;
 pub mod value;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -261,13 +260,17 @@ impl MeshConfig {
             .flatten(),
         };
 
-        // Defaults are checked even when no service uses them yet.
-        let placeholder = raw::RawService {
-            name: service::DEFAULTS_NAME.into(),
-            ..Default::default()
-        };
-        let any_source = crate::discovery::DiscoverySource::Static(Vec::new());
-        service::resolve(&placeholder, &raw.defaults, Some(any_source), problems);
+        // Defaults are checked even when no service uses them yet. Without any,
+        // there is nothing to check: the built-in defaults parse and agree
+        // (`ServiceConfig::new` relies on it, and the tests build one).
+        if !raw.defaults.is_empty() {
+            let placeholder = raw::RawService {
+                name: service::DEFAULTS_NAME.into(),
+                ..Default::default()
+            };
+            let any_source = crate::discovery::DiscoverySource::Static(Vec::new());
+            service::resolve(&placeholder, &raw.defaults, Some(any_source), problems);
+        }
         let services: Vec<ServiceConfig> = raw
             .services
             .values()
@@ -478,7 +481,7 @@ fn workload_api_config(
 /// `MESH_TLS_CERT`, `MESH_TLS_KEY` and `MESH_TLS_BUNDLE` go together (plus any
 /// federated bundles); a partial set is an error naming what is missing.
 fn identity_files(
-    global: &HashMap<&'static str, Entry>,
+    global: &raw::SettingMap,
     workload_api: bool,
     problems: &mut Vec<Problem>,
 ) -> Option<IdentityFiles> {
@@ -589,14 +592,23 @@ fn typed<T, E: std::fmt::Display>(
 ) -> Option<T> {
     let entry = entry?;
     parse(&entry.value)
-        .map_err(|expected| {
-            problems.push(Problem::invalid(
-                entry.origin.clone(),
-                &entry.value,
-                expected.to_string(),
-            ))
-        })
+        .map_err(|expected| record_invalid(problems, entry, &expected))
         .ok()
+}
+
+/// Records that `entry` does not parse. Not generic, so the code of each
+/// setting's typing (instantiated once per parser) stays small.
+#[inline(never)]
+pub(crate) fn record_invalid(
+    problems: &mut Vec<Problem>,
+    entry: &Entry,
+    expected: &dyn std::fmt::Display,
+) {
+    problems.push(Problem::invalid(
+        entry.origin.clone(),
+        &entry.value,
+        expected.to_string(),
+    ));
 }
 
 /// Builds a [`MeshConfig`] in code.

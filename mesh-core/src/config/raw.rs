@@ -11,6 +11,11 @@ use super::settings::{self, Scope, SettingDef, Status, SETTINGS};
 use super::Source;
 use crate::authz::{parse_action, Rule};
 
+/// Settings by name. A B-tree rather than a hash map: these maps hold a handful
+/// of entries and are looked up once per setting at start-up, where comparing a
+/// few names costs less than hashing each one (and an empty map costs nothing).
+pub(crate) type SettingMap = BTreeMap<&'static str, Entry>;
+
 /// A setting's value and where it came from.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -24,7 +29,7 @@ pub(crate) struct RawService {
     /// The name as the user wrote it (the file keeps case and dots; variables
     /// only carry the normalized form, shown in lower case).
     pub(crate) name: String,
-    pub(crate) settings: HashMap<&'static str, Entry>,
+    pub(crate) settings: SettingMap,
     /// `[[services.<name>.routes]]` of the file, in order.
     pub(crate) routes: Vec<RawRoute>,
 }
@@ -33,9 +38,9 @@ pub(crate) struct RawService {
 #[derive(Debug, Clone)]
 pub(crate) struct RawRoute {
     /// `name`, `methods`, `path` and `path_prefix`, by key.
-    pub(crate) matching: HashMap<&'static str, Entry>,
+    pub(crate) matching: SettingMap,
     /// The settings it overrides, by setting name.
-    pub(crate) settings: HashMap<&'static str, Entry>,
+    pub(crate) settings: SettingMap,
 }
 
 /// The keys of a route that say what it matches.
@@ -57,8 +62,8 @@ pub(crate) const ROUTE_SETTINGS: [&str; 9] = [
 /// Everything gathered, variables already laid over the file.
 #[derive(Debug, Default)]
 pub(crate) struct RawSettings {
-    pub(crate) global: HashMap<&'static str, Entry>,
-    pub(crate) defaults: HashMap<&'static str, Entry>,
+    pub(crate) global: SettingMap,
+    pub(crate) defaults: SettingMap,
     /// By normalized name.
     pub(crate) services: BTreeMap<String, RawService>,
     /// `[[authz.rules]]` of the file, already parsed, with the key they came from.
@@ -357,8 +362,8 @@ impl RawSettings {
                 continue;
             };
             let mut raw = RawRoute {
-                matching: HashMap::new(),
-                settings: HashMap::new(),
+                matching: SettingMap::new(),
+                settings: SettingMap::new(),
             };
             for (k, v) in table {
                 let field_origin = origin(&format!("{route_key}.{k}"));
@@ -466,13 +471,7 @@ impl RawSettings {
         source: &(impl Source + ?Sized),
         problems: &mut Vec<Problem>,
     ) {
-        let mut names = source.names();
-        names.sort_unstable();
-        names.dedup();
-        for var in names.into_iter().filter(|n| n.starts_with("MESH_")) {
-            let Some(value) = source.get(&var) else {
-                continue;
-            };
+        for (var, value) in source.vars_with_prefix("MESH_") {
             let rest = &var["MESH_".len()..];
             let entry = Entry {
                 value: value.clone(),

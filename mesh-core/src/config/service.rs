@@ -1,11 +1,10 @@
 //! Typed settings of one logical service.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::error::{Origin, Problem};
-use super::raw::{normalize_service_name, Entry, RawService};
-use super::settings::{self, Scope};
+use super::raw::{normalize_service_name, Entry, RawService, SettingMap};
+use super::settings::SettingDef;
 use super::value;
 use crate::balance::{BalancerKind, BalancerSettings};
 use crate::breaker::BreakerSettings;
@@ -115,10 +114,10 @@ impl ServiceConfig {
         let mut problems = Vec::new();
         let raw = RawService {
             name: name.into(),
-            settings: HashMap::new(),
+            settings: SettingMap::new(),
             routes: Vec::new(),
         };
-        let config = resolve(&raw, &HashMap::new(), Some(discovery), &mut problems);
+        let config = resolve(&raw, &SettingMap::new(), Some(discovery), &mut problems);
         debug_assert!(
             problems.is_empty(),
             "built-in defaults must parse: {problems:?}"
@@ -132,37 +131,36 @@ impl ServiceConfig {
     }
 }
 
+/// The registered setting of this name, found while the crate compiles (a name
+/// missing from [`SETTINGS`](super::settings::SETTINGS) does not build).
+macro_rules! setting {
+    ($name:literal) => {
+        const { super::settings::registered($name) }
+    };
+}
+
 /// Looks a setting up: the service's own value, then the defaults, then the
 /// built-in default from the registry.
 struct Lookup<'a> {
     service: &'a RawService,
-    defaults: &'a HashMap<&'static str, Entry>,
+    defaults: &'a SettingMap,
     problems: &'a mut Vec<Problem>,
 }
 
-impl Lookup<'_> {
+impl<'a> Lookup<'a> {
     /// A setting with no built-in default: `None` when nobody set it.
     fn optional<T, E: std::fmt::Display>(
         &mut self,
         name: &'static str,
         parse: impl Fn(&str) -> Result<T, E>,
     ) -> Option<Option<T>> {
-        let Some(entry) = self
-            .service
-            .settings
-            .get(name)
-            .or_else(|| self.defaults.get(name))
-        else {
+        let Some(entry) = self.entry(name) else {
             return Some(None);
         };
         match parse(entry.value.trim()) {
             Ok(v) => Some(Some(v)),
             Err(e) => {
-                self.problems.push(Problem::invalid(
-                    entry.origin.clone(),
-                    &entry.value,
-                    e.to_string(),
-                ));
+                self.invalid(entry, &e);
                 None
             }
         }
@@ -215,45 +213,67 @@ impl Lookup<'_> {
         self.problems.push(problem);
     }
 
+    /// A setting with a built-in default (`def`, from [`setting!`]): the
+    /// service's value, the defaults' value, or the built-in default parsed.
+    ///
+    /// Generic, so instantiated once per setting: everything but the call to
+    /// `parse` lives in the non-generic helpers below, which keeps `resolve`
+    /// small (start-up runs it once, from cold code).
     fn get<T, E: std::fmt::Display>(
         &mut self,
-        name: &'static str,
+        def: &'static SettingDef,
         parse: impl Fn(&str) -> Result<T, E>,
     ) -> Option<T> {
-        let entry = self
-            .service
-            .settings
-            .get(name)
-            .or_else(|| self.defaults.get(name));
-        match entry {
+        match self.entry(def.name) {
             Some(entry) => match parse(&entry.value) {
                 Ok(v) => Some(v),
                 Err(expected) => {
-                    self.problems.push(Problem::invalid(
-                        entry.origin.clone(),
-                        &entry.value,
-                        expected.to_string(),
-                    ));
+                    self.invalid(entry, &expected);
                     None
                 }
             },
-            None => {
-                let def = settings::find(Scope::Service, name).expect("setting is registered");
-                let default = def.default.trim_matches('`');
-                Some(
-                    parse(default).unwrap_or_else(|e| {
-                        panic!("default of {name} ({default}) must parse: {e}")
-                    }),
-                )
-            }
+            None => match parse(built_in_default(def)) {
+                Ok(v) => Some(v),
+                Err(e) => bad_built_in_default(def, &e),
+            },
         }
     }
+
+    /// The service's entry for `name`, else the defaults'.
+    #[inline(never)]
+    fn entry(&self, name: &str) -> Option<&'a Entry> {
+        self.service
+            .settings
+            .get(name)
+            .or_else(|| self.defaults.get(name))
+    }
+
+    /// Records that `entry` does not parse.
+    fn invalid(&mut self, entry: &Entry, expected: &dyn std::fmt::Display) {
+        super::record_invalid(self.problems, entry, expected);
+    }
+}
+
+/// A setting's documented default as its parser takes it (without the README's
+/// backticks).
+fn built_in_default(def: &SettingDef) -> &'static str {
+    def.default.trim_matches('`')
+}
+
+#[cold]
+#[inline(never)]
+fn bad_built_in_default(def: &SettingDef, e: &dyn std::fmt::Display) -> ! {
+    panic!(
+        "default of {} ({}) must parse: {e}",
+        def.name,
+        built_in_default(def)
+    )
 }
 
 /// Types one service's settings; `None` when a problem was recorded.
 pub(crate) fn resolve(
     service: &RawService,
-    defaults: &HashMap<&'static str, Entry>,
+    defaults: &SettingMap,
     discovery: Option<DiscoverySource>,
     problems: &mut Vec<Problem>,
 ) -> Option<ServiceConfig> {
@@ -264,45 +284,45 @@ pub(crate) fn resolve(
         defaults,
         problems,
     };
-    let protocol = l.get("PROTOCOL", str::parse::<Protocol>);
-    let kind = l.get("BALANCER", str::parse::<BalancerKind>);
-    let connect_timeout = l.get("CONNECT_TIMEOUT", value::duration);
-    let timeout = l.get("TIMEOUT", value::optional_duration);
-    let idle_timeout = l.get("IDLE_TIMEOUT", value::duration);
-    let max_connection_age = l.get("MAX_CONNECTION_AGE", value::optional_duration);
-    let max_connections = l.get("MAX_CONNECTIONS", value::optional_limit);
-    let http2_keepalive = l.get("HTTP2_KEEPALIVE", value::optional_duration);
-    let queue_timeout = l.get("QUEUE_TIMEOUT", value::duration);
-    let max_pending = l.get("MAX_PENDING", value::positive_count);
-    let panic_threshold = l.get("PANIC_THRESHOLD", value::percent);
-    let default_rtt = l.get("EWMA_DEFAULT_RTT", value::duration);
-    let decay = l.get("EWMA_DECAY", value::duration);
+    let protocol = l.get(setting!("PROTOCOL"), str::parse::<Protocol>);
+    let kind = l.get(setting!("BALANCER"), str::parse::<BalancerKind>);
+    let connect_timeout = l.get(setting!("CONNECT_TIMEOUT"), value::duration);
+    let timeout = l.get(setting!("TIMEOUT"), value::optional_duration);
+    let idle_timeout = l.get(setting!("IDLE_TIMEOUT"), value::duration);
+    let max_connection_age = l.get(setting!("MAX_CONNECTION_AGE"), value::optional_duration);
+    let max_connections = l.get(setting!("MAX_CONNECTIONS"), value::optional_limit);
+    let http2_keepalive = l.get(setting!("HTTP2_KEEPALIVE"), value::optional_duration);
+    let queue_timeout = l.get(setting!("QUEUE_TIMEOUT"), value::duration);
+    let max_pending = l.get(setting!("MAX_PENDING"), value::positive_count);
+    let panic_threshold = l.get(setting!("PANIC_THRESHOLD"), value::percent);
+    let default_rtt = l.get(setting!("EWMA_DEFAULT_RTT"), value::duration);
+    let decay = l.get(setting!("EWMA_DECAY"), value::duration);
     let identity = l.optional("IDENTITY", |v| {
         v.parse::<ExpectedIdentity>()
             .map_err(|e| format!("a SPIFFE ID such as spiffe://example.org/api, or a trust domain such as example.org ({e})"))
     });
-    let per_try_timeout = l.get("PER_TRY_TIMEOUT", value::optional_duration);
-    let budget_ratio = l.get("RETRY_BUDGET", value::percent);
-    let budget_window = l.get("RETRY_WINDOW", value::duration);
-    let min_per_second = l.get("RETRY_MIN_PER_SECOND", value::count);
-    let max_attempts = l.get("RETRY_MAX_ATTEMPTS", parse_max_attempts);
-    let retry_on = l.get("RETRY_ON", str::parse::<RetryOn>);
-    let methods = l.get("RETRY_METHODS", str::parse::<MethodSet>);
-    let backoff = l.get("RETRY_BACKOFF", str::parse::<RetryBackoff>);
-    let replay_buffer = l.get("REPLAY_BUFFER", value::size);
-    let hedge_delay = l.get("HEDGE_DELAY", parse_hedge_delay);
+    let per_try_timeout = l.get(setting!("PER_TRY_TIMEOUT"), value::optional_duration);
+    let budget_ratio = l.get(setting!("RETRY_BUDGET"), value::percent);
+    let budget_window = l.get(setting!("RETRY_WINDOW"), value::duration);
+    let min_per_second = l.get(setting!("RETRY_MIN_PER_SECOND"), value::count);
+    let max_attempts = l.get(setting!("RETRY_MAX_ATTEMPTS"), parse_max_attempts);
+    let retry_on = l.get(setting!("RETRY_ON"), str::parse::<RetryOn>);
+    let methods = l.get(setting!("RETRY_METHODS"), str::parse::<MethodSet>);
+    let backoff = l.get(setting!("RETRY_BACKOFF"), str::parse::<RetryBackoff>);
+    let replay_buffer = l.get(setting!("REPLAY_BUFFER"), value::size);
+    let hedge_delay = l.get(setting!("HEDGE_DELAY"), parse_hedge_delay);
     let outlier = outlier_settings(&mut l);
     let breaker = breaker_settings(&mut l);
-    let rate_limit = l.get("RATE_LIMIT", |v| match v.trim() {
+    let rate_limit = l.get(setting!("RATE_LIMIT"), |v| match v.trim() {
         "off" => Ok(None),
         other => other.parse::<Rate>().map(Some),
     });
-    let concurrency = l.get("CONCURRENCY", |v| match v.trim() {
+    let concurrency = l.get(setting!("CONCURRENCY"), |v| match v.trim() {
         "off" => Ok(None),
         other => other.parse::<LimitAlgorithm>().map(Some),
     });
-    let fault_delay = l.get("FAULT_DELAY", parse_delay);
-    let fault_abort = l.get("FAULT_ABORT", parse_abort);
+    let fault_delay = l.get(setting!("FAULT_DELAY"), parse_delay);
+    let fault_abort = l.get(setting!("FAULT_ABORT"), parse_abort);
     let health_check = health_check(&mut l, protocol);
     let grpc = grpc_service_config(&mut l);
     let budget_ratio =
@@ -378,14 +398,14 @@ pub(crate) fn resolve(
 
 /// The `HEALTH_CHECK_*` settings; `Some(None)` when active checks are off.
 fn health_check(l: &mut Lookup<'_>, protocol: Option<Protocol>) -> Option<Option<HealthCheck>> {
-    let path = l.get("HEALTH_CHECK_PATH", parse_health_path);
+    let path = l.get(setting!("HEALTH_CHECK_PATH"), parse_health_path);
     // Not trimmed: an empty name (the whole server) is a value of its own.
-    let grpc = l.get("HEALTH_CHECK_GRPC_SERVICE", |v| match v {
+    let grpc = l.get(setting!("HEALTH_CHECK_GRPC_SERVICE"), |v| match v {
         "off" => Ok::<_, &str>(None),
         name => Ok(Some(name.to_owned())),
     });
-    let interval = l.get("HEALTH_CHECK_INTERVAL", value::positive_duration);
-    let timeout = l.get("HEALTH_CHECK_TIMEOUT", value::positive_duration);
+    let interval = l.get(setting!("HEALTH_CHECK_INTERVAL"), value::positive_duration);
+    let timeout = l.get(setting!("HEALTH_CHECK_TIMEOUT"), value::positive_duration);
     let threshold = |v: &str| {
         v.trim()
             .parse::<u32>()
@@ -393,8 +413,8 @@ fn health_check(l: &mut Lookup<'_>, protocol: Option<Protocol>) -> Option<Option
             .filter(|n| *n >= 1)
             .ok_or("a whole number of at least 1")
     };
-    let healthy = l.get("HEALTH_CHECK_HEALTHY_THRESHOLD", threshold);
-    let unhealthy = l.get("HEALTH_CHECK_UNHEALTHY_THRESHOLD", threshold);
+    let healthy = l.get(setting!("HEALTH_CHECK_HEALTHY_THRESHOLD"), threshold);
+    let unhealthy = l.get(setting!("HEALTH_CHECK_UNHEALTHY_THRESHOLD"), threshold);
     let (interval, timeout) = (interval?, timeout?);
     if !l.no_longer_than(
         ("HEALTH_CHECK_TIMEOUT", timeout),
@@ -478,12 +498,15 @@ pub(crate) const DEFAULTS_NAME: &str = "(defaults)";
 
 /// The `OUTLIER_*` settings; `Some(None)` when outlier detection is off.
 fn outlier_settings(l: &mut Lookup<'_>) -> Option<Option<OutlierSettings>> {
-    let on = l.get("OUTLIER_DETECTION", value::boolean);
-    let consecutive = l.get("OUTLIER_CONSECUTIVE_FAILURES", value::optional_positive);
-    let interval = l.get("OUTLIER_INTERVAL", value::positive_duration);
-    let base = l.get("OUTLIER_BASE_EJECTION", value::positive_duration);
-    let max = l.get("OUTLIER_MAX_EJECTION", value::positive_duration);
-    let max_ejected = l.get("OUTLIER_MAX_EJECTED", value::percent);
+    let on = l.get(setting!("OUTLIER_DETECTION"), value::boolean);
+    let consecutive = l.get(
+        setting!("OUTLIER_CONSECUTIVE_FAILURES"),
+        value::optional_positive,
+    );
+    let interval = l.get(setting!("OUTLIER_INTERVAL"), value::positive_duration);
+    let base = l.get(setting!("OUTLIER_BASE_EJECTION"), value::positive_duration);
+    let max = l.get(setting!("OUTLIER_MAX_EJECTION"), value::positive_duration);
+    let max_ejected = l.get(setting!("OUTLIER_MAX_EJECTED"), value::percent);
     let (base, max) = (base?, max?);
     if !l.no_longer_than(
         ("OUTLIER_BASE_EJECTION", base),
@@ -504,12 +527,12 @@ fn outlier_settings(l: &mut Lookup<'_>) -> Option<Option<OutlierSettings>> {
 
 /// The `BREAKER*` settings; `Some(None)` when there is no breaker.
 fn breaker_settings(l: &mut Lookup<'_>) -> Option<Option<BreakerSettings>> {
-    let on = l.get("BREAKER", value::boolean);
-    let failure_rate = l.get("BREAKER_FAILURE_RATE", value::percent);
-    let slow_call = l.get("BREAKER_SLOW_CALL", value::optional_duration);
-    let window = l.get("BREAKER_WINDOW", value::positive_count);
-    let open_time = l.get("BREAKER_OPEN_TIME", value::positive_duration);
-    let probes = l.get("BREAKER_PROBES", value::positive_count);
+    let on = l.get(setting!("BREAKER"), value::boolean);
+    let failure_rate = l.get(setting!("BREAKER_FAILURE_RATE"), value::percent);
+    let slow_call = l.get(setting!("BREAKER_SLOW_CALL"), value::optional_duration);
+    let window = l.get(setting!("BREAKER_WINDOW"), value::positive_count);
+    let open_time = l.get(setting!("BREAKER_OPEN_TIME"), value::positive_duration);
+    let probes = l.get(setting!("BREAKER_PROBES"), value::positive_count);
     let window = window?;
     let settings = BreakerSettings {
         failure_rate: failure_rate?,

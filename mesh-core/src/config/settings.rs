@@ -173,6 +173,36 @@ pub fn find(scope: Scope, name: &str) -> Option<&'static SettingDef> {
     })
 }
 
+/// The setting named `name`, whatever its scope, for code that names settings
+/// in its source: called in a `const` context it is looked up while the crate
+/// compiles (an unregistered name fails the build), so reading a setting's
+/// built-in default costs no search at run time.
+pub const fn registered(name: &str) -> &'static SettingDef {
+    let mut i = 0;
+    while i < SETTINGS.len() {
+        if const_str_eq(SETTINGS[i].name, name) {
+            return &SETTINGS[i];
+        }
+        i += 1;
+    }
+    panic!("the setting is not registered in SETTINGS")
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Splits `<SVC>_<SETTING>` at the longest per-service setting it ends with,
 /// leaving a non-empty service part.
 pub fn split_service_setting(rest: &str) -> Option<(&str, &'static SettingDef)> {
@@ -200,6 +230,22 @@ mod tests {
         assert_eq!((svc, d.name), ("TIMEOUT", "TIMEOUT"));
         assert!(split_service_setting("TIMEOUT").is_none());
         assert!(split_service_setting("API_NOT_A_SETTING").is_none());
+    }
+
+    #[test]
+    fn registered_finds_the_setting_of_that_name() {
+        assert_eq!(registered("TIMEOUT").name, "TIMEOUT");
+        assert_eq!(registered("PER_TRY_TIMEOUT").name, "PER_TRY_TIMEOUT");
+        assert_eq!(registered("SERVICE_NAME").scope, Global);
+        const CONNECT: &SettingDef = registered("CONNECT_TIMEOUT");
+        assert_eq!(CONNECT.default, "`1s`");
+    }
+
+    #[test]
+    #[should_panic(expected = "not registered")]
+    fn registered_refuses_an_unknown_name() {
+        let name = String::from("NOT_A_SETTING");
+        registered(&name);
     }
 
     #[test]

@@ -12,6 +12,23 @@ pub trait Source {
     fn get(&self, name: &str) -> Option<String>;
     /// Every name that is set (used to find misspelled `MESH_` settings).
     fn names(&self) -> Vec<String>;
+
+    /// Every name starting with `prefix` that is set, with its value, sorted
+    /// by name. This version asks [`names`](Self::names), then
+    /// [`get`](Self::get) for each match; [`Env`] reads the environment once.
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut names = self.names();
+        names.retain(|n| n.starts_with(prefix));
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let value = self.get(&name)?;
+                Some((name, value))
+            })
+            .collect()
+    }
 }
 
 /// The process environment.
@@ -27,6 +44,26 @@ impl Source for Env {
         std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
             .collect()
+    }
+
+    /// One pass over the environment, rather than a `getenv` (a scan of the
+    /// whole environment) per matching name. As with [`get`](Self::get), a
+    /// value that is not Unicode counts as not set.
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(name, value)| {
+                let name = name.into_string().ok()?;
+                if !name.starts_with(prefix) {
+                    return None;
+                }
+                Some((name, value.into_string().ok()?))
+            })
+            .collect();
+        // A stable sort, then the first of any name set twice (an environment
+        // may hold duplicates): the one `getenv`, and so `get`, returns.
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.dedup_by(|later, first| later.0 == first.0);
+        vars
     }
 }
 

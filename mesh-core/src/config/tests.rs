@@ -1056,3 +1056,48 @@ fn bad_health_check_settings_name_the_variable() {
     );
     assert!(e.to_string().contains("PROTOCOL"), "{e}");
 }
+
+/// Delegates `get` and `names` to the environment but keeps the trait's own
+/// `vars_with_prefix`, to compare `Env`'s one-pass version against.
+struct EnvByName;
+
+impl Source for EnvByName {
+    fn get(&self, name: &str) -> Option<String> {
+        Env.get(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        Env.names()
+    }
+}
+
+#[test]
+fn env_reads_in_one_pass_what_names_and_get_would_read() {
+    // No variable is set here (tests do not mutate the environment): every
+    // prefix of what the test process has is compared, the empty one included.
+    for prefix in ["", "P", "PATH", "CARGO_", "MESH_", "NO_SUCH_PREFIX_"] {
+        assert_eq!(
+            Env.vars_with_prefix(prefix),
+            EnvByName.vars_with_prefix(prefix),
+            "prefix {prefix:?}"
+        );
+    }
+    assert!(Env.vars_with_prefix("").windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+#[test]
+fn vars_with_prefix_keeps_matching_names_sorted_with_their_values() {
+    let env = [
+        ("MESH_B", "2"),
+        ("OTHER", "x"),
+        ("MESH_A", "1"),
+        ("MESH_B", "3"),
+    ];
+    assert_eq!(
+        env.vars_with_prefix("MESH_"),
+        [
+            ("MESH_A".to_string(), "1".to_string()),
+            ("MESH_B".to_string(), "3".to_string())
+        ]
+    );
+}

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod der;
 #[cfg(any(test, feature = "dev-ca"))]
 pub mod dev;
 mod error;

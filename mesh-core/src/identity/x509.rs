@@ -1,10 +1,10 @@
 //! What the mesh reads out of an X.509 SVID: its SPIFFE ID, expiry and serial.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
-use x509_parser::extensions::GeneralName;
 
+use super::der;
 use super::{SpiffeId, SpiffeIdError};
 
 /// Why a certificate does not carry a usable SPIFFE ID.
@@ -34,46 +34,28 @@ pub(crate) struct LeafFacts {
 
 /// Reads the SPIFFE ID, expiry and serial of a leaf certificate.
 pub(crate) fn leaf_facts(der: &CertificateDer<'_>) -> Result<LeafFacts, SvidError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| SvidError::Malformed(e.to_string()))?;
-    let spiffe_id = spiffe_id_of_parsed(&cert)?;
-    let secs = cert.validity().not_after.timestamp();
-    let not_after = if secs >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-    } else {
-        SystemTime::UNIX_EPOCH
-    };
+    let fields = der::cert_fields(der.as_ref()).map_err(malformed)?;
     Ok(LeafFacts {
-        spiffe_id,
-        not_after,
-        serial: cert.raw_serial_as_string().replace(':', ""),
+        spiffe_id: the_one_spiffe_id(&fields.uris)?,
+        not_after: fields.not_after,
+        serial: fields.serial,
     })
 }
 
 /// Reads only the SPIFFE ID of a certificate (the per-handshake path).
 pub fn spiffe_id_of(der: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| SvidError::Malformed(e.to_string()))?;
-    spiffe_id_of_parsed(&cert)
+    let uris = der::uri_sans(der.as_ref()).map_err(malformed)?;
+    the_one_spiffe_id(&uris)
 }
 
-fn spiffe_id_of_parsed(
-    cert: &x509_parser::certificate::X509Certificate<'_>,
-) -> Result<SpiffeId, SvidError> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| SvidError::Malformed(e.to_string()))?;
-    let mut uris = san
-        .iter()
-        .flat_map(|ext| ext.value.general_names.iter())
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
-    let first = uris.next().ok_or(SvidError::NoSpiffeId)?;
-    let extra = uris.count();
-    if extra > 0 {
-        return Err(SvidError::MultipleUris(extra + 1));
+fn malformed(detail: &str) -> SvidError {
+    SvidError::Malformed(detail.to_owned())
+}
+
+fn the_one_spiffe_id(uris: &[&str]) -> Result<SpiffeId, SvidError> {
+    match uris {
+        [] => Err(SvidError::NoSpiffeId),
+        [uri] => Ok(SpiffeId::new(uri)?),
+        more => Err(SvidError::MultipleUris(more.len())),
     }
-    Ok(SpiffeId::new(first)?)
 }

@@ -53,6 +53,7 @@ mod w3c;
 use std::net::SocketAddr;
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
@@ -148,9 +149,7 @@ impl TelemetryBuilder<'_> {
         let mut guard = TelemetryGuard::default();
 
         propagation::install(&settings.propagators);
-        let resource = Resource::builder()
-            .with_service_name(self.config.service_name().to_string())
-            .build();
+        let resource = resource(self.config.service_name());
 
         self.install_metrics(&settings, &resource, &mut guard)?;
 
@@ -263,6 +262,20 @@ fn app_recorder_notice() {
     tracing::info!(
         "the app installed its own `metrics` recorder: the mesh emits its metrics there and serves no endpoint of its own"
     );
+}
+
+/// What `Resource::builder()` detects, named `service_name`, without its
+/// SDK-provided detector: that one only supplies a `service.name` (from
+/// `OTEL_SERVICE_NAME`, else the executable's name: a `readlink` of
+/// /proc/self/exe at start-up) which is replaced here anyway.
+fn resource(service_name: &str) -> Resource {
+    Resource::builder_empty()
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector),
+            Box::new(EnvResourceDetector::new()),
+        ])
+        .with_service_name(service_name.to_string())
+        .build()
 }
 
 fn sampler(kind: SamplerKind) -> Sampler {
@@ -470,5 +483,19 @@ impl TelemetryGuard {
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resource_is_what_the_sdk_default_detects_under_our_service_name() {
+        let sdk = Resource::builder().with_service_name("checkout").build();
+        assert_eq!(resource("checkout"), sdk);
+        assert!(resource("checkout")
+            .iter()
+            .any(|(k, v)| k.as_str() == "telemetry.sdk.name" && v.as_str() == "opentelemetry"));
     }
 }
