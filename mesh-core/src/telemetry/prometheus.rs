@@ -11,15 +11,13 @@
 //! exporter's did.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
-use metrics_exporter_prometheus::formatting::sanitize_metric_name;
-
-use super::registry::Registry;
+use super::registry::{sanitize_name, Registry};
 use super::{TelemetryError, DURATION_BUCKETS, SIZE_BUCKETS};
 use crate::metric_names;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
 /// The outcome of installing the Prometheus recorder.
 pub(super) enum Installed {
@@ -38,12 +36,19 @@ pub(super) enum Installed {
 /// the mesh's byte histograms, the duration buckets for every other one (the
 /// app's own histograms included).
 fn bounds_for(name: &str) -> &'static [f64] {
-    let is_size = metric_names::ALL.iter().any(|def| {
-        def.instrument == metric_names::Instrument::Histogram
-            && def.unit == metric_names::Unit::Bytes
-            && sanitize_metric_name(def.name) == name
+    // Sanitized once per process, not once per family registered.
+    static SIZES: OnceLock<Vec<String>> = OnceLock::new();
+    let sizes = SIZES.get_or_init(|| {
+        metric_names::ALL
+            .iter()
+            .filter(|def| {
+                def.instrument == metric_names::Instrument::Histogram
+                    && def.unit == metric_names::Unit::Bytes
+            })
+            .map(|def| sanitize_name(def.name))
+            .collect()
     });
-    if is_size {
+    if sizes.iter().any(|size| size == name) {
         &SIZE_BUCKETS
     } else {
         &DURATION_BUCKETS
@@ -285,7 +290,7 @@ mod tests {
             text.contains(r#"app_checkout_duration_bucket{le="0.5"} 1"#),
             "{text}"
         );
-        let size_name = sanitize_metric_name(size.name);
+        let size_name = sanitize_name(size.name);
         assert!(
             text.contains(&format!(r#"{size_name}_bucket{{le="256"}} 1"#)),
             "{text}"
