@@ -5,8 +5,9 @@
 //! Why not the exporter's recorder for counters and gauges: building it
 //! calibrates `quanta`'s TSC clock (a busy loop of 1–2 ms of a core), which
 //! only its histograms' sample timestamps and idle timeouts use, and the mesh
-//! uses neither. Its counters and gauges are plain atomics anyway, so ours are
-//! the same `metrics::atomics::AtomicU64`, updated by the `metrics` crate's
+//! uses neither. Its counters and gauges are atomics (behind a generation
+//! count, for those idle timeouts), so ours are the same
+//! `metrics::atomics::AtomicU64`, without the generation, updated by the `metrics` crate's
 //! own `CounterFn`/`GaugeFn` implementations: `increment` adds, `absolute`
 //! keeps the larger value (`fetch_max`, never lowers a counter), a gauge is
 //! `f64` bits (`set` stores, `increment`/`decrement` compare-and-swap).
