@@ -232,11 +232,11 @@ mod tests {
     #[cfg(feature = "prometheus")]
     #[test]
     fn a_slot_records_into_the_recorder_in_force() {
-        use metrics_exporter_prometheus::PrometheusBuilder;
+        use super::super::prometheus::{recorder, MeshRecorder, Recorder};
         let slot = HandleSlot::<metrics::Counter>::new();
-        let first = PrometheusBuilder::new().build_recorder();
-        let second = PrometheusBuilder::new().build_recorder();
-        let count = |recorder: &metrics_exporter_prometheus::PrometheusRecorder| {
+        let first = recorder();
+        let second = recorder();
+        let count = |(recorder, _): &(MeshRecorder, Recorder)| {
             metrics::with_local_recorder(recorder, || {
                 slot.with(|| metrics::counter!("slot_test"), |c| c.increment(1));
             });
@@ -245,18 +245,18 @@ mod tests {
         count(&second);
         count(&second);
         count(&first);
-        assert!(first.handle().render().contains("slot_test 2"));
-        assert!(second.handle().render().contains("slot_test 2"));
+        assert!(first.1.handle().render().contains("slot_test_total 2"));
+        assert!(second.1.handle().render().contains("slot_test_total 2"));
     }
 
     #[cfg(feature = "prometheus")]
     #[test]
     fn handles_follow_the_recorder_in_force() {
-        use metrics_exporter_prometheus::PrometheusBuilder;
+        use super::super::prometheus::{recorder, MeshRecorder, Recorder};
         let cache = HandleCache::<&'static str, metrics::Counter>::new();
-        let first = PrometheusBuilder::new().build_recorder();
-        let second = PrometheusBuilder::new().build_recorder();
-        let count = |recorder: &metrics_exporter_prometheus::PrometheusRecorder| {
+        let first = recorder();
+        let second = recorder();
+        let count = |(recorder, _): &(MeshRecorder, Recorder)| {
             metrics::with_local_recorder(recorder, || {
                 cache.with(
                     &"x",
@@ -268,7 +268,7 @@ mod tests {
         count(&first);
         count(&second);
         count(&second);
-        assert!(first.handle().render().contains("handles_test 1"));
-        assert!(second.handle().render().contains("handles_test 2"));
+        assert!(first.1.handle().render().contains("handles_test_total 1"));
+        assert!(second.1.handle().render().contains("handles_test_total 2"));
     }
 }

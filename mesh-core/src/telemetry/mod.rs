@@ -32,8 +32,6 @@
 //! emit through the `metrics` facade and `tracing`.
 
 mod context;
-#[cfg(feature = "prometheus")]
-mod deferred;
 mod error;
 pub mod handles;
 #[cfg(feature = "prometheus")]
@@ -47,6 +45,8 @@ mod otlp;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 pub mod propagation;
+#[cfg(feature = "prometheus")]
+mod registry;
 mod sampling;
 mod w3c;
 
@@ -393,9 +393,7 @@ impl std::fmt::Debug for TelemetryGuard {
 
 impl TelemetryGuard {
     /// Renders `/metrics` for a route in the app's own router; `None` when the app
-    /// installed its own recorder or metrics go over OTLP. The counters' and
-    /// gauges' recorder is built once start-up is over (a second after
-    /// [`init`]); a render before that builds it (a millisecond or two).
+    /// installed its own recorder or metrics go over OTLP.
     ///
     /// ```ignore
     /// let handle = telemetry.prometheus_handle().unwrap();

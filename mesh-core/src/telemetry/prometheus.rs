@@ -1,24 +1,23 @@
 //! The Prometheus recorder: histograms as real buckets, recommended naming
 //! (`_total` on counters, unit suffixes), a HELP line for every mesh metric.
 //!
-//! Histograms are ours ([`histogram`](super::histogram)): fixed-bucket atomic
-//! counts from the moment they are registered. Counters and gauges go to
-//! `metrics-exporter-prometheus`'s recorder, built once start-up is over
-//! ([`deferred`](super::deferred)): building it calibrates a clock for a
-//! millisecond or two. One render writes both.
+//! Every series is ours ([`registry`](super::registry)): counters and gauges
+//! are atomics, histograms fixed-bucket atomic counts, all recording from the
+//! moment they are registered. Nothing is built later and no clock is
+//! calibrated: `metrics-exporter-prometheus`'s recorder, which the mesh used
+//! before, calibrates `quanta`'s TSC clock when it is built (1–2 ms of a
+//! core's time, in every process, for clock readings the mesh never used).
+//! The exporter's formatting helpers still write the text, so it reads as the
+//! exporter's did.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
-use metrics_exporter_prometheus::formatting::sanitize_metric_name;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
-
-use super::deferred::{self, DeferredRecorder, Kind, Shared};
-use super::histogram::HistogramRegistry;
+use super::registry::{sanitize_name, Registry};
 use super::{TelemetryError, DURATION_BUCKETS, SIZE_BUCKETS};
 use crate::metric_names;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
 /// The outcome of installing the Prometheus recorder.
 pub(super) enum Installed {
@@ -33,24 +32,23 @@ pub(super) enum Installed {
     AppRecorder,
 }
 
-/// The exporter's recorder, for counters and gauges: recommended naming.
-fn builder() -> PrometheusBuilder {
-    PrometheusBuilder::new().with_recommended_naming(true)
-}
-
-/// Whether units are added to names (the exporter's recommended naming).
-const UNIT_SUFFIX: bool = true;
-
 /// A histogram's bucket bounds, by its sanitized name: the size buckets for
 /// the mesh's byte histograms, the duration buckets for every other one (the
 /// app's own histograms included).
 fn bounds_for(name: &str) -> &'static [f64] {
-    let is_size = metric_names::ALL.iter().any(|def| {
-        def.instrument == metric_names::Instrument::Histogram
-            && def.unit == metric_names::Unit::Bytes
-            && sanitize_metric_name(def.name) == name
+    // Sanitized once per process, not once per family registered.
+    static SIZES: OnceLock<Vec<String>> = OnceLock::new();
+    let sizes = SIZES.get_or_init(|| {
+        metric_names::ALL
+            .iter()
+            .filter(|def| {
+                def.instrument == metric_names::Instrument::Histogram
+                    && def.unit == metric_names::Unit::Bytes
+            })
+            .map(|def| sanitize_name(def.name))
+            .collect()
     });
-    if is_size {
+    if sizes.iter().any(|size| size == name) {
         &SIZE_BUCKETS
     } else {
         &DURATION_BUCKETS
@@ -58,14 +56,14 @@ fn bounds_for(name: &str) -> &'static [f64] {
 }
 
 /// The recorder to install as the global one, and what renders it.
-fn recorder() -> (MeshRecorder, Recorder) {
-    let histograms = Arc::new(HistogramRegistry::new(bounds_for));
-    let (deferred, shared) = deferred::start(move || builder().build_recorder());
-    let global = MeshRecorder {
-        histograms: histograms.clone(),
-        rest: deferred,
-    };
-    (global, Recorder { shared, histograms })
+pub(super) fn recorder() -> (MeshRecorder, Recorder) {
+    let registry = Arc::new(Registry::new(bounds_for));
+    (
+        MeshRecorder {
+            registry: registry.clone(),
+        },
+        Recorder { registry },
+    )
 }
 
 /// Installs our recorder as the global one, with a scrape endpoint on `addr` if
@@ -83,15 +81,10 @@ pub(super) fn install(addr: Option<SocketAddr>) -> Result<Installed, TelemetryEr
     };
     let (global, recorder) = recorder();
     if metrics::set_global_recorder(global).is_err() {
-        // Never built: the app's recorder gets everything.
         return Ok(Installed::AppRecorder);
     }
-    // Built once start-up is over, unless a scrape asked for it sooner (see
-    // `deferred`). No upkeep task: the exporter holds no histograms to drain,
-    // and a render publishes the descriptions given meanwhile.
-    let mut tasks = vec![tokio::spawn(
-        recorder.shared.clone().build_after(deferred::BUILD_AFTER),
-    )];
+    // No upkeep task: nothing accumulates between scrapes.
+    let mut tasks = Vec::new();
     let mut bound = None;
     if let Some(listener) = listener {
         bound = listener.local_addr().ok();
@@ -104,46 +97,42 @@ pub(super) fn install(addr: Option<SocketAddr>) -> Result<Installed, TelemetryEr
     })
 }
 
-/// The global recorder we install: histograms answered at once from our
-/// fixed-bucket registry, counters and gauges forwarded to the exporter's
-/// recorder (kept until it is built).
+/// The global recorder we install: every series from our registry.
 #[derive(Debug)]
-struct MeshRecorder {
-    histograms: Arc<HistogramRegistry>,
-    rest: DeferredRecorder<PrometheusRecorder>,
+pub(super) struct MeshRecorder {
+    registry: Arc<Registry>,
 }
 
 impl metrics::Recorder for MeshRecorder {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.rest.describe(Kind::Counter, key, unit, description);
+        self.registry.describe(key, unit, description);
     }
 
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.rest.describe(Kind::Gauge, key, unit, description);
+        self.registry.describe(key, unit, description);
     }
 
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.histograms.describe(key, unit, description);
+        self.registry.describe(key, unit, description);
     }
 
-    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        self.rest.register_counter(key, metadata)
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.registry.counter(key)
     }
 
-    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        self.rest.register_gauge(key, metadata)
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.registry.gauge(key)
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        self.histograms.register(key)
+        self.registry.histogram(key)
     }
 }
 
 /// Our global Prometheus recorder's state, for rendering.
 #[derive(Debug, Clone)]
 pub(super) struct Recorder {
-    shared: Arc<Shared<PrometheusRecorder>>,
-    histograms: Arc<HistogramRegistry>,
+    registry: Arc<Registry>,
 }
 
 impl Recorder {
@@ -167,12 +156,9 @@ const _: fn() = || {
 
 impl PrometheusHandle {
     /// The exposition text: every metric recorded so far, with HELP and TYPE
-    /// lines. The first render before start-up is over builds the counters'
-    /// recorder (a millisecond or two; see [`init`](super::init)).
+    /// lines; counters, then gauges, then histograms, each family by name.
     pub fn render(&self) -> String {
-        let mut text = self.0.shared.recorder().handle().render();
-        self.0.histograms.render_into(&mut text, UNIT_SUFFIX);
-        text
+        self.0.registry.render()
     }
 }
 
@@ -274,40 +260,6 @@ mod tests {
         );
     }
 
-    /// Samples recorded before the counters' recorder is built (start-up) and
-    /// after it all render: histograms do not wait for it.
-    #[test]
-    fn a_histogram_recorded_before_and_after_the_build_renders_all_its_samples() {
-        let (global, rendering) = recorder();
-        let histogram = metrics::with_local_recorder(&global, || {
-            metrics::counter!("startup_total").increment(1);
-            metrics::histogram!("startup_seconds")
-        });
-        histogram.record(0.001);
-        histogram.record(0.02);
-        assert!(rendering.shared.get().is_none(), "not built yet");
-        let text = rendering.handle().render();
-        assert!(rendering.shared.get().is_some(), "the render built it");
-        assert!(text.contains("startup_total 1"), "{text}");
-        assert!(text.contains("startup_seconds_count 2"), "{text}");
-        histogram.record(20.0);
-        let text = rendering.handle().render();
-        assert!(
-            text.contains(r#"startup_seconds_bucket{le="0.005"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"startup_seconds_bucket{le="10"} 2"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"startup_seconds_bucket{le="+Inf"} 3"#),
-            "{text}"
-        );
-        assert!(text.contains("startup_seconds_sum 20.021"), "{text}");
-        assert!(text.contains("startup_seconds_count 3"), "{text}");
-    }
-
     /// The app's own histograms get the duration buckets; the mesh's body
     /// sizes get the size buckets.
     #[test]
@@ -338,7 +290,7 @@ mod tests {
             text.contains(r#"app_checkout_duration_bucket{le="0.5"} 1"#),
             "{text}"
         );
-        let size_name = sanitize_metric_name(size.name);
+        let size_name = sanitize_name(size.name);
         assert!(
             text.contains(&format!(r#"{size_name}_bucket{{le="256"}} 1"#)),
             "{text}"
@@ -371,15 +323,69 @@ mod tests {
         assert_eq!(text.matches("# TYPE twice_seconds histogram").count(), 1);
     }
 
-    /// The exposition lines of our histograms are the ones the exporter wrote
-    /// for the same samples with the buckets the mesh set on it: names, unit
-    /// suffixes, HELP and TYPE, label escaping, `le` values, cumulative
-    /// buckets, `_sum`, `_count`. (Families come in another order: the
-    /// exporter's is a hash map's.)
+    /// What both recorders are given in [`every_kind_renders_as_the_exporter_rendered_it`]:
+    /// every mesh metric, described, with awkward labels (quotes, backslashes,
+    /// newlines, non-ASCII, a name and label keys to sanitize), counters added
+    /// to and set with `absolute` (which never lowers them), gauges going
+    /// negative and fractional, histogram samples on bucket bounds; and the
+    /// app's own metrics without a description.
+    fn record_everything() {
+        metric_names::describe_all();
+        let awkward = [
+            ("server.address", "a\"b\\c\nd"),
+            ("le_like", "x"),
+            ("peer", "zürich→東京"),
+        ];
+        for def in ALL {
+            match def.instrument {
+                Instrument::Counter => {
+                    let counter = metrics::counter!(def.name, &awkward);
+                    counter.increment(1);
+                    counter.increment(41);
+                    metrics::counter!(def.name).increment(7);
+                }
+                Instrument::Gauge => {
+                    let gauge = metrics::gauge!(def.name, &awkward);
+                    gauge.set(1.5);
+                    gauge.decrement(4.25);
+                    gauge.increment(0.125);
+                    metrics::gauge!(def.name).set(1.0e-7);
+                }
+                Instrument::Histogram => {
+                    for value in [0.0, 0.005, 0.25, 64.0, 1024.0, 3.0e9] {
+                        metrics::histogram!(def.name, &awkward).record(value);
+                    }
+                    metrics::histogram!(def.name).record(0.5);
+                }
+            }
+        }
+        let absolute = metrics::counter!("app.bytes.seen", "dir" => "in");
+        absolute.absolute(100);
+        absolute.absolute(50);
+        absolute.increment(5);
+        metrics::counter!("app-requests", "route" => "/a b").increment(3);
+        metrics::counter!("app.already_total").increment(2);
+        metrics::gauge!("app.queue.depth").increment(0.1);
+        metrics::gauge!("app.queue.depth").increment(0.2);
+        metrics::gauge!("app.temperature", "room" => "ü").set(-273.15);
+        metrics::gauge!("app.ratio").set(f64::INFINITY);
+        metrics::histogram!("app.own.duration", "k" => "v").record(7.5);
+    }
+
+    /// The exposition text is the one the exporter wrote for the same calls
+    /// (it is the reference here, built with the settings the mesh used to
+    /// give it): per family one HELP (if described) and one TYPE line and all
+    /// its series together; names, `_total` and unit suffixes, label
+    /// escaping, values, `le` buckets, `_sum`, `_count`. Families and the
+    /// series in them are compared as sets: the exporter's order is a hash
+    /// map's.
     #[test]
-    fn histograms_render_as_the_exporter_rendered_them() {
-        use metrics_exporter_prometheus::Matcher;
-        let mut exporter = builder().set_buckets(&DURATION_BUCKETS).unwrap();
+    fn every_kind_renders_as_the_exporter_rendered_it() {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let mut exporter = PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .set_buckets(&DURATION_BUCKETS)
+            .unwrap();
         for def in ALL {
             if def.instrument == Instrument::Histogram && def.unit == metric_names::Unit::Bytes {
                 exporter = exporter
@@ -389,31 +395,35 @@ mod tests {
         }
         let exporter = exporter.build_recorder();
         let (ours, rendering) = recorder();
-        let record = || {
-            metric_names::describe_all();
-            for def in ALL.iter().filter(|d| d.instrument == Instrument::Histogram) {
-                let labels = [("server.address", "a\"b\\c\nd"), ("le_like", "x")];
-                for value in [0.0, 0.005, 0.25, 64.0, 1024.0, 3.0e9] {
-                    metrics::histogram!(def.name, &labels).record(value);
-                }
-                metrics::histogram!(def.name).record(0.5);
-            }
-            metrics::histogram!("app.own.duration", "k" => "v").record(7.5);
-        };
-        metrics::with_local_recorder(&exporter, record);
-        metrics::with_local_recorder(&ours, record);
-        let lines = |text: String| {
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
+        metrics::with_local_recorder(&exporter, record_everything);
+        metrics::with_local_recorder(&ours, record_everything);
+        // Each family (a block ending in a blank line) as its sorted lines.
+        let families = |text: String| {
+            let mut families: Vec<Vec<String>> = text
+                .split("\n\n")
+                .filter(|block| !block.trim().is_empty())
+                .map(|block| {
+                    let mut lines: Vec<String> = block.lines().map(str::to_string).collect();
+                    lines.sort();
+                    lines
+                })
                 .collect();
-            lines.sort();
-            lines
+            families.sort();
+            families
         };
-        let theirs = lines(exporter.handle().render());
-        let ours = lines(rendering.handle().render());
-        assert!(theirs.len() > 100, "{theirs:#?}");
+        let theirs = families(exporter.handle().render());
+        let ours = families(rendering.handle().render());
+        assert!(theirs.len() > 20, "{theirs:#?}");
+        assert!(
+            theirs.iter().map(Vec::len).sum::<usize>() > 200,
+            "{theirs:#?}"
+        );
+        let only_ours: Vec<_> = ours.iter().filter(|f| !theirs.contains(f)).collect();
+        let only_theirs: Vec<_> = theirs.iter().filter(|f| !ours.contains(f)).collect();
+        assert!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "ours only: {only_ours:#?}\nthe exporter's only: {only_theirs:#?}"
+        );
         assert_eq!(ours, theirs);
     }
 }
