@@ -1079,9 +1079,16 @@ fn summarise(
         "raw2/raw throughput {raw_vs_raw:.3} (noise control); raw2 − raw p50 {raw2_p50:+.1} µs"
     );
     println!("mesh/raw throughput {mesh_vs_raw:.3} (target ≥ 0.90); mesh − raw p50 {mesh_p50:+.1} µs (target ≤ 5), p99 {mesh_p99:+.1} µs");
+    // A ratio over the mesh's added latency means something only when the mesh
+    // measurably adds some: at or below zero (noise on a disturbed run) there is
+    // no ratio to report, rather than a division by (almost) nothing.
+    let sidecar_over_mesh = (mesh_p50 > 0.0).then(|| sidecar_p50 / mesh_p50);
+    let times_mesh = match sidecar_over_mesh {
+        Some(ratio) => format!("{ratio:.1}× the mesh's"),
+        None => "the mesh's added p50 is not above zero: no ratio".to_string(),
+    };
     println!(
-        "mesh/sidecar throughput {mesh_vs_sidecar:.2} (target ≥ 3); sidecar − raw p50 {sidecar_p50:+.1} µs ({:.1}× the mesh's; target ≥ 4)",
-        sidecar_p50 / mesh_p50.max(f64::EPSILON)
+        "mesh/sidecar throughput {mesh_vs_sidecar:.2} (target ≥ 3); sidecar − raw p50 {sidecar_p50:+.1} µs ({times_mesh}; target ≥ 4)"
     );
     println!(
         "gRPC (h2c, same tonic server): MeshChannel/Channel throughput {grpc_vs_channel:.3}; MeshChannel − Channel p50 {grpc_added_p50:+.1} µs"
@@ -1117,7 +1124,7 @@ fn summarise(
         "grpc_mesh_vs_channel_throughput": round3(grpc_vs_channel),
         "grpc_mesh_added_p50_us": round3(grpc_added_p50),
         "sidecar_added_p50_us": round3(sidecar_p50),
-        "sidecar_added_over_mesh_added_p50": round3(sidecar_p50 / mesh_p50.max(f64::EPSILON)),
+        "sidecar_added_over_mesh_added_p50": sidecar_over_mesh.map(round3),
         "mesh_otel_vs_mesh_throughput": round3(otel_vs_mesh),
         "mesh_otel_added_p50_us": round3(otel_added_p50),
         "mesh_otel_export": {
