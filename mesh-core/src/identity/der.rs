@@ -310,20 +310,7 @@ mod tests {
     /// What x509-parser, a full X.509 parser, reads from the same DER.
     fn reference(der: &[u8]) -> CertFields<'_> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-        let uris = cert
-            .subject_alternative_name()
-            .unwrap()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let uris = reference_uris(der).expect("x509-parser reads the certificate");
         let secs = cert.validity().not_after.timestamp();
         CertFields {
             uris,
