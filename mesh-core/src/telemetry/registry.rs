@@ -149,6 +149,21 @@ fn label_list(key: &Key) -> Vec<(&str, &str)> {
     list
 }
 
+/// Whether `key`'s labels make the label set `list` (a [`label_list`])
+/// stands for. Allocates only for a key that repeats a label key: with as many
+/// labels as `list` has entries, the two are the same label set exactly when
+/// they match one for one, in order (`list`'s keys are distinct, so such a
+/// `key` repeats none).
+fn makes_labels(key: &Key, list: &[(&str, &str)]) -> bool {
+    if key.labels().len() == list.len() {
+        key.labels()
+            .zip(list)
+            .all(|(label, (k, v))| label.key() == *k && label.value() == *v)
+    } else {
+        label_list(key) == list
+    }
+}
+
 impl<S> Series<S> {
     fn new() -> Self {
         Series {
@@ -181,7 +196,7 @@ impl<S> Series<S> {
         let series = match inner.families.get_mut(&name) {
             Some(family) => {
                 let labels = label_list(key);
-                match family.iter().find(|m| label_list(&m.key) == labels) {
+                match family.iter().find(|m| makes_labels(&m.key, &labels)) {
                     Some(member) => member.series.clone(),
                     None => {
                         let series = Arc::new(make(&name));
@@ -422,12 +437,13 @@ mod tests {
         let plain = Key::from_parts("jobs", vec![Label::new("a", "3"), Label::new("b", "2")]);
         let reordered = Key::from_parts("jobs", vec![Label::new("b", "2"), Label::new("a", "3")]);
         let other = Key::from_parts("jobs", vec![Label::new("a", "1"), Label::new("b", "2")]);
-        for key in [&repeated, &plain, &reordered, &other] {
-            assert_eq!(
-                label_list(key) == label_list(&plain),
-                label_set(key) == label_set(&plain),
-                "{key:?}"
-            );
+        let keys = [&repeated, &plain, &reordered, &other];
+        for a in keys {
+            for b in keys {
+                let same = label_set(a) == label_set(b);
+                assert_eq!(label_list(a) == label_list(b), same, "{a:?} {b:?}");
+                assert_eq!(makes_labels(a, &label_list(b)), same, "{a:?} {b:?}");
+            }
         }
         registry.counter(&repeated).increment(1);
         registry.counter(&plain).increment(2);
