@@ -13,7 +13,8 @@
 //! `endpoint-bytes` (memory per known endpoint, with the counting allocator
 //! below). `profile raw|mesh|mesh-otel|grpc|grpc-mesh N` sends N sequential requests with one
 //! configuration, for profilers; `cold-starts N` times N cold starts of each
-//! kind, alternating, and nothing else.
+//! kind, alternating, and nothing else; `cold-phases N` the same with each
+//! helper reporting when its phases ended (wall clock since its spawn).
 
 use std::alloc::System;
 use std::collections::BTreeMap;
@@ -111,6 +112,7 @@ fn main() -> ExitCode {
         Some("client") => client(arg(&args, 1), Path::new(arg(&args, 2)), arg(&args, 3)),
         Some("profile") => profile(arg(&args, 1), arg(&args, 2)),
         Some("cold-starts") => cold_starts(arg(&args, 1)),
+        Some("cold-phases") => cold_phases(arg(&args, 1)),
         Some("--full") => run(FULL),
         Some("--quick") | None => run(QUICK),
         Some(other) => Err(format!("unknown argument `{other}`; use --quick or --full").into()),
@@ -178,24 +180,32 @@ fn serve(dir: &Path) -> Result<(), BoxError> {
 /// to `addr`, prints `ok`. `mesh` reads its configuration from `MESH_`
 /// variables the parent set.
 fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
+    let phases = ColdPhases::from_env(kind);
+    phases.mark("main");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    phases.mark("runtime");
     runtime.block_on(async {
         let target: Arc<dyn Target> = match kind {
             "raw" => {
                 let pki = PkiFiles::existing(dir);
                 let connect = TlsConnect::new(pki.client_config()?);
+                phases.mark("client");
                 Arc::new(RawTarget::new(addr.parse()?, SERVER_NAME, connect, 1))
             }
             "mesh" => {
                 // Telemetry first, as a service sets it up, so the mesh's own
                 // start-up metrics (the certificate's expiry) are recorded.
                 let config = MeshConfig::from_env()?;
+                phases.mark("config");
                 let telemetry = mesh_core::telemetry::init(&config)?;
+                phases.mark("telemetry");
                 let mesh = Mesh::new(config)?;
+                phases.mark("mesh");
                 let client = mesh.client();
                 client.ready().await;
+                phases.mark("client");
                 // The handles own the identity watch and the metrics recorder; they
                 // live as long as the process.
                 std::mem::forget(mesh);
@@ -205,9 +215,46 @@ fn cold(kind: &str, dir: &Path, addr: &str) -> Result<(), BoxError> {
             _ => return Err(format!("unknown cold-start kind `{kind}`").into()),
         };
         target.call().await?;
+        phases.mark("response");
         println!("ok");
         Ok(())
     })
+}
+
+/// Where a cold helper's wall-clock time goes, for `cold-phases`: when its
+/// parent set `COLD_SPAWNED_AT_NS` (Unix time in nanoseconds, just before the
+/// spawn), each [`mark`](Self::mark) prints `phase KIND NAME MS` on standard
+/// error, MS the time since the spawn. Without the variable a mark does nothing,
+/// so `cold-starts` times helpers that print nothing extra.
+struct ColdPhases {
+    kind: String,
+    spawned_at_ns: Option<u128>,
+}
+
+impl ColdPhases {
+    fn from_env(kind: &str) -> Self {
+        ColdPhases {
+            kind: kind.to_string(),
+            spawned_at_ns: std::env::var("COLD_SPAWNED_AT_NS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    fn mark(&self, phase: &str) {
+        if let Some(spawned) = self.spawned_at_ns {
+            let ms = unix_ns().saturating_sub(spawned) as f64 / 1e6;
+            eprintln!("phase {} {phase} {ms:.3}", self.kind);
+        }
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch: a clock both processes read.
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// The `mesh+otel` client process: the mesh as [`start_mesh`] sets it up, with
@@ -517,8 +564,8 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Spawns one cold-start helper and times it from spawn to its `ok`.
-fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Duration, BoxError> {
+/// The command that runs one cold-start helper of `kind` against `addr`.
+fn cold_command(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Command, BoxError> {
     let mut command = Command::new(std::env::current_exe()?);
     command
         .args(["cold", kind])
@@ -531,6 +578,12 @@ fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Durat
         )
         .envs(pki.client_tls_vars())
         .stdout(Stdio::piped());
+    Ok(command)
+}
+
+/// Spawns one cold-start helper and times it from spawn to its `ok`.
+fn time_cold_start(kind: &str, pki: &PkiFiles, addr: SocketAddr) -> Result<Duration, BoxError> {
+    let mut command = cold_command(kind, pki, addr)?;
     let started = Instant::now();
     let mut child = command.spawn()?;
     let mut line = String::new();
@@ -719,6 +772,65 @@ fn cold_starts(count: &str) -> Result<(), BoxError> {
         mesh_ms / raw_ms,
         median(pairs)
     );
+    Ok(())
+}
+
+/// Cold starts with their phases: `count` of each kind (default 21),
+/// alternating, each helper reporting when its phases ended ([`ColdPhases`]);
+/// prints the median of each phase per kind, in milliseconds since the spawn.
+/// The wall clock is shared with the server's work, so a phase that waits on
+/// the server (`response`) includes it.
+fn cold_phases(count: &str) -> Result<(), BoxError> {
+    let count: usize = if count.is_empty() {
+        21
+    } else {
+        count
+            .parse()
+            .map_err(|_| format!("cold-phases: `{count}` is not a count"))?
+    };
+    let work = tempfile::tempdir()?;
+    let pki = PkiFiles::generate(work.path())?;
+    let server = ServerProcess::start(&pki)?;
+    // (kind, phase) -> milliseconds, phases in the order first seen.
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut times: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for i in 0..count {
+        let kinds = if i % 2 == 0 {
+            ["raw", "mesh"]
+        } else {
+            ["mesh", "raw"]
+        };
+        for kind in kinds {
+            let addr = if kind == "raw" {
+                server.tls
+            } else {
+                server.mesh
+            };
+            let mut command = cold_command(kind, &pki, addr)?;
+            command
+                .stderr(Stdio::piped())
+                .env("COLD_SPAWNED_AT_NS", unix_ns().to_string());
+            let output = command.output()?;
+            if !output.status.success() {
+                return Err(format!("cold start `{kind}` failed ({})", output.status).into());
+            }
+            for line in String::from_utf8_lossy(&output.stderr).lines() {
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                if let ["phase", kind, phase, ms] = parts[..] {
+                    let key = (kind.to_string(), phase.to_string());
+                    if !order.contains(&key) {
+                        order.push(key.clone());
+                    }
+                    times.entry(key).or_default().push(ms.parse()?);
+                }
+            }
+        }
+    }
+    println!("cold start phases, {count} of each: median ms since spawn at each phase's end");
+    for key in &order {
+        let samples = times.remove(key).unwrap_or_default();
+        println!("  {:<5} {:<10} {:>7.3}", key.0, key.1, median(samples));
+    }
     Ok(())
 }
 

@@ -52,11 +52,12 @@ impl Source for Env {
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(name, value)| {
-                let name = name.into_string().ok()?;
-                if !name.starts_with(prefix) {
+                // The prefix first: most of an environment is not ours, and
+                // need not be checked for Unicode.
+                if !name.as_encoded_bytes().starts_with(prefix.as_bytes()) {
                     return None;
                 }
-                Some((name, value.into_string().ok()?))
+                Some((name.into_string().ok()?, value.into_string().ok()?))
             })
             .collect();
         // A stable sort, then the first of any name set twice (an environment

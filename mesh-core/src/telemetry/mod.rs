@@ -251,8 +251,15 @@ impl TelemetryBuilder<'_> {
             MetricsExporterKind::None => {}
         }
         // Described after installing, so whichever recorder is global prints HELP
-        // lines and units.
-        crate::metric_names::describe_all();
+        // lines and units. Our own Prometheus recorder knows them already
+        // (`prometheus::mesh_help`): describing them would only cost start-up time.
+        #[cfg(feature = "prometheus")]
+        let described = guard.prometheus.is_some();
+        #[cfg(not(feature = "prometheus"))]
+        let described = false;
+        if !described {
+            crate::metric_names::describe_all();
+        }
         Ok(())
     }
 }

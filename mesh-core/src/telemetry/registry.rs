@@ -18,10 +18,19 @@
 //! Unlike the exporter's (hash-map order), the text is in a fixed order:
 //! counters, gauges, histograms, each by name, and a family's series in the
 //! order they were registered.
+//!
+//! Start-up cost: a series' [`LabelSet`] (an `IndexMap` with SipHash, a
+//! `String` per label key and value) is built when it is first rendered, not
+//! when it is registered, and the mesh's own HELP texts come from a table
+//! the registry is given ([`BuiltinHelp`]) instead of being described one by
+//! one through the facade. Registering the series of a service's first
+//! request and describing every mesh metric took ≈ 80k instructions and a
+//! few hundred allocations of a cold start (BENCHMARKS.md, cold start,
+//! "Round six").
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use metrics::atomics::AtomicU64;
 use metrics::{Key, KeyName, SharedString, Unit};
@@ -56,6 +65,12 @@ pub(super) fn sanitize_name(name: &str) -> String {
 /// Picks a histogram's bounds from its (sanitized) name.
 pub(super) type BoundsFor = fn(&str) -> &'static [f64];
 
+/// The HELP text and unit the registry knows for a (sanitized) name without
+/// a `describe` call: the mesh's own metrics. They come before any
+/// description given through the facade, as they did when the mesh described
+/// them all right after installing the recorder.
+pub(super) type BuiltinHelp = fn(&str) -> Option<(&'static str, Option<Unit>)>;
+
 /// The suffix recommended naming gives counters.
 const COUNTER_SUFFIX: Option<&str> = Some("total");
 
@@ -63,6 +78,7 @@ const COUNTER_SUFFIX: Option<&str> = Some("total");
 /// key gets the same series, and grouped by family for rendering.
 pub(super) struct Registry {
     bounds_for: BoundsFor,
+    builtin_help: BuiltinHelp,
     counters: Series<AtomicU64>,
     gauges: Series<AtomicU64>,
     histograms: Series<BucketHistogram>,
@@ -87,11 +103,65 @@ struct Series<S> {
 }
 
 struct SeriesInner<S> {
-    by_key: FxHashMap<Key, Arc<S>>,
+    /// The key is shared with its family's [`Member`]: one copy of its labels.
+    by_key: FxHashMap<Arc<Key>, Arc<S>>,
     /// By sanitized name, series in registration order. Two keys that
     /// sanitize to one name and one label set share a series, so each has one
     /// exposition line. (The exporter kept two and rendered either one.)
-    families: BTreeMap<String, Vec<(LabelSet, Arc<S>)>>,
+    families: BTreeMap<String, Vec<Member<S>>>,
+}
+
+/// One series of a family: the key that registered it, and the label set
+/// the exposition lines carry, built at the first render.
+struct Member<S> {
+    key: Arc<Key>,
+    labels: OnceLock<LabelSet>,
+    series: Arc<S>,
+}
+
+impl<S> Member<S> {
+    fn new(key: Arc<Key>, series: Arc<S>) -> Self {
+        Member {
+            key,
+            labels: OnceLock::new(),
+            series,
+        }
+    }
+
+    /// What the exporter makes of the key's labels (no global labels).
+    fn labels(&self) -> &LabelSet {
+        self.labels
+            .get_or_init(|| LabelSet::from_key_and_global(&self.key, &Default::default()))
+    }
+}
+
+/// A key's labels as the [`LabelSet`] it makes holds them: a label whose key
+/// came earlier replaces that one's value in its place (`IndexMap::insert`).
+/// Two keys with equal lists have equal label sets.
+fn label_list(key: &Key) -> Vec<(&str, &str)> {
+    let mut list: Vec<(&str, &str)> = Vec::with_capacity(key.labels().len());
+    for label in key.labels() {
+        match list.iter_mut().find(|(k, _)| *k == label.key()) {
+            Some(entry) => entry.1 = label.value(),
+            None => list.push((label.key(), label.value())),
+        }
+    }
+    list
+}
+
+/// Whether `key`'s labels make the label set `list` (a [`label_list`])
+/// stands for. Allocates only for a key that repeats a label key: with as many
+/// labels as `list` has entries, the two are the same label set exactly when
+/// they match one for one, in order (`list`'s keys are distinct, so such a
+/// `key` repeats none).
+fn makes_labels(key: &Key, list: &[(&str, &str)]) -> bool {
+    if key.labels().len() == list.len() {
+        key.labels()
+            .zip(list)
+            .all(|(label, (k, v))| label.key() == *k && label.value() == *v)
+    } else {
+        label_list(key) == list
+    }
 }
 
 impl<S> Series<S> {
@@ -117,38 +187,43 @@ impl<S> Series<S> {
         }
         // Sanitized outside the lock: a scrape need not wait for it.
         let name = sanitize_name(key.name());
-        let labels = LabelSet::from_key_and_global(key, &Default::default());
         let mut inner = self.inner.write();
         // Registered while we waited for the lock?
         if let Some(series) = inner.by_key.get(key) {
             return series.clone();
         }
+        let shared_key = Arc::new(key.clone());
         let series = match inner.families.get_mut(&name) {
-            Some(family) => match family.iter().find(|(l, _)| *l == labels) {
-                Some((_, series)) => series.clone(),
-                None => {
-                    let series = Arc::new(make(&name));
-                    family.push((labels, series.clone()));
-                    series
+            Some(family) => {
+                let labels = label_list(key);
+                match family.iter().find(|m| makes_labels(&m.key, &labels)) {
+                    Some(member) => member.series.clone(),
+                    None => {
+                        let series = Arc::new(make(&name));
+                        family.push(Member::new(shared_key.clone(), series.clone()));
+                        series
+                    }
                 }
-            },
+            }
             None => {
                 let series = Arc::new(make(&name));
-                inner.families.insert(name, vec![(labels, series.clone())]);
+                let family = vec![Member::new(shared_key.clone(), series.clone())];
+                inner.families.insert(name, family);
                 series
             }
         };
-        inner.by_key.insert(key.clone(), series.clone());
+        inner.by_key.insert(shared_key, series.clone());
         series
     }
 }
 
 impl Registry {
     /// An empty registry giving each new histogram family the bounds
-    /// `bounds_for` picks.
-    pub(super) fn new(bounds_for: BoundsFor) -> Self {
+    /// `bounds_for` picks, and HELP lines to the names `builtin_help` knows.
+    pub(super) fn new(bounds_for: BoundsFor, builtin_help: BuiltinHelp) -> Self {
         Registry {
             bounds_for,
+            builtin_help,
             counters: Series::new(),
             gauges: Series::new(),
             histograms: Series::new(),
@@ -194,10 +269,15 @@ impl Registry {
         let descriptions = self.descriptions.read();
         // HELP (if described) and TYPE lines; the unit for the names.
         let head = |out: &mut String, name: &str, suffix, kind| {
-            let unit = match descriptions.get(name) {
+            let described = (self.builtin_help)(name).or_else(|| {
+                descriptions
+                    .get(name)
+                    .map(|(description, unit)| (&**description, *unit))
+            });
+            let unit = match described {
                 Some((description, unit)) => {
-                    write_help_line(out, name, *unit, suffix, description);
-                    *unit
+                    write_help_line(out, name, unit, suffix, description);
+                    unit
                 }
                 None => None,
             };
@@ -206,13 +286,13 @@ impl Registry {
         };
         for (name, family) in &self.counters.inner.read().families {
             let unit = head(&mut out, name, COUNTER_SUFFIX, "counter");
-            for (labels, counter) in family {
-                let value = counter.load(Relaxed);
+            for member in family {
+                let value = member.series.load(Relaxed);
                 write_metric_line::<&str, u64>(
                     &mut out,
                     name,
                     COUNTER_SUFFIX,
-                    labels,
+                    member.labels(),
                     None,
                     value,
                     unit,
@@ -222,16 +302,18 @@ impl Registry {
         }
         for (name, family) in &self.gauges.inner.read().families {
             let unit = head(&mut out, name, None, "gauge");
-            for (labels, gauge) in family {
-                let value = f64::from_bits(gauge.load(Relaxed));
+            for member in family {
+                let value = f64::from_bits(member.series.load(Relaxed));
+                let labels = member.labels();
                 write_metric_line::<&str, f64>(&mut out, name, None, labels, None, value, unit);
             }
             out.push('\n');
         }
         for (name, family) in &self.histograms.inner.read().families {
             let unit = head(&mut out, name, None, "histogram");
-            for (labels, histogram) in family {
-                let snapshot = histogram.snapshot();
+            for member in family {
+                let labels = member.labels();
+                let snapshot = member.series.snapshot();
                 for (le, count) in snapshot.buckets() {
                     write_metric_line(
                         &mut out,
@@ -285,7 +367,7 @@ mod tests {
     const BOUNDS: &[f64] = &[1.0, 2.5, 10.0];
 
     fn registry() -> Registry {
-        Registry::new(|_| BOUNDS)
+        Registry::new(|_| BOUNDS, |_| None)
     }
 
     #[test]
@@ -332,6 +414,43 @@ mod tests {
         assert_eq!(
             text,
             "# TYPE jobs_done_total counter\njobs_done_total 3\n\n"
+        );
+    }
+
+    /// A repeated label key keeps its first place and takes the later value,
+    /// as the exporter's label set does (the comparison the registry makes
+    /// agrees with label-set equality, order included), and keys that make
+    /// one label set share a series.
+    #[test]
+    fn keys_whose_labels_make_one_label_set_share_a_series() {
+        use metrics::Label;
+        let label_set = |key: &Key| LabelSet::from_key_and_global(key, &Default::default());
+        let registry = registry();
+        let repeated = Key::from_parts(
+            "jobs",
+            vec![
+                Label::new("a", "1"),
+                Label::new("b", "2"),
+                Label::new("a", "3"),
+            ],
+        );
+        let plain = Key::from_parts("jobs", vec![Label::new("a", "3"), Label::new("b", "2")]);
+        let reordered = Key::from_parts("jobs", vec![Label::new("b", "2"), Label::new("a", "3")]);
+        let other = Key::from_parts("jobs", vec![Label::new("a", "1"), Label::new("b", "2")]);
+        let keys = [&repeated, &plain, &reordered, &other];
+        for a in keys {
+            for b in keys {
+                let same = label_set(a) == label_set(b);
+                assert_eq!(label_list(a) == label_list(b), same, "{a:?} {b:?}");
+                assert_eq!(makes_labels(a, &label_list(b)), same, "{a:?} {b:?}");
+            }
+        }
+        registry.counter(&repeated).increment(1);
+        registry.counter(&plain).increment(2);
+        registry.counter(&other).increment(4);
+        assert_eq!(
+            registry.render(),
+            "# TYPE jobs_total counter\njobs_total{a=\"3\",b=\"2\"} 3\njobs_total{a=\"1\",b=\"2\"} 4\n\n"
         );
     }
 
