@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Sleep;
 
 use super::{inbound_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
@@ -247,8 +246,9 @@ where
         let inner = CURRENT.sync_scope(deadline, || self.inner.call(request));
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
-                inner: tokio::time::timeout_at(deadline.0, CURRENT.scope(deadline, inner)),
+                inner,
                 deadline,
+                timer: None,
             },
         }
     }
@@ -257,6 +257,11 @@ where
 pin_project_lite::pin_project! {
     /// The future of an [`OutboundDeadline`] call: a named type rather than a
     /// boxed one, so the layer costs no allocation per request.
+    ///
+    /// One future rather than `Timeout<TaskLocalFuture<..>>`: the inner future
+    /// is polled inside the task-local scope directly, and the timer is made
+    /// only when the call is still pending after a poll (where `Timeout` makes
+    /// it with the call), kept inline so arming it allocates nothing.
     pub struct OutboundDeadlineFuture<F> {
         #[pin]
         state: DeadlineState<F>,
@@ -270,8 +275,10 @@ pin_project_lite::pin_project! {
         Unbounded { #[pin] inner: F },
         // The call, run with the deadline as the current one and cut off at it.
         Bounded {
-            #[pin] inner: tokio::time::Timeout<TaskLocalFuture<Deadline, F>>,
+            #[pin] inner: F,
             deadline: Deadline,
+            // Armed the first time the call is pending.
+            #[pin] timer: Option<Sleep>,
         },
         // The deadline had passed before the call: nothing is sent.
         Expired,
@@ -296,21 +303,35 @@ where
         match self.project().state.project() {
             DeadlineStateProj::Unbounded { inner } => inner.poll(cx).map_err(Into::into),
             DeadlineStateProj::Expired => Poll::Ready(Err(DeadlineExceeded.into())),
-            DeadlineStateProj::Bounded { inner, deadline } => {
-                Poll::Ready(match std::task::ready!(inner.poll(cx)) {
-                    // The callee's own deadline (ours, passed on and rounded up)
-                    // ran out as ours did: a 504 that arrives once ours has passed
-                    // is our deadline error, whichever timer a busy runtime served
-                    // first.
-                    Ok(Ok(response))
-                        if response.status() == StatusCode::GATEWAY_TIMEOUT
-                            && deadline.remaining().is_zero() =>
-                    {
-                        Err(DeadlineExceeded.into())
-                    }
-                    Ok(result) => result.map_err(Into::into),
-                    Err(_) => Err(DeadlineExceeded.into()),
-                })
+            DeadlineStateProj::Bounded {
+                inner,
+                deadline,
+                mut timer,
+            } => {
+                let deadline = *deadline;
+                if let Poll::Ready(result) = CURRENT.sync_scope(deadline, || inner.poll(cx)) {
+                    return Poll::Ready(match result {
+                        // The callee's own deadline (ours, passed on and rounded
+                        // up) ran out as ours did: a 504 that arrives once ours
+                        // has passed is our deadline error, whichever timer a
+                        // busy runtime served first.
+                        Ok(response)
+                            if response.status() == StatusCode::GATEWAY_TIMEOUT
+                                && deadline.remaining().is_zero() =>
+                        {
+                            Err(DeadlineExceeded.into())
+                        }
+                        result => result.map_err(Into::into),
+                    });
+                }
+                // Pending: the timer wakes the task at the deadline even if the
+                // inner future never does.
+                if timer.is_none() {
+                    timer.set(Some(tokio::time::sleep_until(deadline.0)));
+                }
+                let timer = timer.as_pin_mut().expect("armed just above");
+                ready!(timer.poll(cx));
+                Poll::Ready(Err(DeadlineExceeded.into()))
             }
         }
     }

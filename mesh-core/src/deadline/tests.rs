@@ -82,6 +82,33 @@ async fn outbound_call_fails_when_the_deadline_passes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn outbound_call_whose_inner_future_never_wakes_fails_at_its_deadline() {
+    // Nothing below ever wakes the task: only the layer's own timer can end it.
+    let stuck = tower::service_fn(|_req: Request<()>| {
+        std::future::pending::<Result<Response<String>, BoxErr>>()
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck);
+    let began = tokio::time::Instant::now();
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "{err}");
+    assert_eq!(began.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_deadline_is_current_on_every_poll_of_the_call() {
+    // Read after the call was pending once (and woken by its own sleep).
+    let later = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let left = Deadline::current().map(|d| d.remaining());
+        Ok::<_, BoxErr>(Response::new(format!("{left:?}")))
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(3))).layer(later);
+    let r = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(r.body(), "Some(2s)");
+    assert_eq!(Deadline::current(), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn inbound_layer_sets_the_handlers_deadline_and_answers_504_when_it_passes() {
     let handler = tower::service_fn(|_req: Request<()>| async {
         let left = Deadline::current().expect("deadline set").remaining();
