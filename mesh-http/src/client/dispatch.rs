@@ -15,7 +15,7 @@ use mesh_core::balance::{Balancer, EndpointHandle, Picked};
 use mesh_core::classify::Classifier;
 use mesh_core::config::Protocol;
 use mesh_core::deadline::{self, Deadline};
-use mesh_core::extensions::{ServedBy, TriedEndpoints};
+use mesh_core::extensions::TriedEndpoints;
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::replay::ReplayBody;
 use tokio::time::Instant;
@@ -31,7 +31,8 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 /// Sends each request to one endpoint the balancer picks, avoiding those named in
 /// the request's [`TriedEndpoints`], and records the pick in the call's
 /// [`AttemptLog`](mesh_core::retry::AttemptLog) (which the attempt's body
-/// carries); the response carries [`ServedBy`].
+/// carries); the response's body names the endpoint that answered
+/// ([`ResponseBody::served_by`]).
 ///
 /// A connection that cannot be opened fails the attempt with a connect error: the
 /// retry layer above moves the request to another endpoint (a transparent retry,
@@ -138,35 +139,38 @@ impl DispatchInner {
                 }
             };
             let started = Instant::now();
-            let sent = match conn {
-                Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
-                    Ok(mut response) => {
-                        picked.record_rtt(started.elapsed());
-                        self.report_response(picked.handle(), &response);
-                        response.extensions_mut().insert(ServedBy(picked.addr()));
-                        let lease = Lease::Http1 {
-                            conn,
-                            pool: picked.endpoint().downgrade(),
-                            _picked: picked,
-                        };
-                        return Ok(response.map(|body| ResponseBody::incoming(body, Some(lease))));
-                    }
-                    Err(e) => e,
-                },
-                Conn::Http2(mut sender) => match sender.try_send_request(request).await {
-                    Ok(mut response) => {
-                        picked.record_rtt(started.elapsed());
-                        self.report_response(picked.handle(), &response);
-                        response.extensions_mut().insert(ServedBy(picked.addr()));
-                        let lease = Lease::Http2 { _picked: picked };
-                        return Ok(response.map(|body| ResponseBody::incoming(body, Some(lease))));
-                    }
-                    Err(e) => {
-                        picked.endpoint().forget_closed_http2();
-                        e
-                    }
-                },
-            };
+            let sent =
+                match conn {
+                    Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
+                        Ok(response) => {
+                            picked.record_rtt(started.elapsed());
+                            self.report_response(picked.handle(), &response);
+                            let addr = picked.addr();
+                            let lease = Lease::Http1 {
+                                conn,
+                                pool: picked.endpoint().downgrade(),
+                                _picked: picked,
+                            };
+                            return Ok(response
+                                .map(|body| ResponseBody::incoming(body, Some(lease), addr)));
+                        }
+                        Err(e) => e,
+                    },
+                    Conn::Http2(mut sender) => match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            picked.record_rtt(started.elapsed());
+                            self.report_response(picked.handle(), &response);
+                            let addr = picked.addr();
+                            let lease = Lease::Http2 { _picked: picked };
+                            return Ok(response
+                                .map(|body| ResponseBody::incoming(body, Some(lease), addr)));
+                        }
+                        Err(e) => {
+                            picked.endpoint().forget_closed_http2();
+                            e
+                        }
+                    },
+                };
             let mut sent = sent;
             // The connection closed before our request was written to it: the
             // request comes back untouched and may go out on another connection.
