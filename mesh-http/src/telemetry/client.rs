@@ -270,6 +270,27 @@ impl CallSeries {
     }
 }
 
+/// The URI's port, as `Uri::port_u16` reads it, from the end of the authority:
+/// a logical name without a port (`http://orders/`) is answered by its last
+/// byte, where `port_u16` searches the authority for a colon.
+fn uri_port(uri: &http::Uri) -> Option<u16> {
+    let authority = uri.authority()?.as_str().as_bytes();
+    let digits = authority
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let colon = authority.len().checked_sub(digits + 1)?;
+    if digits == 0 || authority[colon] != b':' {
+        return None;
+    }
+    // A parsed authority's port fits in a u16.
+    std::str::from_utf8(&authority[colon + 1..])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 fn port_label(port: u16) -> SharedString {
     match port {
         80 => SharedString::const_str("80"),
@@ -306,7 +327,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let method = method_label(request.method());
         let code = method_code(request.method());
-        let port = request.uri().port_u16().unwrap_or(
+        let port = uri_port(request.uri()).unwrap_or(
             if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
                 443
             } else {
@@ -730,6 +751,26 @@ mod tests {
         assert_eq!(line["attempts"], 2);
         assert_eq!(line["endpoint"], "127.0.0.1:8081");
         assert!(line.get("error").is_none(), "{line}");
+    }
+
+    #[test]
+    fn uri_port_reads_what_port_u16_reads() {
+        for uri in [
+            "http://orders/",
+            "http://orders:8080/a",
+            "https://orders:443",
+            "http://127.0.0.1:9/",
+            "http://127.0.0.1/",
+            "http://[::1]/",
+            "http://[::1]:65535/",
+            "http://user@host:81/",
+            "/relative",
+            "http://h0st/",
+            "http://0/",
+        ] {
+            let uri: http::Uri = uri.parse().unwrap();
+            assert_eq!(uri_port(&uri), uri.port_u16(), "{uri}");
+        }
     }
 
     #[tokio::test]
