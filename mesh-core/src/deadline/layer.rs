@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::{inbound_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
 use crate::classify::GrpcCode;
@@ -218,12 +218,15 @@ where
             .extensions()
             .get::<SelectedRoute>()
             .map_or(self.timeout, |r| r.policy().timeout());
+        // One clock reading for the deadline and the check that it has not
+        // passed.
+        let now = Instant::now();
         let own = request
             .extensions()
             .get::<RequestTimeout>()
             .map(|t| t.0)
             .or(timeout)
-            .map(Deadline::after);
+            .map(|timeout| Deadline(now + timeout));
         let inherited = Deadline::earliest(
             request.extensions().get::<Deadline>().copied(),
             Deadline::current(),
@@ -235,7 +238,7 @@ where
                 },
             };
         };
-        if deadline.remaining().is_zero() {
+        if deadline.0 <= now {
             return OutboundDeadlineFuture {
                 state: DeadlineState::Expired,
             };

@@ -353,3 +353,31 @@ fn timeout_millis_parse_as_the_standard_parser_does() {
     let obs_text = http::HeaderValue::from_bytes(b"12\xff").unwrap();
     assert_eq!(super::parse_millis(&obs_text), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn outbound_call_whose_deadline_has_passed_fails_without_calling_the_service() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(5))).layer(tower::service_fn(
+        move |_req: Request<()>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, BoxErr>(Response::new(String::new())) }
+        },
+    ));
+    // A caller's deadline that is exactly now has passed; so has one of zero.
+    for timeout in [None, Some(Duration::ZERO)] {
+        let mut req = Request::new(());
+        match timeout {
+            None => {
+                req.extensions_mut()
+                    .insert(Deadline(tokio::time::Instant::now()));
+            }
+            Some(t) => {
+                req.extensions_mut().insert(RequestTimeout(t));
+            }
+        }
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(err.is::<DeadlineExceeded>(), "{err}");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

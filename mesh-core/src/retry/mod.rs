@@ -170,7 +170,9 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let mut inner = self.inner.clone();
-        shared.budget.deposit();
+        // One clock reading for the deposit and the first attempt's start.
+        let started = Instant::now();
+        shared.budget.deposit_at(started);
         let (plan, body) = Plan::new(&shared, request);
         let policy = plan.policy(&shared);
         // Nothing races or times the first attempt: it is sent from here, and
@@ -188,7 +190,6 @@ where
                 },
             };
         };
-        let started = Instant::now();
         // The mesh client's services are always ready; one that is not yet is
         // waited for on the general path, with the task's waker.
         let state = match inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
