@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::{inbound_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
+use super::{inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
 use crate::classify::GrpcCode;
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -100,7 +100,7 @@ pin_project! {
     /// 504 (gRPC: `DEADLINE_EXCEEDED`) when the caller's deadline passes.
     ///
     /// One future rather than `Timeout<TaskLocalFuture<..>>`: the handler's
-    /// future is polled inside the task-local scope directly, and the timer is
+    /// future is polled with the deadline current directly, and the timer is
     /// made only when the handler is still pending after its first poll, so a
     /// quick handler never touches the timer wheel.
     pub struct DeadlineFuture<F> {
@@ -136,7 +136,11 @@ where
             return this.future.poll(cx);
         };
         let future = this.future;
-        if let Poll::Ready(result) = CURRENT.sync_scope(deadline, || future.poll(cx)) {
+        let polled = {
+            let _entered = Entered::enter(deadline);
+            future.poll(cx)
+        };
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(result);
         }
         let timer = this
@@ -163,7 +167,7 @@ where
 /// (see the module docs).
 ///
 /// The layers below run with the chosen deadline as [`Deadline::current`] (a
-/// task-local, like the inbound layer's, so the call costs no extension map);
+/// per-task value like the inbound layer's, so the call costs no extension map);
 /// the layer does not write the wire headers itself, because retries below it
 /// must each carry the time left when they are sent: whatever sends the request
 /// reads [`Deadline::for_request`] and calls
@@ -246,7 +250,10 @@ where
         // The wire headers are written where each attempt is sent, with the
         // time left then (see the layer's docs). The deadline is the current
         // one while the inner service builds its future and while it runs.
-        let inner = CURRENT.sync_scope(deadline, || self.inner.call(request));
+        let inner = {
+            let _entered = Entered::enter(deadline);
+            self.inner.call(request)
+        };
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
                 inner,
@@ -262,7 +269,7 @@ pin_project_lite::pin_project! {
     /// boxed one, so the layer costs no allocation per request.
     ///
     /// One future rather than `Timeout<TaskLocalFuture<..>>`: the inner future
-    /// is polled inside the task-local scope directly, and the timer is made
+    /// is polled with the deadline current directly, and the timer is made
     /// only when the call is still pending after a poll (where `Timeout` makes
     /// it with the call), kept inline so arming it allocates nothing.
     pub struct OutboundDeadlineFuture<F> {
@@ -312,7 +319,11 @@ where
                 mut timer,
             } => {
                 let deadline = *deadline;
-                if let Poll::Ready(result) = CURRENT.sync_scope(deadline, || inner.poll(cx)) {
+                let polled = {
+                    let _entered = Entered::enter(deadline);
+                    inner.poll(cx)
+                };
+                if let Poll::Ready(result) = polled {
                     return Poll::Ready(match result {
                         // The callee's own deadline (ours, passed on and rounded
                         // up) ran out as ours did: a 504 that arrives once ours

@@ -381,3 +381,39 @@ async fn outbound_call_whose_deadline_has_passed_fails_without_calling_the_servi
     }
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_current_deadline_is_the_polled_tasks_only_and_nested_scopes_restore_the_outer() {
+    let outer = Deadline::after(Duration::from_secs(10));
+    let inner = Deadline::after(Duration::from_secs(1));
+    let seen = outer.scope(async move {
+        let before = Deadline::current();
+        let within = inner
+            .scope(async {
+                tokio::task::yield_now().await;
+                Deadline::current()
+            })
+            .await;
+        (before, within, Deadline::current())
+    });
+    // Another task on the same thread, polled while the first is suspended.
+    let other = tokio::spawn(async {
+        tokio::task::yield_now().await;
+        Deadline::current()
+    });
+    let (seen, other) = tokio::join!(seen, other);
+    assert_eq!(seen, (Some(outer), Some(inner), Some(outer)));
+    assert_eq!(other.unwrap(), None);
+    assert_eq!(Deadline::current(), None);
+}
+
+#[test]
+fn a_panic_inside_a_deadline_scope_leaves_no_deadline_behind() {
+    let deadline = Deadline(tokio::time::Instant::now());
+    let result = std::panic::catch_unwind(|| {
+        let _entered = Entered::enter(deadline);
+        panic!("the work panicked");
+    });
+    assert!(result.is_err());
+    assert_eq!(Deadline::current(), None);
+}
