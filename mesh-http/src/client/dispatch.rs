@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
-use futures_util::TryFutureExt;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
@@ -105,11 +104,7 @@ impl tower::Service<Request<ReplayBody<RequestBody>>> for EndpointDispatch {
             .remove::<TriedEndpoints>()
             .map(|t| t.0)
             .unwrap_or_default();
-        Box::pin(
-            Arc::clone(inner)
-                .send_to_endpoint(request, avoid)
-                .map_err(Into::into),
-        )
+        Box::pin(Arc::clone(inner).send_to_endpoint(request, avoid))
     }
 }
 
@@ -118,7 +113,8 @@ impl DispatchInner {
         self: Arc<Self>,
         mut request: Request<AttemptBody>,
         avoid: Vec<SocketAddr>,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        // Returns the stack's error type itself: no future wrapper converting it.
         let mut stale = 0;
         loop {
             // A first attempt may wait (bounded) for an endpoint to become ready; a
@@ -135,7 +131,7 @@ impl DispatchInner {
                 Err(e) => {
                     // A connect failure is the endpoint's failure too.
                     self.report(picked.handle(), true);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             let started = Instant::now();
@@ -181,7 +177,7 @@ impl DispatchInner {
                 }
                 _ => {
                     self.report(picked.handle(), true);
-                    return Err(Error::request(sent.into_error()));
+                    return Err(Error::request(sent.into_error()).into());
                 }
             }
         }
