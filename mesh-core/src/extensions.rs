@@ -9,6 +9,11 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TriedEndpoints(pub Vec<SocketAddr>);
 
-/// The endpoint that answered, set on responses by the client.
+/// The endpoint that answered, as a response extension.
+///
+/// The mesh's gRPC channel sets it on its responses (tonic hands callers the
+/// extensions). The HTTP client names the endpoint in its response body
+/// instead (`mesh_http::ResponseBody::served_by`), which costs no extension
+/// map; the client's telemetry layers read either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServedBy(pub SocketAddr);

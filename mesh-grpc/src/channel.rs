@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use mesh_core::deadline::{parse_grpc_timeout, Deadline, GRPC_TIMEOUT_HEADER};
+use mesh_core::extensions::ServedBy;
 use mesh_http::{BoxError, Mesh, MeshClient, ResponseBody};
 
 use crate::status::status_from_error;
@@ -151,7 +152,16 @@ impl Future for CallFuture {
         let result = std::task::ready!(Pin::new(&mut self.call).poll(cx));
         let pending = self.pending.take().expect("a call ends once");
         Poll::Ready(match result {
-            Ok(response) => Ok(pending.respond(response).map(ResponseBody::new)),
+            Ok(response) => {
+                // tonic hands callers the response's extensions, not its body:
+                // the endpoint that answered goes there, as it always did.
+                let served_by = response.body().served_by();
+                let mut response = pending.respond(response).map(ResponseBody::new);
+                if let Some(addr) = served_by {
+                    response.extensions_mut().insert(ServedBy(addr));
+                }
+                Ok(response)
+            }
             Err(e) => {
                 let status = status_from_error(e);
                 pending.failed(status.code());

@@ -1,5 +1,6 @@
 //! Request and response bodies as the client carries them.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -54,6 +55,10 @@ pin_project_lite::pin_project! {
         inner: Inner,
         // What to release when the body has been read to its end (or dropped).
         lease: Option<Lease>,
+        // The endpoint that answered. Kept here rather than as a `ServedBy`
+        // response extension: hyper's responses have no extension map, and
+        // making one costs three allocations per call.
+        served_by: Option<SocketAddr>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -87,10 +92,11 @@ impl Default for ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn incoming(body: Incoming, lease: Option<Lease>) -> Self {
+    pub(crate) fn incoming(body: Incoming, lease: Option<Lease>, served_by: SocketAddr) -> Self {
         let mut body = ResponseBody {
             inner: Inner::Incoming { body },
             lease,
+            served_by: Some(served_by),
         };
         body.release_if_ended();
         body
@@ -108,7 +114,19 @@ impl ResponseBody {
                 body: body.map_err(Into::into).boxed_unsync(),
             },
             lease: None,
+            served_by: None,
         }
+    }
+
+    /// The endpoint that answered, for a response the mesh client received
+    /// from one (`None` for responses a layer made up, such as an injected
+    /// fault, and for bodies wrapped with [`ResponseBody::new`]).
+    ///
+    /// This is where the client names the endpoint: responses no longer carry
+    /// a [`ServedBy`](mesh_core::extensions::ServedBy) extension (the gRPC
+    /// channel still puts one on its responses, which tonic hands to callers).
+    pub fn served_by(&self) -> Option<SocketAddr> {
+        self.served_by
     }
 
     fn release_if_ended(&mut self) {

@@ -204,3 +204,29 @@ async fn a_request_without_a_host_is_an_invalid_uri() {
     let err = client.send(request("/relative")).await.unwrap_err();
     assert!(err.is_invalid_uri(), "{err}");
 }
+
+#[tokio::test]
+async fn response_body_names_the_endpoint_that_answered() {
+    for protocol in ["http1", "http2"] {
+        let (a, b) = (TestBackend::start().await, TestBackend::start().await);
+        let client = client(&[
+            (
+                "MESH_SERVICE_PAIR_ENDPOINTS",
+                format!("{},{}", a.addr(), b.addr()),
+            ),
+            ("MESH_SERVICE_PAIR_PROTOCOL", protocol.into()),
+        ]);
+        for _ in 0..6 {
+            let response = client.send(request("http://pair/")).await.unwrap();
+            let served_by = response.body().served_by().expect("an endpoint answered");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            // Each backend's `/` answers with its own address.
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                format!("served by {served_by}"),
+                "{protocol}"
+            );
+        }
+        assert_eq!(a.served() + b.served(), 6, "{protocol}");
+    }
+}

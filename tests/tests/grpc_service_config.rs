@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use mesh_core::config::MeshConfig;
+use mesh_core::extensions::ServedBy;
 use mesh_grpc::GrpcChannelExt;
 use mesh_http::MeshClient;
 use mesh_tests::greeter::greeter_client::GreeterClient;
@@ -181,4 +182,17 @@ fn bad_service_configs_are_start_up_errors_naming_the_variable_and_the_field() {
         assert!(e.names_variable(VARIABLE), "{e}");
         assert!(e.to_string().contains(field), "{field} in {e}");
     }
+}
+
+#[tokio::test]
+async fn grpc_reply_names_the_endpoint_that_answered() {
+    let server = PythonGreeter::start(None).await;
+    let mesh = client(&env(server.addr, &[]));
+    let mut greeter = GreeterClient::new(mesh.grpc_channel("greeter").unwrap());
+    let reply = greeter.say_hello(hello("who")).await.expect("the call");
+    // tonic hands callers the response's extensions: the channel puts it there.
+    assert_eq!(
+        reply.extensions().get::<ServedBy>(),
+        Some(&ServedBy(server.addr))
+    );
 }

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-use super::{inbound_headers, Deadline, DeadlineExceeded, RequestTimeout, CURRENT};
+use super::{inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
 use crate::classify::GrpcCode;
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -101,7 +100,7 @@ pin_project! {
     /// 504 (gRPC: `DEADLINE_EXCEEDED`) when the caller's deadline passes.
     ///
     /// One future rather than `Timeout<TaskLocalFuture<..>>`: the handler's
-    /// future is polled inside the task-local scope directly, and the timer is
+    /// future is polled with the deadline current directly, and the timer is
     /// made only when the handler is still pending after its first poll, so a
     /// quick handler never touches the timer wheel.
     pub struct DeadlineFuture<F> {
@@ -137,7 +136,11 @@ where
             return this.future.poll(cx);
         };
         let future = this.future;
-        if let Poll::Ready(result) = CURRENT.sync_scope(deadline, || future.poll(cx)) {
+        let polled = {
+            let _entered = Entered::enter(deadline);
+            future.poll(cx)
+        };
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(result);
         }
         let timer = this
@@ -164,7 +167,7 @@ where
 /// (see the module docs).
 ///
 /// The layers below run with the chosen deadline as [`Deadline::current`] (a
-/// task-local, like the inbound layer's, so the call costs no extension map);
+/// per-task value like the inbound layer's, so the call costs no extension map);
 /// the layer does not write the wire headers itself, because retries below it
 /// must each carry the time left when they are sent: whatever sends the request
 /// reads [`Deadline::for_request`] and calls
@@ -219,12 +222,15 @@ where
             .extensions()
             .get::<SelectedRoute>()
             .map_or(self.timeout, |r| r.policy().timeout());
+        // One clock reading for the deadline and the check that it has not
+        // passed.
+        let now = Instant::now();
         let own = request
             .extensions()
             .get::<RequestTimeout>()
             .map(|t| t.0)
             .or(timeout)
-            .map(Deadline::after);
+            .map(|timeout| Deadline(now + timeout));
         let inherited = Deadline::earliest(
             request.extensions().get::<Deadline>().copied(),
             Deadline::current(),
@@ -236,7 +242,7 @@ where
                 },
             };
         };
-        if deadline.remaining().is_zero() {
+        if deadline.0 <= now {
             return OutboundDeadlineFuture {
                 state: DeadlineState::Expired,
             };
@@ -244,11 +250,15 @@ where
         // The wire headers are written where each attempt is sent, with the
         // time left then (see the layer's docs). The deadline is the current
         // one while the inner service builds its future and while it runs.
-        let inner = CURRENT.sync_scope(deadline, || self.inner.call(request));
+        let inner = {
+            let _entered = Entered::enter(deadline);
+            self.inner.call(request)
+        };
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
-                inner: tokio::time::timeout_at(deadline.0, CURRENT.scope(deadline, inner)),
+                inner,
                 deadline,
+                timer: None,
             },
         }
     }
@@ -257,6 +267,11 @@ where
 pin_project_lite::pin_project! {
     /// The future of an [`OutboundDeadline`] call: a named type rather than a
     /// boxed one, so the layer costs no allocation per request.
+    ///
+    /// One future rather than `Timeout<TaskLocalFuture<..>>`: the inner future
+    /// is polled with the deadline current directly, and the timer is made
+    /// only when the call is still pending after a poll (where `Timeout` makes
+    /// it with the call), kept inline so arming it allocates nothing.
     pub struct OutboundDeadlineFuture<F> {
         #[pin]
         state: DeadlineState<F>,
@@ -270,8 +285,10 @@ pin_project_lite::pin_project! {
         Unbounded { #[pin] inner: F },
         // The call, run with the deadline as the current one and cut off at it.
         Bounded {
-            #[pin] inner: tokio::time::Timeout<TaskLocalFuture<Deadline, F>>,
+            #[pin] inner: F,
             deadline: Deadline,
+            // Armed the first time the call is pending.
+            #[pin] timer: Option<Sleep>,
         },
         // The deadline had passed before the call: nothing is sent.
         Expired,
@@ -296,21 +313,39 @@ where
         match self.project().state.project() {
             DeadlineStateProj::Unbounded { inner } => inner.poll(cx).map_err(Into::into),
             DeadlineStateProj::Expired => Poll::Ready(Err(DeadlineExceeded.into())),
-            DeadlineStateProj::Bounded { inner, deadline } => {
-                Poll::Ready(match std::task::ready!(inner.poll(cx)) {
-                    // The callee's own deadline (ours, passed on and rounded up)
-                    // ran out as ours did: a 504 that arrives once ours has passed
-                    // is our deadline error, whichever timer a busy runtime served
-                    // first.
-                    Ok(Ok(response))
-                        if response.status() == StatusCode::GATEWAY_TIMEOUT
-                            && deadline.remaining().is_zero() =>
-                    {
-                        Err(DeadlineExceeded.into())
-                    }
-                    Ok(result) => result.map_err(Into::into),
-                    Err(_) => Err(DeadlineExceeded.into()),
-                })
+            DeadlineStateProj::Bounded {
+                inner,
+                deadline,
+                mut timer,
+            } => {
+                let deadline = *deadline;
+                let polled = {
+                    let _entered = Entered::enter(deadline);
+                    inner.poll(cx)
+                };
+                if let Poll::Ready(result) = polled {
+                    return Poll::Ready(match result {
+                        // The callee's own deadline (ours, passed on and rounded
+                        // up) ran out as ours did: a 504 that arrives once ours
+                        // has passed is our deadline error, whichever timer a
+                        // busy runtime served first.
+                        Ok(response)
+                            if response.status() == StatusCode::GATEWAY_TIMEOUT
+                                && deadline.remaining().is_zero() =>
+                        {
+                            Err(DeadlineExceeded.into())
+                        }
+                        result => result.map_err(Into::into),
+                    });
+                }
+                // Pending: the timer wakes the task at the deadline even if the
+                // inner future never does.
+                if timer.is_none() {
+                    timer.set(Some(tokio::time::sleep_until(deadline.0)));
+                }
+                let timer = timer.as_pin_mut().expect("armed just above");
+                ready!(timer.poll(cx));
+                Poll::Ready(Err(DeadlineExceeded.into()))
             }
         }
     }

@@ -18,8 +18,11 @@
 
 mod layer;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -39,8 +42,57 @@ pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-mesh-timeout-m
 /// gRPC's own header for the caller's remaining time (`grpc-timeout: 1500m`).
 pub const GRPC_TIMEOUT_HEADER: HeaderName = HeaderName::from_static("grpc-timeout");
 
-tokio::task_local! {
-    static CURRENT: Deadline;
+thread_local! {
+    /// The deadline of the request or call whose work is running on this
+    /// thread: set by [`Entered`] around each poll of that work (and around an
+    /// outbound call's `call`), as tokio's task-locals are. A `Cell` of our own
+    /// rather than a `task_local!`, whose `sync_scope` moves the work's result
+    /// (a whole future, for a `call`) through a closure and a `Result`.
+    static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// Makes a deadline the current one on this thread until dropped, then
+/// restores the one before (so scopes nest, and a panic unwinds them). Not
+/// `Send`: it is made and dropped around synchronous work, never held across
+/// an `.await`.
+struct Entered {
+    previous: Option<Deadline>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Entered {
+    fn enter(deadline: Deadline) -> Self {
+        Entered {
+            previous: CURRENT.replace(Some(deadline)),
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.set(self.previous);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`Deadline::scope`] returns: `future`, polled with the
+    /// deadline as the current one.
+    struct InScope<F> {
+        deadline: Deadline,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for InScope<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = Entered::enter(*this.deadline);
+        this.future.poll(cx)
+    }
 }
 
 /// The instant by which a request must be answered. As a request extension it
@@ -58,7 +110,7 @@ impl Deadline {
     /// The deadline of the inbound request this task is handling, or of the
     /// outbound call an [`OutboundDeadlineLayer`] above is bounding, if any.
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|d| *d).ok()
+        CURRENT.get()
     }
 
     /// The deadline a request must meet where it is sent: the earlier of its
@@ -89,7 +141,10 @@ impl Deadline {
 
     /// Runs `future` with `self` as its task's current deadline.
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, future)
+        InScope {
+            deadline: self,
+            future,
+        }
     }
 }
 

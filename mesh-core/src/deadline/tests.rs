@@ -82,6 +82,33 @@ async fn outbound_call_fails_when_the_deadline_passes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn outbound_call_whose_inner_future_never_wakes_fails_at_its_deadline() {
+    // Nothing below ever wakes the task: only the layer's own timer can end it.
+    let stuck = tower::service_fn(|_req: Request<()>| {
+        std::future::pending::<Result<Response<String>, BoxErr>>()
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck);
+    let began = tokio::time::Instant::now();
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "{err}");
+    assert_eq!(began.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_deadline_is_current_on_every_poll_of_the_call() {
+    // Read after the call was pending once (and woken by its own sleep).
+    let later = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let left = Deadline::current().map(|d| d.remaining());
+        Ok::<_, BoxErr>(Response::new(format!("{left:?}")))
+    });
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(3))).layer(later);
+    let r = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(r.body(), "Some(2s)");
+    assert_eq!(Deadline::current(), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn inbound_layer_sets_the_handlers_deadline_and_answers_504_when_it_passes() {
     let handler = tower::service_fn(|_req: Request<()>| async {
         let left = Deadline::current().expect("deadline set").remaining();
@@ -325,4 +352,68 @@ fn timeout_millis_parse_as_the_standard_parser_does() {
     }
     let obs_text = http::HeaderValue::from_bytes(b"12\xff").unwrap();
     assert_eq!(super::parse_millis(&obs_text), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_call_whose_deadline_has_passed_fails_without_calling_the_service() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(5))).layer(tower::service_fn(
+        move |_req: Request<()>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, BoxErr>(Response::new(String::new())) }
+        },
+    ));
+    // A caller's deadline that is exactly now has passed; so has one of zero.
+    for timeout in [None, Some(Duration::ZERO)] {
+        let mut req = Request::new(());
+        match timeout {
+            None => {
+                req.extensions_mut()
+                    .insert(Deadline(tokio::time::Instant::now()));
+            }
+            Some(t) => {
+                req.extensions_mut().insert(RequestTimeout(t));
+            }
+        }
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(err.is::<DeadlineExceeded>(), "{err}");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_current_deadline_is_the_polled_tasks_only_and_nested_scopes_restore_the_outer() {
+    let outer = Deadline::after(Duration::from_secs(10));
+    let inner = Deadline::after(Duration::from_secs(1));
+    let seen = outer.scope(async move {
+        let before = Deadline::current();
+        let within = inner
+            .scope(async {
+                tokio::task::yield_now().await;
+                Deadline::current()
+            })
+            .await;
+        (before, within, Deadline::current())
+    });
+    // Another task on the same thread, polled while the first is suspended.
+    let other = tokio::spawn(async {
+        tokio::task::yield_now().await;
+        Deadline::current()
+    });
+    let (seen, other) = tokio::join!(seen, other);
+    assert_eq!(seen, (Some(outer), Some(inner), Some(outer)));
+    assert_eq!(other.unwrap(), None);
+    assert_eq!(Deadline::current(), None);
+}
+
+#[test]
+fn a_panic_inside_a_deadline_scope_leaves_no_deadline_behind() {
+    let deadline = Deadline(tokio::time::Instant::now());
+    let result = std::panic::catch_unwind(|| {
+        let _entered = Entered::enter(deadline);
+        panic!("the work panicked");
+    });
+    assert!(result.is_err());
+    assert_eq!(Deadline::current(), None);
 }

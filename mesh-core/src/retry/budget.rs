@@ -97,13 +97,26 @@ impl RetryBudget {
     }
 
     fn epoch_now(&self) -> u64 {
-        (self.started.elapsed().as_nanos() / self.slot_len.as_nanos().max(1)) as u64
+        self.epoch_at(Instant::now())
+    }
+
+    /// The slot `now` falls in. In 64-bit nanoseconds (585 years), which spares
+    /// a 128-bit division per request.
+    fn epoch_at(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.started).as_nanos() as u64;
+        since / (self.slot_len.as_nanos() as u64).max(1)
     }
 
     /// Records a request.
     pub fn deposit(&self) {
+        self.deposit_at(Instant::now());
+    }
+
+    /// Records a request made at `now` (a caller that has just read the clock
+    /// passes its reading rather than have the budget read it again).
+    pub fn deposit_at(&self, now: Instant) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let epoch = self.epoch_now();
+        let epoch = self.epoch_at(now);
         let mut slots = self.slots.lock();
         current(&mut slots, epoch).deposits += 1;
     }

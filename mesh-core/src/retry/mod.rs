@@ -36,7 +36,7 @@ mod policy;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -169,36 +169,54 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        let inner = self.inner.clone();
-        shared.budget.deposit();
+        let mut inner = self.inner.clone();
+        // One clock reading for the deposit and the first attempt's start.
+        let started = Instant::now();
+        shared.budget.deposit_at(started);
         let (plan, body) = Plan::new(&shared, request);
         let policy = plan.policy(&shared);
-        match body.try_clone() {
-            // Nothing races or times the first attempt: it is sent in place, and
-            // only a retry moves to the general path.
-            Some(first_body)
-                if policy.hedge_delay.is_none() && policy.per_try_timeout.is_none() =>
-            {
-                let request = attempt_request(&plan, first_body, 0);
-                RetryFuture {
-                    call: Some(Call {
-                        started: Instant::now(),
-                        shared,
-                        inner,
-                        plan,
-                        body,
-                    }),
-                    state: State::Ready {
-                        request: Some(request),
-                    },
-                }
-            }
-            _ => RetryFuture {
+        // Nothing races or times the first attempt: it is sent from here, and
+        // only a retry moves to the general path. Sent now rather than at the
+        // first poll, so the future never holds the request: it is smaller,
+        // and so is every move of it and of the futures above that hold it.
+        let first_body = (policy.hedge_delay.is_none() && policy.per_try_timeout.is_none())
+            .then(|| body.try_clone())
+            .flatten();
+        let Some(first_body) = first_body else {
+            return RetryFuture {
                 call: None,
                 state: State::General {
                     run: Box::pin(run(shared, inner, plan, body, None)),
                 },
+            };
+        };
+        // The mesh client's services are always ready; one that is not yet is
+        // waited for on the general path, with the task's waker.
+        let state = match inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => {
+                return RetryFuture {
+                    call: None,
+                    state: State::General {
+                        run: Box::pin(run(shared, inner, plan, body, None)),
+                    },
+                }
+            }
+            Poll::Ready(Ok(())) => State::Sent {
+                future: inner.call(attempt_request(&plan, first_body, 0)),
             },
+            Poll::Ready(Err(error)) => State::Refused {
+                error: Some(error.into()),
+            },
+        };
+        RetryFuture {
+            call: Some(Call {
+                started,
+                shared,
+                inner,
+                plan,
+                body,
+            }),
+            state,
         }
     }
 }
@@ -220,8 +238,9 @@ pin_project! {
     /// The future [`Retry`] returns.
     ///
     /// A request that is neither hedged nor timed per try (the default) sends its
-    /// first attempt from here, with nothing boxed; most calls end there. A retry,
-    /// or a policy that races or times attempts, runs the general path in a box.
+    /// first attempt when the call is made (the inner service being ready), with
+    /// nothing boxed; most calls end there. A retry, or a policy that races or
+    /// times attempts, runs the general path in a box.
     pub struct RetryFuture<S, B, RB>
     where
         S: tower::Service<Request<ReplayBody<B>>>,
@@ -240,10 +259,11 @@ pin_project! {
     where
         S: tower::Service<Request<ReplayBody<B>>>,
     {
-        // The first attempt, waiting for the inner service to be ready.
-        Ready { request: Option<Request<ReplayBody<B>>> },
         // The first attempt, sent.
         Sent { #[pin] future: S::Future },
+        // The inner service failed instead of becoming ready for the first
+        // attempt: that is the first attempt's outcome.
+        Refused { error: Option<BoxError> },
         // Everything else: retries, hedging, per-try timeouts.
         General { run: BoxOutcome<RB> },
     }
@@ -271,27 +291,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<RB>> {
         let mut this = self.project();
-        let outcome = loop {
-            match this.state.as_mut().project() {
-                StateProj::Ready { request } => {
-                    let call = this
-                        .call
-                        .as_mut()
-                        .expect("the first attempt keeps its call");
-                    match std::task::ready!(call.inner.poll_ready(cx)) {
-                        Ok(()) => {
-                            let request = request.take().expect("the first attempt is sent once");
-                            let future = call.inner.call(request);
-                            this.state.set(State::Sent { future });
-                        }
-                        Err(error) => break Err(error.into()),
-                    }
-                }
-                StateProj::Sent { future } => {
-                    break std::task::ready!(future.poll(cx)).map_err(Into::into);
-                }
-                StateProj::General { run } => return run.as_mut().poll(cx),
-            }
+        let outcome = match this.state.as_mut().project() {
+            StateProj::Sent { future } => std::task::ready!(future.poll(cx)).map_err(Into::into),
+            StateProj::Refused { error } => Err(error.take().expect("a refusal is reported once")),
+            StateProj::General { run } => return run.as_mut().poll(cx),
         };
         let call = this.call.take().expect("the first attempt keeps its call");
         let class = classify(&call.shared, &call.plan, &outcome);
@@ -657,12 +660,9 @@ fn attempt_request<B: Body<Data = Bytes>>(
     number: u32,
 ) -> Request<ReplayBody<B>> {
     let parts = &plan.parts;
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
+    // Built from a copy of the parts, not field by field into a new request,
+    // which would make (and drop) a default of each first.
+    let mut request = Request::from_parts(parts.clone(), body);
     if number > 0 {
         let mut tried = parts
             .extensions

@@ -371,3 +371,67 @@ impl Drop for DropCounter {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// Not ready on its first `poll_ready` (across clones), ready after; counts
+/// readiness polls and calls.
+#[derive(Clone)]
+struct LateReady {
+    polls: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+    fail: bool,
+}
+
+impl tower::Service<Request<ReplayBody<TestBody>>> for LateReady {
+    type Response = Response<String>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<String>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.fail {
+            return Poll::Ready(Err("refused".into()));
+        }
+        if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<ReplayBody<TestBody>>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(status(200))
+    }
+}
+
+fn late_ready(fail: bool) -> (Retry<LateReady>, Arc<AtomicU32>, Arc<AtomicU32>) {
+    let (polls, calls) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let inner = LateReady {
+        polls: polls.clone(),
+        calls: calls.clone(),
+        fail,
+    };
+    let layer = RetryLayer::new("test", RetryPolicy::default(), roomy_budget(), |_| {
+        ErrorKind::Other
+    });
+    (tower::Layer::layer(&layer, inner), polls, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_attempt_waits_for_an_inner_service_that_is_not_ready_yet() {
+    let (svc, polls, calls) = late_ready(false);
+    let response = svc.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "sent once");
+    assert!(
+        polls.load(Ordering::SeqCst) >= 2,
+        "readiness was polled again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_service_failing_readiness_fails_the_call_with_its_error() {
+    let (svc, _, calls) = late_ready(true);
+    let error = svc.oneshot(get()).await.unwrap_err();
+    assert_eq!(error.to_string(), "refused");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing sent");
+}

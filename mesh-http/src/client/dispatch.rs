@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
-use futures_util::TryFutureExt;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
@@ -15,7 +14,7 @@ use mesh_core::balance::{Balancer, EndpointHandle, Picked};
 use mesh_core::classify::Classifier;
 use mesh_core::config::Protocol;
 use mesh_core::deadline::{self, Deadline};
-use mesh_core::extensions::{ServedBy, TriedEndpoints};
+use mesh_core::extensions::TriedEndpoints;
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::replay::ReplayBody;
 use tokio::time::Instant;
@@ -31,7 +30,8 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 /// Sends each request to one endpoint the balancer picks, avoiding those named in
 /// the request's [`TriedEndpoints`], and records the pick in the call's
 /// [`AttemptLog`](mesh_core::retry::AttemptLog) (which the attempt's body
-/// carries); the response carries [`ServedBy`].
+/// carries); the response's body names the endpoint that answered
+/// ([`ResponseBody::served_by`]).
 ///
 /// A connection that cannot be opened fails the attempt with a connect error: the
 /// retry layer above moves the request to another endpoint (a transparent retry,
@@ -104,11 +104,7 @@ impl tower::Service<Request<ReplayBody<RequestBody>>> for EndpointDispatch {
             .remove::<TriedEndpoints>()
             .map(|t| t.0)
             .unwrap_or_default();
-        Box::pin(
-            Arc::clone(inner)
-                .send_to_endpoint(request, avoid)
-                .map_err(Into::into),
-        )
+        Box::pin(Arc::clone(inner).send_to_endpoint(request, avoid))
     }
 }
 
@@ -117,7 +113,8 @@ impl DispatchInner {
         self: Arc<Self>,
         mut request: Request<AttemptBody>,
         avoid: Vec<SocketAddr>,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        // Returns the stack's error type itself: no future wrapper converting it.
         let mut stale = 0;
         loop {
             // A first attempt may wait (bounded) for an endpoint to become ready; a
@@ -134,39 +131,42 @@ impl DispatchInner {
                 Err(e) => {
                     // A connect failure is the endpoint's failure too.
                     self.report(picked.handle(), true);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             let started = Instant::now();
-            let sent = match conn {
-                Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
-                    Ok(mut response) => {
-                        picked.record_rtt(started.elapsed());
-                        self.report_response(picked.handle(), &response);
-                        response.extensions_mut().insert(ServedBy(picked.addr()));
-                        let lease = Lease::Http1 {
-                            conn,
-                            pool: picked.endpoint().downgrade(),
-                            _picked: picked,
-                        };
-                        return Ok(response.map(|body| ResponseBody::incoming(body, Some(lease))));
-                    }
-                    Err(e) => e,
-                },
-                Conn::Http2(mut sender) => match sender.try_send_request(request).await {
-                    Ok(mut response) => {
-                        picked.record_rtt(started.elapsed());
-                        self.report_response(picked.handle(), &response);
-                        response.extensions_mut().insert(ServedBy(picked.addr()));
-                        let lease = Lease::Http2 { _picked: picked };
-                        return Ok(response.map(|body| ResponseBody::incoming(body, Some(lease))));
-                    }
-                    Err(e) => {
-                        picked.endpoint().forget_closed_http2();
-                        e
-                    }
-                },
-            };
+            let sent =
+                match conn {
+                    Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
+                        Ok(response) => {
+                            picked.record_rtt(started.elapsed());
+                            self.report_response(picked.handle(), &response);
+                            let addr = picked.addr();
+                            let lease = Lease::Http1 {
+                                conn,
+                                pool: picked.endpoint().downgrade(),
+                                _picked: picked,
+                            };
+                            return Ok(response
+                                .map(|body| ResponseBody::incoming(body, Some(lease), addr)));
+                        }
+                        Err(e) => e,
+                    },
+                    Conn::Http2(mut sender) => match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            picked.record_rtt(started.elapsed());
+                            self.report_response(picked.handle(), &response);
+                            let addr = picked.addr();
+                            let lease = Lease::Http2 { _picked: picked };
+                            return Ok(response
+                                .map(|body| ResponseBody::incoming(body, Some(lease), addr)));
+                        }
+                        Err(e) => {
+                            picked.endpoint().forget_closed_http2();
+                            e
+                        }
+                    },
+                };
             let mut sent = sent;
             // The connection closed before our request was written to it: the
             // request comes back untouched and may go out on another connection.
@@ -177,7 +177,7 @@ impl DispatchInner {
                 }
                 _ => {
                     self.report(picked.handle(), true);
-                    return Err(Error::request(sent.into_error()));
+                    return Err(Error::request(sent.into_error()).into());
                 }
             }
         }

@@ -31,7 +31,7 @@ use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
 use mesh_core::retry::{RetryBudget, RetryLayer};
 use mesh_core::route::{RouteLayer, RouteTable};
 use tower::util::option_layer;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
@@ -89,7 +89,6 @@ pub(crate) fn service_stack(
         .layer(option_layer(concurrency))
         .layer(option_layer(breaker))
         .layer(option_layer(faults))
-        .map_err(Into::<BoxError>::into)
         .layer(RetryLayer::new(
             config.name.clone(),
             config.retry.clone(),
@@ -98,5 +97,5 @@ pub(crate) fn service_stack(
         ))
         .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
-    ServiceStack::new(stack.map_err(Into::into))
+    ServiceStack::new(stack)
 }
