@@ -34,6 +34,9 @@ mod tag {
     pub(super) const EXTENSIONS: u8 = 0xa3;
     /// `[6] IMPLICIT IA5String`: a GeneralName's uniformResourceIdentifier.
     pub(super) const URI: u8 = 0x86;
+    /// The constructed form of `[6]`: not DER for a string, but lenient
+    /// parsers read it as a URI, so it must not be skipped as another name.
+    pub(super) const URI_CONSTRUCTED: u8 = 0xa6;
 }
 
 /// The DER encoding of the subjectAltName extension's OID, 2.5.29.17.
@@ -160,6 +163,9 @@ impl<'a> Tbs<'a> {
         let mut uris = Vec::new();
         while !names.is_empty() {
             let (tag, content) = names.read()?;
+            if tag == tag::URI_CONSTRUCTED {
+                return Err("a URI SAN in constructed form");
+            }
             if tag == tag::URI {
                 let uri = std::str::from_utf8(content)
                     .ok()
@@ -293,13 +299,22 @@ mod tests {
     use rcgen::{CertificateParams, KeyPair, SanType, SerialNumber};
     use x509_parser::extensions::GeneralName;
 
+    /// A fixed Ed25519 key: its signatures are deterministic, so the same
+    /// parameters give the same DER on every run (a fresh ECDSA key and
+    /// signature would move every byte after them, and with them which bytes
+    /// the mutation test below hits).
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEILll6CzirsdsB+yjpa4qHP65yM9qRd8+W9ivyh3bMfqw
+-----END PRIVATE KEY-----
+";
+
     /// A self-signed certificate with these SANs, validity end and serial.
     fn cert(sans: Vec<SanType>, not_after: (i32, u8, u8), serial: &[u8]) -> Vec<u8> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         params.serial_number = Some(SerialNumber::from_slice(serial));
-        let key = KeyPair::generate().unwrap();
+        let key = KeyPair::from_pem(KEY).unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
     }
 
@@ -395,6 +410,30 @@ mod tests {
             bad[i] ^= 0xff;
             let _ = cert_fields(&bad);
         }
+    }
+
+    /// `[6]` in constructed form is not DER for a URI, but x509-parser reads
+    /// it as one: skipping it as some other name would hide an identity the
+    /// certificate claims (the mutation test below found this).
+    #[test]
+    fn a_uri_san_in_constructed_form_is_refused_not_skipped() {
+        let der = cert(
+            vec![uri("spiffe://example.org/a"), uri("spiffe://example.org/b")],
+            (2030, 6, 1),
+            &[1],
+        );
+        let second = der
+            .windows(2)
+            .rposition(|w| w == [tag::URI, 22])
+            .expect("the second URI SAN");
+        let mut bad = der.clone();
+        bad[second] = tag::URI_CONSTRUCTED;
+        assert_eq!(
+            reference_uris(&bad),
+            Some(vec!["spiffe://example.org/a", "spiffe://example.org/b"])
+        );
+        assert_eq!(uri_sans(&bad), Err("a URI SAN in constructed form"));
+        assert!(cert_fields(&bad).is_err());
     }
 
     /// A peer's certificate is read before its chain is verified (its SPIFFE
