@@ -751,16 +751,20 @@ fn cold_start_series(
     Ok((cold_raw, cold_mesh))
 }
 
+/// The helper count a cold-start mode was given (21 when none was).
+fn cold_count(mode: &str, count: &str) -> Result<usize, BoxError> {
+    if count.is_empty() {
+        return Ok(21);
+    }
+    count
+        .parse()
+        .map_err(|_| format!("{mode}: `{count}` is not a count").into())
+}
+
 /// Cold starts only, for working on them: `count` of each kind (default 21),
 /// medians and their ratio, and the ratio's spread over pairs.
 fn cold_starts(count: &str) -> Result<(), BoxError> {
-    let count: usize = if count.is_empty() {
-        21
-    } else {
-        count
-            .parse()
-            .map_err(|_| format!("cold-starts: `{count}` is not a count"))?
-    };
+    let count = cold_count("cold-starts", count)?;
     let work = tempfile::tempdir()?;
     let pki = PkiFiles::generate(work.path())?;
     let server = ServerProcess::start(&pki)?;
@@ -781,13 +785,7 @@ fn cold_starts(count: &str) -> Result<(), BoxError> {
 /// The wall clock is shared with the server's work, so a phase that waits on
 /// the server (`response`) includes it.
 fn cold_phases(count: &str) -> Result<(), BoxError> {
-    let count: usize = if count.is_empty() {
-        21
-    } else {
-        count
-            .parse()
-            .map_err(|_| format!("cold-phases: `{count}` is not a count"))?
-    };
+    let count = cold_count("cold-phases", count)?;
     let work = tempfile::tempdir()?;
     let pki = PkiFiles::generate(work.path())?;
     let server = ServerProcess::start(&pki)?;
