@@ -32,6 +32,16 @@ pub enum Unit {
     Bytes,
 }
 
+impl From<Unit> for metrics::Unit {
+    fn from(unit: Unit) -> Self {
+        match unit {
+            Unit::Count => metrics::Unit::Count,
+            Unit::Seconds => metrics::Unit::Seconds,
+            Unit::Bytes => metrics::Unit::Bytes,
+        }
+    }
+}
+
 /// One metric's definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricDef {
@@ -282,11 +292,7 @@ metrics! {
 /// HELP lines and units.
 pub fn describe_all() {
     for def in ALL {
-        let unit = match def.unit {
-            Unit::Count => metrics::Unit::Count,
-            Unit::Seconds => metrics::Unit::Seconds,
-            Unit::Bytes => metrics::Unit::Bytes,
-        };
+        let unit = metrics::Unit::from(def.unit);
         match def.instrument {
             Counter => metrics::describe_counter!(def.name, unit, def.description),
             Gauge => metrics::describe_gauge!(def.name, unit, def.description),

@@ -65,14 +65,9 @@ fn mesh_help(name: &str) -> Option<(&'static str, Option<Unit>)> {
     let help = HELP.get_or_init(|| {
         let mut help = FxHashMap::default();
         for def in metric_names::ALL {
-            let unit = match def.unit {
-                metric_names::Unit::Count => Unit::Count,
-                metric_names::Unit::Seconds => Unit::Seconds,
-                metric_names::Unit::Bytes => Unit::Bytes,
-            };
             // The first description of a name wins, as with `describe`.
             help.entry(sanitize_name(def.name))
-                .or_insert((def.description, Some(unit)));
+                .or_insert((def.description, Some(Unit::from(def.unit))));
         }
         help
     });
