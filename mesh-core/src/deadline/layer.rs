@@ -222,25 +222,31 @@ where
             .extensions()
             .get::<SelectedRoute>()
             .map_or(self.timeout, |r| r.policy().timeout());
-        // One clock reading for the deadline and the check that it has not
-        // passed.
-        let now = Instant::now();
         let own = request
             .extensions()
             .get::<RequestTimeout>()
             .map(|t| t.0)
-            .or(timeout)
-            .map(|timeout| Deadline(now + timeout));
+            .or(timeout);
         let inherited = Deadline::earliest(
             request.extensions().get::<Deadline>().copied(),
             Deadline::current(),
         );
-        let Some(deadline) = Deadline::earliest(own, inherited) else {
-            return OutboundDeadlineFuture {
-                state: DeadlineState::Unbounded {
-                    inner: self.inner.call(request),
-                },
-            };
+        // One clock reading for the deadline and the check that it has not
+        // passed; none when no deadline applies.
+        let (now, deadline) = match (own, inherited) {
+            (None, None) => {
+                return OutboundDeadlineFuture {
+                    state: DeadlineState::Unbounded {
+                        inner: self.inner.call(request),
+                    },
+                }
+            }
+            (None, Some(inherited)) => (Instant::now(), inherited),
+            (Some(timeout), inherited) => {
+                let now = Instant::now();
+                let own = Deadline(now + timeout);
+                (now, inherited.map_or(own, |inherited| inherited.min(own)))
+            }
         };
         if deadline.0 <= now {
             return OutboundDeadlineFuture {
