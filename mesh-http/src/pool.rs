@@ -134,30 +134,29 @@ impl EndpointPool {
     /// a new one. A connect failure marks the endpoint unreachable and starts the
     /// background reconnect.
     pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
-        // The usual case: a pooled HTTP/1.1 connection, or the shared HTTP/2 one.
-        let ready = match self.inner.settings.protocol {
-            Protocol::Http1 => self.inner.take_idle().map(Conn::Http1),
-            Protocol::Http2 | Protocol::Grpc => self.inner.shared_sender().map(Conn::Http2),
-        };
-        if let Some(conn) = ready {
-            return Ok(conn);
-        }
-        // Waiting for a connection or opening one (a TLS handshake's state) is
-        // boxed: inline, it would make every request's future as large, over a
-        // kilobyte, which the allocator's per-thread cache does not keep.
+        // The usual case: a pooled HTTP/1.1 connection ready for its next request,
+        // or the shared HTTP/2 one. Waiting for a connection (to become ready, to
+        // come back, or to open: a TLS handshake's state) is boxed: inline, it
+        // would make every request's future as large, over a kilobyte, which the
+        // allocator's per-thread cache does not keep.
         match self.inner.settings.protocol {
-            Protocol::Http1 => Box::pin(self.checkout_http1()).await.map(Conn::Http1),
-            Protocol::Http2 | Protocol::Grpc => {
-                Box::pin(self.checkout_http2()).await.map(Conn::Http2)
-            }
+            Protocol::Http1 => match self.inner.take_idle() {
+                Some(conn) if conn.sender.is_ready() => Ok(Conn::Http1(conn)),
+                taken => Box::pin(self.checkout_http1(taken)).await.map(Conn::Http1),
+            },
+            Protocol::Http2 | Protocol::Grpc => match self.inner.shared_sender() {
+                Some(sender) => Ok(Conn::Http2(sender)),
+                None => Box::pin(self.checkout_http2()).await.map(Conn::Http2),
+            },
         }
     }
 
-    async fn checkout_http1(&self) -> Result<Http1Conn, Error> {
+    /// `taken` is an idle connection already taken from the pool, not ready yet.
+    async fn checkout_http1(&self, mut taken: Option<Http1Conn>) -> Result<Http1Conn, Error> {
         loop {
             // A connection may have come back since the caller looked; looking
             // first takes no registration for returns (a lock and a waiter entry).
-            if let Some(conn) = self.inner.take_idle() {
+            if let Some(conn) = self.inner.ready_idle(taken.take()).await {
                 return Ok(conn);
             }
             // Registered before looking again, so a connection given back between
@@ -165,7 +164,7 @@ impl EndpointPool {
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(conn) = self.inner.take_idle() {
+            if let Some(conn) = self.inner.ready_idle(None).await {
                 return Ok(conn);
             }
             let permit = match &self.inner.limit {
@@ -236,12 +235,14 @@ impl PoolInner {
             .is_some_and(|age| now.duration_since(created) >= age)
     }
 
+    /// The most recently used idle connection that is still open, fresh and
+    /// young enough; it may not be ready for its next request yet.
     fn take_idle(&self) -> Option<Http1Conn> {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         while let Some(Idle { conn, since }) = idle.pop() {
             let stale = now.duration_since(since) >= self.settings.idle_timeout;
-            if stale || self.expired(conn.created, now) || !conn.sender.is_ready() {
+            if stale || self.expired(conn.created, now) || conn.sender.is_closed() {
                 continue; // dropping the sender closes the connection
             }
             return Some(conn);
@@ -249,33 +250,33 @@ impl PoolInner {
         None
     }
 
-    fn put_idle(self: &Arc<Self>, conn: Http1Conn) {
+    /// An idle connection ready for a request, `first` before the pooled ones,
+    /// waiting for each to become ready; `None` once none is left. A connection
+    /// comes back as soon as its response has been read, often before its task
+    /// has seen that response end and asked for the next request: waiting for
+    /// that moment is far cheaper than opening another connection.
+    async fn ready_idle(&self, mut first: Option<Http1Conn>) -> Option<Http1Conn> {
+        while let Some(mut conn) = first.take().or_else(|| self.take_idle()) {
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
+            }
+            // Closed while idle: dropped, and the next one is tried.
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: Http1Conn) {
         let now = Instant::now();
         if conn.sender.is_closed() || self.expired(conn.created, now) || (self.is_removed)() {
             return;
         }
-        if conn.sender.is_ready() {
-            self.idle.lock().push(Idle { conn, since: now });
-            // Only a capped pool has requests waiting for a connection.
-            if self.limit.is_some() {
-                self.returned.notify_one();
-            }
-            return;
+        // Pooled even when its task has not yet asked for the next request: the
+        // next checkout waits for that (see `ready_idle`).
+        self.idle.lock().push(Idle { conn, since: now });
+        // Only a capped pool has requests waiting for a connection.
+        if self.limit.is_some() {
+            self.returned.notify_one();
         }
-        // The connection task has not yet seen the end of the response; wait for it
-        // off the request path.
-        let weak = Arc::downgrade(self);
-        let mut conn = conn;
-        tokio::spawn(async move {
-            if conn.sender.ready().await.is_ok() {
-                if let Some(inner) = weak.upgrade() {
-                    inner.idle.lock().push(Idle {
-                        conn,
-                        since: Instant::now(),
-                    });
-                }
-            }
-        });
     }
 
     fn shared_sender(&self) -> Option<http2::SendRequest<AttemptBody>> {
@@ -414,5 +415,141 @@ fn connect_reason(e: &std::io::Error) -> &'static str {
         TimedOut => "timeout",
         InvalidData => "tls",
         _ => "io",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use mesh_core::replay::ReplayBody;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::connect::TcpConnector;
+
+    /// A plain HTTP/1.1 server on loopback counting the connections it accepts;
+    /// a request to `/slow` is answered once `release` is notified, after
+    /// `arrived` has been.
+    struct Server {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        arrived: Arc<Notify>,
+        release: Arc<Notify>,
+    }
+
+    impl Server {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+            let server = Server {
+                addr,
+                accepted: accepted.clone(),
+                arrived: arrived.clone(),
+                release: release.clone(),
+            };
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (arrived, release) = (arrived.clone(), release.clone());
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (arrived, release) = (arrived.clone(), release.clone());
+                        async move {
+                            if request.uri().path() == "/slow" {
+                                arrived.notify_one();
+                                release.notified().await;
+                            }
+                            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                        }
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            });
+            server
+        }
+    }
+
+    fn pool(addr: SocketAddr) -> EndpointPool {
+        let settings = PoolSettings {
+            service: "test".into(),
+            protocol: Protocol::Http1,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            max_age: None,
+            max_connections: None,
+            http2_keepalive: None,
+            connector: Arc::new(TcpConnector),
+        };
+        EndpointPool::new(addr, Arc::new(settings), |_| {}, || false)
+    }
+
+    fn request(path: &str) -> Request<AttemptBody> {
+        let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync();
+        Request::get(path)
+            .body(AttemptBody(ReplayBody::new(body, 0)))
+            .unwrap()
+    }
+
+    async fn checkout_http1(pool: &EndpointPool) -> Http1Conn {
+        match pool.checkout().await {
+            Ok(Conn::Http1(conn)) => conn,
+            Ok(Conn::Http2(_)) => panic!("an HTTP/1.1 pool handed out an HTTP/2 connection"),
+            Err(e) => panic!("checkout failed: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_before_it_is_ready_is_reused_not_replaced() {
+        let server = Server::start().await;
+        let pool = pool(server.addr);
+        let mut conn = checkout_http1(&pool).await;
+        let in_flight = tokio::spawn(conn.sender.send_request(request("/slow")));
+        server.arrived.notified().await;
+        // Busy with a response, as a connection is between its response being read
+        // and its task asking for the next request.
+        assert!(!conn.sender.is_ready());
+        give_back(&pool.downgrade(), conn);
+
+        let finish_response = async {
+            server.release.notify_one();
+            let response = in_flight.await.unwrap().unwrap();
+            response.into_body().collect().await.unwrap();
+        };
+        let (mut reused, ()) = tokio::join!(checkout_http1(&pool), finish_response);
+
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+        let response = reused.sender.send_request(request("/")).await.unwrap();
+        assert!(response.status().is_success());
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_server_is_replaced() {
+        let server = Server::start().await;
+        let pool = pool(server.addr);
+        let mut conn = checkout_http1(&pool).await;
+        let close = Request::get("/")
+            .header(http::header::CONNECTION, "close")
+            .body(request("/").into_body())
+            .unwrap();
+        let response = conn.sender.send_request(close).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        give_back(&pool.downgrade(), conn);
+
+        let mut replacement = checkout_http1(&pool).await;
+        let response = replacement.sender.send_request(request("/")).await.unwrap();
+        assert!(response.status().is_success());
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
     }
 }
