@@ -73,9 +73,19 @@ pub struct Round {
 impl Round {
     /// CPU microseconds per request of the process called `name`.
     pub fn cpu_us_per_request(&self, name: &str) -> f64 {
+        self.cpu_us_per_request_of(|u| u.name == name)
+    }
+
+    /// CPU microseconds per request of every process on the request's path
+    /// (client, server and any proxies between them).
+    pub fn path_cpu_us_per_request(&self) -> f64 {
+        self.cpu_us_per_request_of(|_| true)
+    }
+
+    fn cpu_us_per_request_of(&self, counted: impl Fn(&Usage) -> bool) -> f64 {
         self.usage
             .iter()
-            .filter(|u| u.name == name)
+            .filter(|u| counted(u))
             .map(|u| u.cpu_seconds)
             .sum::<f64>()
             * 1e6

@@ -1157,6 +1157,13 @@ fn summarise(
     let raw_vs_raw = paired_median(raw2, raw, |a, b| tput(a) / tput(b));
     let mesh_vs_raw = paired_median(mesh, raw, |a, b| tput(a) / tput(b));
     let mesh_vs_sidecar = paired_median(mesh, sidecar, |a, b| tput(a) / tput(b));
+    // Throughput on two shared cores also depends on how the scheduler spreads
+    // two to four busy processes over them, which varies between runs far more
+    // for the four-process sidecar path than for the others. The CPU all of a
+    // path's processes spend per request does not: it is the work itself.
+    let cpu = |r: &Round| r.path_cpu_us_per_request();
+    let mesh_vs_raw_cpu = paired_median(mesh, raw, |a, b| cpu(a) / cpu(b));
+    let sidecar_vs_mesh_cpu = paired_median(sidecar, mesh, |a, b| cpu(a) / cpu(b));
     let added = |x: &[Round], f: fn(&Percentiles) -> f64| {
         paired_median(x, raw, |a, b| f(&a.sequential) - f(&b.sequential))
     };
@@ -1201,6 +1208,9 @@ fn summarise(
         "mesh/sidecar throughput {mesh_vs_sidecar:.2} (target ≥ 3); sidecar − raw p50 {sidecar_p50:+.1} µs ({times_mesh}; target ≥ 4)"
     );
     println!(
+        "CPU per request at saturation, all processes on the path: mesh/raw {mesh_vs_raw_cpu:.3}, sidecar/mesh {sidecar_vs_mesh_cpu:.2}"
+    );
+    println!(
         "gRPC (h2c, same tonic server): MeshChannel/Channel throughput {grpc_vs_channel:.3}; MeshChannel − Channel p50 {grpc_added_p50:+.1} µs"
     );
     println!(
@@ -1231,6 +1241,8 @@ fn summarise(
         "mesh_added_p99_us": round3(mesh_p99),
         "raw2_added_p50_us": round3(raw2_p50),
         "mesh_vs_sidecar_throughput": round3(mesh_vs_sidecar),
+        "mesh_vs_raw_path_cpu_per_request": round3(mesh_vs_raw_cpu),
+        "sidecar_vs_mesh_path_cpu_per_request": round3(sidecar_vs_mesh_cpu),
         "grpc_mesh_vs_channel_throughput": round3(grpc_vs_channel),
         "grpc_mesh_added_p50_us": round3(grpc_added_p50),
         "sidecar_added_p50_us": round3(sidecar_p50),
