@@ -534,6 +534,58 @@ mod tests {
         let _ = server.await;
     }
 
+    /// A connection that runs until told to shut down gracefully.
+    struct UntilShutdown {
+        closing: bool,
+    }
+
+    impl Future for UntilShutdown {
+        type Output = Result<(), std::io::Error>;
+
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.closing {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl GracefulConnection for UntilShutdown {
+        type Error = std::io::Error;
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.get_mut().closing = true;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_still_wakes_a_connection_after_its_watchdog_woke_it() {
+        // A request being served: the watchdog's timer fires every timeout
+        // and only sets itself again. Each of those wakes takes the waker the
+        // connection task registered; the shutdown that follows must still
+        // reach the task.
+        let deadline = HeaderDeadline::new();
+        deadline.disarm();
+        let watchdog = Watchdog::new(deadline, std::time::Duration::from_secs(10));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            drive(
+                UntilShutdown { closing: false },
+                &mut stopped,
+                Some(watchdog),
+            )
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+        assert!(!task.is_finished(), "the watchdog's wakes closed nothing");
+        stop.send(true).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(1), task)
+            .await
+            .expect("the shutdown woke the connection task")
+            .unwrap();
+        assert!(ended.is_ok(), "closed gracefully: {ended:?}");
+    }
+
     #[test]
     fn only_alpn_http1_skips_sniffing() {
         assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Protocol::Http1);
