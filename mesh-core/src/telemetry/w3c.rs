@@ -32,19 +32,60 @@ pub(crate) fn enabled() -> bool {
     W3C_ONLY.load(Ordering::Relaxed)
 }
 
+/// Above this many header values, [`extract`] looks its three names up in the
+/// map instead of reading every header once: each look-up hashes a custom name
+/// byte by byte, which costs more than comparing a few short names, but not
+/// more than comparing a hundred.
+const SCAN_MAX: usize = 16;
+
+/// The trace-context headers of a request, the first value of each name (what
+/// `HeaderMap::get` returns).
+#[derive(Debug, Default, Clone, Copy)]
+struct Fields<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    tracestate: bool,
+    baggage: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// One pass over `headers` when there are few of them (most requests carry
+    /// none of these three names, and a look-up of an absent custom name still
+    /// hashes it), look-ups otherwise.
+    fn read(headers: &'a HeaderMap) -> Self {
+        if headers.len() > SCAN_MAX {
+            return Fields {
+                traceparent: headers.get(&TRACEPARENT),
+                tracestate: headers.contains_key(&TRACESTATE),
+                baggage: headers.contains_key(&BAGGAGE),
+            };
+        }
+        let mut fields = Fields::default();
+        for (name, value) in headers {
+            match name.as_str() {
+                "traceparent" => fields.traceparent = fields.traceparent.or(Some(value)),
+                "tracestate" => fields.tracestate = true,
+                "baggage" => fields.baggage = true,
+                _ => {}
+            }
+        }
+        fields
+    }
+}
+
 /// The caller's context from `headers`, when the direct path can read it:
 /// an empty context when there is neither a `traceparent` nor baggage, the
 /// remote span context of a canonical `traceparent`; `None` for anything
 /// the SDK's propagators must judge (baggage, `tracestate`, other versions,
 /// malformed values).
 pub(crate) fn extract(headers: &HeaderMap) -> Option<Context> {
-    if headers.contains_key(&BAGGAGE) {
+    let fields = Fields::read(headers);
+    if fields.baggage {
         return None;
     }
-    let Some(value) = headers.get(&TRACEPARENT) else {
+    let Some(value) = fields.traceparent else {
         return Some(Context::new());
     };
-    if headers.contains_key(&TRACESTATE) {
+    if fields.tracestate {
         return None;
     }
     let sc = parse(value.as_bytes())?;
@@ -198,6 +239,44 @@ mod tests {
         headers.remove("tracestate");
         headers.insert("baggage", "user=alice".parse().unwrap());
         assert!(extract(&headers).is_none());
+    }
+
+    #[test]
+    fn extract_reads_the_same_with_few_headers_and_with_many() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace_id = |headers: &HeaderMap| {
+            extract(headers).map(|cx| cx.span().span_context().trace_id().to_string())
+        };
+        for filler in [0, 2, SCAN_MAX + 1] {
+            let mut headers = HeaderMap::new();
+            for i in 0..filler {
+                headers.insert(
+                    HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            assert_eq!(
+                trace_id(&headers).as_deref(),
+                Some("00000000000000000000000000000000"),
+                "{filler} other headers, no trace context"
+            );
+            headers.append("traceparent", traceparent.parse().unwrap());
+            // A second value does not replace the first, as with `get`.
+            headers.append("traceparent", "garbage".parse().unwrap());
+            assert_eq!(
+                trace_id(&headers).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{filler} other headers"
+            );
+            headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+            assert!(
+                trace_id(&headers).is_none(),
+                "{filler}: tracestate deferred"
+            );
+            headers.remove("tracestate");
+            headers.insert("baggage", "user=alice".parse().unwrap());
+            assert!(trace_id(&headers).is_none(), "{filler}: baggage deferred");
+        }
     }
 
     #[test]

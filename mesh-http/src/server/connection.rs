@@ -1,5 +1,6 @@
 //! One inbound connection: TLS handshake (bounded in time), then HTTP.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -123,7 +124,7 @@ pub(crate) async fn serve<S, B>(
             let deadline = HeaderDeadline::new();
             let watchdog = Watchdog::new(deadline.clone(), shared.options.header_read_timeout);
             let service = WithPeer {
-                inner: service,
+                inner: RefCell::new(service),
                 extensions,
                 head: Some(deadline.clone()),
             };
@@ -138,7 +139,7 @@ pub(crate) async fn serve<S, B>(
         }
         Protocol::Sniff => {
             let service = WithPeer {
-                inner: service,
+                inner: RefCell::new(service),
                 extensions,
                 head: None,
             };
@@ -212,8 +213,19 @@ async fn drive<C: GracefulConnection>(
     let side_waker = Waker::from(side.clone());
     let mut draining = false;
     let mut expired = false;
+    // The waker last given to `side`: the task's waker rarely changes, and
+    // registering costs read-modify-writes on every poll where comparing
+    // costs two loads. `side` holds it until a side wake takes it, and that
+    // wake leaves `due` set, so it is given again below when `due` is seen.
+    let mut registered: Option<Waker> = None;
     std::future::poll_fn(|cx| {
-        side.task.register(cx.waker());
+        if !registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            side.task.register(cx.waker());
+            registered = Some(cx.waker().clone());
+        }
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(result.map_err(Into::into));
@@ -221,6 +233,9 @@ async fn drive<C: GracefulConnection>(
             if !side.take() {
                 return Poll::Pending;
             }
+            // The wake that set `due` took the waker: give it again before
+            // polling what may wake it next.
+            side.task.register(cx.waker());
             let mut side_cx = Context::from_waker(&side_waker);
             // Set when the connection was told to close: poll it again at once.
             let mut closing = false;
@@ -346,7 +361,11 @@ fn connection_extensions(
 /// watchdog that the head it waited for has arrived.
 #[derive(Debug, Clone)]
 struct WithPeer<S> {
-    inner: S,
+    /// hyper calls through `&self`, tower through `&mut self`: the connection's
+    /// one copy is borrowed for each call (hyper never calls it re-entrantly)
+    /// instead of cloned per request, which costs reference counts in each
+    /// layer and a drop afterwards.
+    inner: RefCell<S>,
     extensions: Extensions,
     head: Option<Arc<HeaderDeadline>>,
 }
@@ -366,18 +385,18 @@ where
         // Takes the clone whole when hyper put nothing there (it does only for
         // upgrades), else adds to what is there.
         request.extensions_mut().extend(self.extensions.clone());
-        let mut service = self.inner.clone();
+        let mut service = self.inner.borrow_mut();
         // The mesh's layers and axum's router are always ready: call at once
         // rather than moving the request into a `Oneshot` and out again. A
-        // service that is not ready registers this no-op waker, so it is
-        // asked again, with the task's waker, by the `Oneshot`.
+        // service that is not ready registers this no-op waker, so a clone of
+        // it is asked again, with the task's waker, by the `Oneshot`.
         let mut cx = Context::from_waker(Waker::noop());
         match service.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => PeerFuture::Called {
                 future: service.call(request),
             },
             _ => PeerFuture::Waiting {
-                future: service.oneshot(request),
+                future: service.clone().oneshot(request),
             },
         }
     }
@@ -479,9 +498,9 @@ mod tests {
         let remote: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let service = WithPeer {
-            inner: SlowToReady {
+            inner: RefCell::new(SlowToReady {
                 polls: polls.clone(),
-            },
+            }),
             extensions: connection_extensions(
                 PeerIdentity(peer),
                 ConnectInfo(remote),
@@ -513,6 +532,58 @@ mod tests {
         );
         drop(sender);
         let _ = server.await;
+    }
+
+    /// A connection that runs until told to shut down gracefully.
+    struct UntilShutdown {
+        closing: bool,
+    }
+
+    impl Future for UntilShutdown {
+        type Output = Result<(), std::io::Error>;
+
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.closing {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl GracefulConnection for UntilShutdown {
+        type Error = std::io::Error;
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.get_mut().closing = true;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_still_wakes_a_connection_after_its_watchdog_woke_it() {
+        // A request being served: the watchdog's timer fires every timeout
+        // and only sets itself again. Each of those wakes takes the waker the
+        // connection task registered; the shutdown that follows must still
+        // reach the task.
+        let deadline = HeaderDeadline::new();
+        deadline.disarm();
+        let watchdog = Watchdog::new(deadline, std::time::Duration::from_secs(10));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            drive(
+                UntilShutdown { closing: false },
+                &mut stopped,
+                Some(watchdog),
+            )
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+        assert!(!task.is_finished(), "the watchdog's wakes closed nothing");
+        stop.send(true).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(1), task)
+            .await
+            .expect("the shutdown woke the connection task")
+            .unwrap();
+        assert!(ended.is_ok(), "closed gracefully: {ended:?}");
     }
 
     #[test]

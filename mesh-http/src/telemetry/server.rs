@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, MatchedPath};
@@ -100,6 +100,11 @@ struct RouteHandles {
     ok: [HandleSlot<FinishedHandles>; METHOD_CODES],
     /// Every other method and status, by [`finish_key`].
     finished: HandleCache<u64, FinishedHandles>,
+    /// The set this entry belongs to, for the rare request whose route an
+    /// inner layer reports: a request's record holds this entry anyway, so it
+    /// does not hold (count a reference to, and drop) the set as well. Weak:
+    /// the set holds its entries.
+    server: Weak<ServerHandles>,
 }
 
 /// The histograms one finished request records into.
@@ -207,13 +212,15 @@ pub struct ServerTelemetry<S> {
     handles: Arc<ServerHandles>,
 }
 
-/// Decrements the active-requests gauge however the request ends.
-struct ActiveGuard(Gauge);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
+/// The active-requests gauge a request counts in, decremented however the
+/// request ends.
+enum Active {
+    /// `route.active[code]` of the request's [`Record`]: the record already
+    /// holds the route's handles, so the gauge is not cloned (an `Arc`
+    /// increment, and a decrement when dropped) for each request.
+    Slot(u8),
+    /// A method code without a slot.
+    Own(Gauge),
 }
 
 /// What the access log needs that the response does not carry.
@@ -306,19 +313,52 @@ where
             )
         };
         let active = match route.active.get(usize::from(code)) {
-            Some(slot) => slot.get_or_init(make_active).clone(),
-            None => make_active(),
+            Some(slot) => {
+                slot.get_or_init(make_active).increment(1.0);
+                Active::Slot(code)
+            }
+            None => {
+                let gauge = make_active();
+                gauge.increment(1.0);
+                Active::Own(gauge)
+            }
         };
-        active.increment(1.0);
-        let pending = self.access_log.clone().map(|sink| Pending {
-            sink,
-            path: request.uri().path().to_string(),
-            peer: request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-            peer_identity: peer_identity.map(|p| p.0.to_string()),
+        // Boxed: only with the access log on (which copies strings anyway), and
+        // the record, moved with the future, stays small without it.
+        let pending = self.access_log.clone().map(|sink| {
+            Box::new(Pending {
+                sink,
+                path: request.uri().path().to_string(),
+                peer: request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0),
+                peer_identity: peer_identity.map(|p| p.0.to_string()),
+            })
         });
+        // Read before the service's `call`, which is part of the request's
+        // time (a router matches the path there).
+        let record = Some(Record {
+            start: Instant::now(),
+            method,
+            code,
+            scheme,
+            route,
+            request_size,
+            pending,
+            active,
+        });
+        if span.is_none() && attach.is_none() {
+            // Nothing to enter: the service's future is built in its place,
+            // not in a local moved into the struct after the guards are gone.
+            return ServerFuture {
+                inner: Some(self.inner.call(request)),
+                span,
+                attach,
+                matched: None,
+                record,
+            };
+        }
         let future = {
             // Entered (or the caller's context attached) while the app builds
             // its future, so what it starts there is a child too.
@@ -331,17 +371,7 @@ where
             span,
             attach,
             matched: None,
-            record: Some(Record {
-                start: Instant::now(),
-                method,
-                code,
-                scheme,
-                route,
-                handles: self.handles.clone(),
-                request_size,
-                pending,
-                _active: ActiveGuard(active),
-            }),
+            record,
         }
     }
 }
@@ -382,19 +412,33 @@ struct Record {
     code: u8,
     scheme: &'static str,
     route: Arc<RouteHandles>,
-    handles: Arc<ServerHandles>,
     request_size: Option<u64>,
-    pending: Option<Pending>,
-    _active: ActiveGuard,
+    pending: Option<Box<Pending>>,
+    active: Active,
 }
 
-fn route_handles(handles: &ServerHandles, name: &str) -> Arc<RouteHandles> {
+impl Drop for Record {
+    fn drop(&mut self) {
+        // The request is over, however it ended.
+        match &self.active {
+            Active::Slot(code) => {
+                if let Some(gauge) = self.route.active[usize::from(*code)].get() {
+                    gauge.decrement(1.0);
+                }
+            }
+            Active::Own(gauge) => gauge.decrement(1.0),
+        }
+    }
+}
+
+fn route_handles(handles: &Arc<ServerHandles>, name: &str) -> Arc<RouteHandles> {
     let make = |route: SharedString| {
         Arc::new(RouteHandles {
             route,
             active: Default::default(),
             ok: Default::default(),
             finished: HandleCache::new(),
+            server: Arc::downgrade(handles),
         })
     };
     if name == UNMATCHED_ROUTE {
@@ -445,16 +489,28 @@ where
             Ok(response) => response.extensions_mut().remove::<InnerRoute>(),
             Err(_) => None,
         };
-        if let Some(InnerRoute(matched)) = inner_route {
-            // An inner layer saw the route the router matched.
-            let name = matched.as_str();
-            record.route = route_handles(&record.handles, name);
-            span.record("http.route", name);
-            span.record(
-                "otel.name",
-                tracing::field::display(format_args!("{} {name}", record.method)),
-            );
-        }
+        // The labels' route: the inner layer's, when it saw the one the router
+        // matched. The record keeps its own (the active gauge's slot is there).
+        let matched_route;
+        let route = match inner_route {
+            Some(InnerRoute(matched)) => {
+                let name = matched.as_str();
+                matched_route = match record.route.server.upgrade() {
+                    Some(handles) => route_handles(&handles, name),
+                    // The layer and every service it made are gone (a
+                    // `oneshot` drops its service once called): resolved for
+                    // this request alone, correct but not cached.
+                    None => route_handles(&Arc::default(), name),
+                };
+                span.record("http.route", name);
+                span.record(
+                    "otel.name",
+                    tracing::field::display(format_args!("{} {name}", record.method)),
+                );
+                &*matched_route
+            }
+            None => &*record.route,
+        };
         let (status, response_size) = match &result {
             Ok(response) => {
                 let status = response.status();
@@ -473,7 +529,7 @@ where
                 (None, None)
             }
         };
-        let (method, scheme, route) = (record.method, record.scheme, &*record.route);
+        let (method, scheme) = (record.method, record.scheme);
         let make = || {
             let mut labels = vec![
                 Label::from_static_parts(label::HTTP_REQUEST_METHOD, method),
@@ -543,7 +599,7 @@ mod tests {
     use axum::routing::get;
     use axum::Router;
     use parking_lot::Mutex;
-    use tower::{Layer, ServiceExt};
+    use tower::{Layer, Service, ServiceExt};
 
     use super::*;
 
@@ -606,6 +662,34 @@ mod tests {
         let response = app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(only_line(&lines)["route"], "/users/{id}");
+    }
+
+    #[tokio::test]
+    async fn an_outer_layer_kept_for_many_requests_labels_each_with_the_inner_route() {
+        // As a connection uses it: one service called again and again, so the
+        // inner route's handles come from the layer's cache, not per request.
+        let (sink, lines) = captured();
+        let mut app = ServerTelemetryLayer::new()
+            .access_log(sink)
+            .layer(users_router());
+        for id in [1, 2] {
+            let request = Request::get(format!("/users/{id}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = ServiceExt::<Request<axum::body::Body>>::ready(&mut app)
+                .await
+                .unwrap()
+                .call(request)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let lines = lines.lock();
+        assert_eq!(lines.len(), 2, "one line per request: {lines:?}");
+        for line in lines.iter() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["route"], "/users/{id}");
+        }
     }
 
     #[tokio::test]
