@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
-use super::{inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
+use super::{clock, inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
 use crate::classify::GrpcCode;
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -241,9 +241,9 @@ where
                     },
                 }
             }
-            (None, Some(inherited)) => (Instant::now(), inherited),
+            (None, Some(inherited)) => (clock::now(), inherited),
             (Some(timeout), inherited) => {
-                let now = Instant::now();
+                let now = clock::now();
                 let own = Deadline(now + timeout);
                 (now, inherited.map_or(own, |inherited| inherited.min(own)))
             }

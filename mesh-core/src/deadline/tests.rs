@@ -417,3 +417,36 @@ fn a_panic_inside_a_deadline_scope_leaves_no_deadline_behind() {
     assert!(result.is_err());
     assert_eq!(Deadline::current(), None);
 }
+
+/// The layers share one clock reading per `call` and per poll: the deadline
+/// runs from the call's reading, and the time left is written with the reading
+/// of the poll that sends, not a reading kept from the call.
+#[tokio::test(start_paused = true)]
+async fn deadline_runs_from_the_calls_reading_and_the_time_left_from_the_sending_polls() {
+    use std::future::Future;
+    use tower::Service;
+
+    use super::clock::ClockScope;
+    // Writes the time left when first polled, as the endpoint dispatch does.
+    let echo = tower::service_fn(|mut req: Request<()>| async move {
+        let deadline = Deadline::for_request(req.extensions()).expect("a deadline applies");
+        write_headers(req.headers_mut(), deadline);
+        Ok::<_, BoxErr>(Response::new(req.headers()[TIMEOUT_HEADER].clone()))
+    });
+    let mut svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(10))).layer(echo);
+    let called = tokio::time::Instant::now();
+    let mut call = {
+        let _call = ClockScope::at(called);
+        Box::pin(svc.call(Request::new(())))
+    };
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let response = {
+        let _poll = ClockScope::lazy();
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(response) => response.unwrap(),
+            std::task::Poll::Pending => panic!("the echo answers on its first poll"),
+        }
+    };
+    assert_eq!(response.body(), "7000", "10 s from the call, 3 s later");
+}
