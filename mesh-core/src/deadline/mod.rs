@@ -20,6 +20,7 @@
 
 pub mod clock;
 mod layer;
+mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
