@@ -3,11 +3,11 @@
 //! A call through the mesh client passes half a dozen layers inside one
 //! synchronous `call` (telemetry, deadline, retry, attempt telemetry, the
 //! endpoint dispatch), and its response passes them again inside one `poll`.
-//! Each used to read the clock for itself: ≈ 80–120 instructions a reading
-//! (tokio → std → the vDSO's `clock_gettime`), a dozen readings a call, all of
-//! them microseconds apart at most. The outermost layer opens a [`ClockScope`]
-//! around its synchronous work instead, and every layer below asks [`now`],
-//! which reads the clock once per scope.
+//! Each used to read the clock for itself (tokio → std → the vDSO's
+//! `clock_gettime`, tens of nanoseconds each): about a dozen readings a call
+//! in the mesh's own layers, all of them microseconds apart at most. The
+//! outermost layer opens a [`ClockScope`] around its synchronous work instead,
+//! and every layer below asks [`now`], which reads the clock once per scope.
 //!
 //! A scope is only ever open around synchronous work (its guard is not
 //! `Send`, so it cannot be held across an `.await`): a reading it shares is
@@ -15,7 +15,8 @@
 //! the clock, so a layer used on its own measures exactly as before.
 //!
 //! Readings are [`tokio::time::Instant`]s, so paused time in tests governs
-//! them.
+//! them. The functions are `#[inline]`: called across crates from every layer,
+//! a call each would cost about what the reading it saves does under callgrind.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -39,6 +40,7 @@ thread_local! {
 
 /// The current instant: the open [`ClockScope`]'s reading (taken by the first
 /// caller inside it), or a fresh reading when no scope is open.
+#[inline]
 pub fn now() -> Instant {
     READING.with(|reading| match reading.get() {
         Reading::At(instant) => instant,
@@ -52,6 +54,7 @@ pub fn now() -> Instant {
 }
 
 /// The time since `earlier`, as [`now`] reads it (zero if `earlier` is later).
+#[inline]
 pub fn since(earlier: Instant) -> std::time::Duration {
     now().saturating_duration_since(earlier)
 }
@@ -71,15 +74,18 @@ pub struct ClockScope {
 impl ClockScope {
     /// A scope whose reading is taken by the first [`now`] inside it, if any
     /// (a poll that ends up not needing the time costs no reading).
+    #[inline]
     pub fn lazy() -> Self {
         Self::with(Reading::Unread)
     }
 
     /// A scope sharing `now`, a reading the caller has just taken.
+    #[inline]
     pub fn at(now: Instant) -> Self {
         Self::with(Reading::At(now))
     }
 
+    #[inline]
     fn with(reading: Reading) -> Self {
         ClockScope {
             previous: READING.replace(reading),
@@ -89,6 +95,7 @@ impl ClockScope {
 }
 
 impl Drop for ClockScope {
+    #[inline]
     fn drop(&mut self) {
         READING.set(self.previous);
     }

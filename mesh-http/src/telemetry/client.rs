@@ -373,8 +373,13 @@ where
             }
         });
         // In scope while the inner stack builds its future, so the attempt
-        // layer below sees this call's span (or trace) as its parent.
-        let future = scope.in_scope(|| self.inner.call(request));
+        // layer below sees this call's span (or trace) as its parent. Without
+        // a scope of its own (the usual case) the future is built in place,
+        // not returned through `in_scope`'s closure: one move less of it.
+        let future = match scope {
+            Scope::None => self.inner.call(request),
+            _ => scope.in_scope(|| self.inner.call(request)),
+        };
         CallFuture {
             inner: Scoped::new(future, scope),
             start,
@@ -613,10 +618,17 @@ where
         });
         // With no span of ours, the current context (the call's, the app's, or
         // the inbound request's) is what the server continues.
-        let future = scope.in_scope(|| {
-            inject(scope.span(), request.headers_mut());
-            self.inner.call(request)
-        });
+        let future = match scope {
+            // As above: built in place when there is no scope to enter.
+            Scope::None => {
+                inject(scope.span(), request.headers_mut());
+                self.inner.call(request)
+            }
+            _ => scope.in_scope(|| {
+                inject(scope.span(), request.headers_mut());
+                self.inner.call(request)
+            }),
+        };
         AttemptFuture {
             inner: Scoped::new(future, scope),
             // The call's reading when this is the first attempt (see `clock`).
