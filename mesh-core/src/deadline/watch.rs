@@ -193,6 +193,8 @@ async fn watcher(queue: Weak<Mutex<Queue>>, timeout: Duration) {
     // Marks the watch unwatched if this task is dropped (its runtime shut
     // down), waking every call so each arms a timer of its own.
     let _stopped = Stopped(queue.clone());
+    // The calls whose deadline passed, woken once the lock is released.
+    let mut expired = Vec::new();
     loop {
         let next = {
             let Some(queue) = queue.upgrade() else {
@@ -204,9 +206,7 @@ async fn watcher(queue: Weak<Mutex<Queue>>, timeout: Duration) {
                 if !entry.done && entry.deadline > now {
                     break;
                 }
-                if let Some(waker) = entry.waker.take() {
-                    waker.wake();
-                }
+                expired.extend(entry.waker.take());
                 queue.entries.pop_front();
                 queue.base += 1;
             }
@@ -219,6 +219,7 @@ async fn watcher(queue: Weak<Mutex<Queue>>, timeout: Duration) {
             queue.wakes_at = Some(next);
             next
         };
+        expired.drain(..).for_each(Waker::wake);
         tokio::time::sleep_until(next).await;
     }
 }
@@ -230,14 +231,17 @@ impl Drop for Stopped {
         let Some(queue) = self.0.upgrade() else {
             return;
         };
-        let mut queue = queue.lock();
-        queue.watching = false;
-        queue.wakes_at = None;
-        for entry in &mut queue.entries {
-            if let Some(waker) = entry.waker.take() {
-                waker.wake();
-            }
-        }
+        let wakers: Vec<Waker> = {
+            let mut queue = queue.lock();
+            queue.watching = false;
+            queue.wakes_at = None;
+            queue
+                .entries
+                .iter_mut()
+                .filter_map(|entry| entry.waker.take())
+                .collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
