@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::deadline::clock;
 use crate::metric_names::{label, ENDPOINTS};
 
 use super::endpoint::state;
@@ -95,9 +96,10 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Nanoseconds from the base instant to now.
+    /// Nanoseconds from the base instant to now (the open clock scope's
+    /// reading, if any: see [`clock`]).
     pub(crate) fn now_nanos(&self) -> u64 {
-        self.nanos(Instant::now())
+        self.nanos(clock::now())
     }
 
     pub(crate) fn known(&self) -> usize {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
-use super::{inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
+use super::watch::{DeadlineWatch, Ticket, Watched};
+use super::{clock, inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
 use crate::classify::GrpcCode;
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
@@ -192,6 +193,8 @@ impl<S> tower::Layer<S> for OutboundDeadlineLayer {
         OutboundDeadline {
             inner,
             timeout: self.timeout,
+            // One shared timer for the service's calls (and its clones').
+            watch: self.timeout.map(DeadlineWatch::new),
         }
     }
 }
@@ -201,6 +204,9 @@ impl<S> tower::Layer<S> for OutboundDeadlineLayer {
 pub struct OutboundDeadline<S> {
     inner: S,
     timeout: Option<Duration>,
+    /// Watches the deadlines of calls bounded by `timeout` alone (see
+    /// `watch.rs`).
+    watch: Option<DeadlineWatch>,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for OutboundDeadline<S>
@@ -241,9 +247,9 @@ where
                     },
                 }
             }
-            (None, Some(inherited)) => (Instant::now(), inherited),
+            (None, Some(inherited)) => (clock::now(), inherited),
             (Some(timeout), inherited) => {
-                let now = Instant::now();
+                let now = clock::now();
                 let own = Deadline(now + timeout);
                 (now, inherited.map_or(own, |inherited| inherited.min(own)))
             }
@@ -260,11 +266,19 @@ where
             let _entered = Entered::enter(deadline);
             self.inner.call(request)
         };
+        // Calls due their start plus the layer's own timeout share one timer;
+        // any other deadline (a route's, a per-request one, an inherited one
+        // that came first) gets a timer of its own if it needs one.
+        let watch = self
+            .watch
+            .as_ref()
+            .filter(|watch| deadline.0 == now + watch.timeout())
+            .cloned();
         OutboundDeadlineFuture {
             state: DeadlineState::Bounded {
                 inner,
                 deadline,
-                timer: None,
+                wait: Wait::Unarmed(watch),
             },
         }
     }
@@ -275,9 +289,12 @@ pin_project_lite::pin_project! {
     /// boxed one, so the layer costs no allocation per request.
     ///
     /// One future rather than `Timeout<TaskLocalFuture<..>>`: the inner future
-    /// is polled with the deadline current directly, and the timer is made
-    /// only when the call is still pending after a poll (where `Timeout` makes
-    /// it with the call), kept inline so arming it allocates nothing.
+    /// is polled with the deadline current directly, and a timer is armed only
+    /// when the call is still pending after a poll (where `Timeout` makes one
+    /// with the call). A call due its start plus the layer's timeout (the
+    /// usual case) joins the service's shared timer, a queue entry rather
+    /// than a timer-wheel entry of its own; any other deadline arms its own
+    /// `Sleep`.
     pub struct OutboundDeadlineFuture<F> {
         #[pin]
         state: DeadlineState<F>,
@@ -294,11 +311,22 @@ pin_project_lite::pin_project! {
             #[pin] inner: F,
             deadline: Deadline,
             // Armed the first time the call is pending.
-            #[pin] timer: Option<Sleep>,
+            wait: Wait,
         },
         // The deadline had passed before the call: nothing is sent.
         Expired,
     }
+}
+
+/// How a bounded call is woken at its deadline if nothing else wakes it.
+enum Wait {
+    /// Not pending yet; the shared timer to join, if the call may.
+    Unarmed(Option<DeadlineWatch>),
+    /// In the shared timer's queue.
+    Watched(Ticket),
+    /// A timer of its own: boxed, since few calls need one and the future
+    /// is moved by every layer above before it is pinned.
+    Own(Pin<Box<Sleep>>),
 }
 
 impl<F> std::fmt::Debug for OutboundDeadlineFuture<F> {
@@ -322,7 +350,7 @@ where
             DeadlineStateProj::Bounded {
                 inner,
                 deadline,
-                mut timer,
+                wait,
             } => {
                 let deadline = *deadline;
                 let polled = {
@@ -344,14 +372,35 @@ where
                         result => result.map_err(Into::into),
                     });
                 }
-                // Pending: the timer wakes the task at the deadline even if the
+                // Pending: a timer wakes the task at the deadline even if the
                 // inner future never does.
-                if timer.is_none() {
-                    timer.set(Some(tokio::time::sleep_until(deadline.0)));
+                let watched = match wait {
+                    Wait::Unarmed(watch) => match watch.take() {
+                        Some(watch) => watch.watch(deadline, cx.waker()).map(Wait::Watched),
+                        None => None,
+                    },
+                    Wait::Watched(ticket) => match ticket.refresh(cx.waker()) {
+                        Watched::Yes => return Poll::Pending,
+                        Watched::Expired => return Poll::Ready(Err(DeadlineExceeded.into())),
+                        // Its runtime is gone: a timer of its own below.
+                        Watched::Orphaned => None,
+                    },
+                    Wait::Own(timer) => {
+                        ready!(timer.as_mut().poll(cx));
+                        return Poll::Ready(Err(DeadlineExceeded.into()));
+                    }
+                };
+                if let Some(watched) = watched {
+                    *wait = watched;
+                    return Poll::Pending;
                 }
-                let timer = timer.as_pin_mut().expect("armed just above");
-                ready!(timer.poll(cx));
-                Poll::Ready(Err(DeadlineExceeded.into()))
+                let mut timer = Box::pin(tokio::time::sleep_until(deadline.0));
+                let expired = timer.as_mut().poll(cx).is_ready();
+                *wait = Wait::Own(timer);
+                if expired {
+                    return Poll::Ready(Err(DeadlineExceeded.into()));
+                }
+                Poll::Pending
             }
         }
     }

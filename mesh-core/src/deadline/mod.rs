@@ -13,10 +13,14 @@
 //!   ([`Deadline::for_request`]) into the outgoing headers with
 //!   [`write_headers`], so the next service knows it too.
 //! - [`inherit`] carries the current deadline into a task the handler spawns.
+//! - [`clock`] lets the layers a call passes synchronously share one clock
+//!   reading (the deadline, the telemetry's start and end, the retry's timing).
 //!
 //! A chain A → B → C thus never works past A's deadline.
 
+pub mod clock;
 mod layer;
+mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -104,7 +108,7 @@ pub struct Deadline(pub Instant);
 impl Deadline {
     /// The deadline `timeout` from now.
     pub fn after(timeout: Duration) -> Self {
-        Deadline(Instant::now() + timeout)
+        Deadline(clock::now() + timeout)
     }
 
     /// The deadline of the inbound request this task is handling, or of the
@@ -121,14 +125,14 @@ impl Deadline {
         Deadline::earliest(extensions.get::<Deadline>().copied(), Deadline::current())
     }
 
-    /// Time left (zero once passed).
+    /// Time left (zero once passed), from [`clock::now`].
     pub fn remaining(&self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
+        self.0.saturating_duration_since(clock::now())
     }
 
     /// Whether something taking `duration` from now would end past the deadline.
     pub fn cannot_fit(&self, duration: Duration) -> bool {
-        Instant::now() + duration >= self.0
+        clock::now() + duration >= self.0
     }
 
     /// The earlier of two optional deadlines.

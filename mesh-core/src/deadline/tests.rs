@@ -417,3 +417,127 @@ fn a_panic_inside_a_deadline_scope_leaves_no_deadline_behind() {
     assert!(result.is_err());
     assert_eq!(Deadline::current(), None);
 }
+
+/// The layers share one clock reading per `call` and per poll: the deadline
+/// runs from the call's reading, and the time left is written with the reading
+/// of the poll that sends, not a reading kept from the call.
+#[tokio::test(start_paused = true)]
+async fn deadline_runs_from_the_calls_reading_and_the_time_left_from_the_sending_polls() {
+    use std::future::Future;
+    use tower::Service;
+
+    use super::clock::ClockScope;
+    // Writes the time left when first polled, as the endpoint dispatch does.
+    let echo = tower::service_fn(|mut req: Request<()>| async move {
+        let deadline = Deadline::for_request(req.extensions()).expect("a deadline applies");
+        write_headers(req.headers_mut(), deadline);
+        Ok::<_, BoxErr>(Response::new(req.headers()[TIMEOUT_HEADER].clone()))
+    });
+    let mut svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(10))).layer(echo);
+    let called = tokio::time::Instant::now();
+    let mut call = {
+        let _call = ClockScope::at(called);
+        Box::pin(svc.call(Request::new(())))
+    };
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let response = {
+        let _poll = ClockScope::lazy();
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(response) => response.unwrap(),
+            std::task::Poll::Pending => panic!("the echo answers on its first poll"),
+        }
+    };
+    assert_eq!(response.body(), "7000", "10 s from the call, 3 s later");
+}
+
+/// Never wakes the task: only the deadline's timer can end a call to it.
+fn stuck() -> impl tower::Service<
+    Request<()>,
+    Response = Echo,
+    Error = BoxErr,
+    Future = std::future::Pending<Result<Echo, BoxErr>>,
+> + Clone {
+    tower::service_fn(|_req: Request<()>| std::future::pending())
+}
+
+/// Calls bounded by the layer's own timeout share one timer: calls made at
+/// different moments each fail exactly at their own deadline, though nothing
+/// below ever wakes them.
+#[tokio::test(start_paused = true)]
+async fn calls_sharing_the_layers_timer_each_fail_exactly_at_their_own_deadline() {
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck());
+    let began = tokio::time::Instant::now();
+    let mut calls = Vec::new();
+    for offset_ms in [0u64, 700, 1500, 4000] {
+        let svc = svc.clone();
+        calls.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+            let err = svc.oneshot(Request::new(())).await.unwrap_err();
+            assert!(err.is::<DeadlineExceeded>(), "{err}");
+            began.elapsed() - Duration::from_millis(offset_ms)
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Duration::from_secs(2));
+    }
+}
+
+/// A call whose deadline is not its start plus the layer's timeout (a shorter
+/// per-request timeout, a longer one) keeps a timer of its own, and neither
+/// delays the other calls' deadlines.
+#[tokio::test(start_paused = true)]
+async fn calls_with_other_deadlines_fail_at_theirs_beside_the_shared_timer() {
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(10))).layer(stuck());
+    let began = tokio::time::Instant::now();
+    let call = |timeout: Option<u64>| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let mut request = Request::new(());
+            if let Some(secs) = timeout {
+                request
+                    .extensions_mut()
+                    .insert(RequestTimeout(Duration::from_secs(secs)));
+            }
+            let err = svc.oneshot(request).await.unwrap_err();
+            assert!(err.is::<DeadlineExceeded>(), "{err}");
+            began.elapsed()
+        })
+    };
+    let longer = call(Some(30));
+    let own = call(None);
+    let shorter = call(Some(1));
+    assert_eq!(shorter.await.unwrap(), Duration::from_secs(1));
+    assert_eq!(own.await.unwrap(), Duration::from_secs(10));
+    assert_eq!(longer.await.unwrap(), Duration::from_secs(30));
+}
+
+/// The shared timer's task runs on the runtime of the call that started it;
+/// when that runtime is gone, calls on another runtime still fail at their
+/// deadline.
+#[test]
+fn the_shared_timer_outlives_the_runtime_that_started_it() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck());
+    let first = paused();
+    first.block_on(async {
+        let err = svc.clone().oneshot(Request::new(())).await.unwrap_err();
+        assert!(err.is::<DeadlineExceeded>(), "{err}");
+        // One more left waiting when the runtime goes.
+        tokio::spawn(svc.clone().oneshot(Request::new(())));
+        tokio::task::yield_now().await;
+    });
+    drop(first);
+    paused().block_on(async {
+        let began = tokio::time::Instant::now();
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+        assert!(err.is::<DeadlineExceeded>(), "{err}");
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
+    });
+}

@@ -33,6 +33,7 @@ use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use crate::balance::EndpointHandle;
+use crate::deadline::clock;
 use crate::metric_names::{label, OUTLIER_EJECTIONS};
 
 /// Success-rate method parameters (Envoy's defaults).
@@ -188,7 +189,8 @@ impl OutlierDetector {
     /// number of endpoints the service has now (for the ejection cap). May eject
     /// that endpoint, and runs the interval's sweep when the interval has passed.
     pub fn record(&self, handle: &EndpointHandle, failed: bool, known: usize) {
-        let now = Instant::now();
+        // The call's shared reading when the mesh client reports (see `clock`).
+        let now = clock::now();
         let mut state = self.state.lock();
         if now.duration_since(state.interval_start) >= self.settings.interval {
             self.sweep(&mut state, now, known);

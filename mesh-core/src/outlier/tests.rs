@@ -215,3 +215,35 @@ async fn statistical_methods_need_enough_endpoints() {
     d.record(&h[1], false, 10);
     assert!(h[0].is_in_rotation());
 }
+
+/// The detector reads the time through the shared clock: inside a poll's scope
+/// the ejection runs from that poll's reading, never from an earlier scope's.
+#[tokio::test(start_paused = true)]
+async fn an_ejection_runs_from_the_poll_that_reports_the_failure() {
+    use crate::deadline::clock::{self, ClockScope};
+    let (_b, h) = endpoints(10);
+    let settings = OutlierSettings {
+        base_ejection: Duration::from_secs(30),
+        interval: Duration::from_secs(10_000),
+        ..only_consecutive()
+    };
+    let d = OutlierDetector::new("svc", settings);
+    {
+        let _earlier_poll = ClockScope::lazy();
+        let _ = clock::now();
+        fail(&d, &h[0], 4, 10);
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    {
+        let _poll = ClockScope::lazy();
+        fail(&d, &h[0], 1, 10);
+    }
+    assert!(!h[0].is_in_rotation());
+    tokio::time::advance(Duration::from_secs(30) - Duration::from_millis(1)).await;
+    assert!(
+        !h[0].is_in_rotation(),
+        "30 s from the fifth failure, not the first"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(h[0].is_in_rotation());
+}

@@ -13,6 +13,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::deadline::clock;
+
 /// Slots the window is divided into (one per second of the default 10 s window).
 const SLOTS: usize = 10;
 
@@ -97,7 +99,7 @@ impl RetryBudget {
     }
 
     fn epoch_now(&self) -> u64 {
-        self.epoch_at(Instant::now())
+        self.epoch_at(clock::now())
     }
 
     /// The slot `now` falls in. In 64-bit nanoseconds (585 years), which spares
@@ -109,7 +111,7 @@ impl RetryBudget {
 
     /// Records a request.
     pub fn deposit(&self) {
-        self.deposit_at(Instant::now());
+        self.deposit_at(clock::now());
     }
 
     /// Records a request made at `now` (a caller that has just read the clock

@@ -56,7 +56,7 @@ pub use policy::{
 use latency::LatencyTracker;
 
 use crate::classify::{is_grpc, Class, Classifier, ErrorKind};
-use crate::deadline::Deadline;
+use crate::deadline::{clock, Deadline};
 use crate::extensions::TriedEndpoints;
 use crate::metric_names::{self, label};
 use crate::replay::{BoxError, ReplayBody};
@@ -171,7 +171,7 @@ where
         let shared = self.shared.clone();
         let mut inner = self.inner.clone();
         // One clock reading for the deposit and the first attempt's start.
-        let started = Instant::now();
+        let started = clock::now();
         shared.budget.deposit_at(started);
         let (plan, body) = Plan::new(&shared, request);
         let policy = plan.policy(&shared);
@@ -487,7 +487,7 @@ where
         // No retry starts when it cannot finish in time: the wait plus what the
         // last attempt took (or the per-try timeout, when shorter) must fit.
         if let Some(deadline) = plan.deadline {
-            let mut need = started.elapsed();
+            let mut need = clock::since(started);
             if let Some(per_try) = policy.per_try_timeout {
                 need = need.min(per_try);
             }
@@ -528,7 +528,7 @@ where
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin,
 {
-    let started = Instant::now();
+    let started = clock::now();
     let (outcome, class, attempts) = race(shared, inner, plan, body, attempts_before).await;
     Round {
         outcome,
@@ -636,7 +636,7 @@ where
         plan.policy(shared).hedge_delay,
         Some(HedgeDelay::Percentile(_))
     );
-    let started = percentile_hedging.then(Instant::now);
+    let started = percentile_hedging.then(clock::now);
     let outcome = match plan.policy(shared).per_try_timeout {
         Some(per_try) => match tokio::time::timeout(per_try, call).await {
             Ok(result) => result.map_err(Into::into),
@@ -646,7 +646,7 @@ where
     };
     let class = classify(shared, plan, &outcome);
     if let (Class::Success, Some(started)) = (class, started) {
-        shared.latencies.record(started.elapsed());
+        shared.latencies.record(clock::since(started));
     }
     // Attempts are counted by the attempt telemetry layer (`mesh.client.attempts`).
     (outcome, class)

@@ -13,11 +13,10 @@ use http::{HeaderValue, Request, Response};
 use mesh_core::balance::{Balancer, EndpointHandle, Picked};
 use mesh_core::classify::Classifier;
 use mesh_core::config::Protocol;
-use mesh_core::deadline::{self, Deadline};
+use mesh_core::deadline::{self, clock, Deadline};
 use mesh_core::extensions::TriedEndpoints;
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::replay::ReplayBody;
-use tokio::time::Instant;
 
 use crate::body::{AttemptBody, RequestBody, ResponseBody};
 use crate::error::{BoxError, Error};
@@ -134,12 +133,15 @@ impl DispatchInner {
                     return Err(e.into());
                 }
             };
-            let started = Instant::now();
+            // The poll's shared reading (the call's telemetry opens a clock
+            // scope around each poll): the end's reading below serves the RTT,
+            // the outlier detector and the telemetry above.
+            let started = clock::now();
             let sent =
                 match conn {
                     Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
                         Ok(response) => {
-                            picked.record_rtt(started.elapsed());
+                            picked.record_rtt(clock::since(started));
                             self.report_response(picked.handle(), &response);
                             let addr = picked.addr();
                             let lease = Lease::Http1 {
@@ -154,7 +156,7 @@ impl DispatchInner {
                     },
                     Conn::Http2(mut sender) => match sender.try_send_request(request).await {
                         Ok(response) => {
-                            picked.record_rtt(started.elapsed());
+                            picked.record_rtt(clock::since(started));
                             self.report_response(picked.handle(), &response);
                             let addr = picked.addr();
                             let lease = Lease::Http2 { _picked: picked };

@@ -31,7 +31,7 @@ use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
 use mesh_core::retry::{RetryBudget, RetryLayer};
 use mesh_core::route::{RouteLayer, RouteTable};
 use tower::util::option_layer;
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 
 use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
@@ -77,9 +77,7 @@ pub(crate) fn service_stack(
     let faults = routes
         .injects_faults()
         .then(|| FaultLayer::new(config.faults));
-    let route = (!routes.is_empty()).then(|| RouteLayer::new(routes));
     let stack = ServiceBuilder::new()
-        .layer(option_layer(route))
         .layer(ClientTelemetryLayer::with_access_log(
             &config.name,
             access_log,
@@ -97,5 +95,12 @@ pub(crate) fn service_stack(
         ))
         .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
-    ServiceStack::new(stack)
+    // The route layer on top only when the service has routes: two types
+    // behind the one erased `ServiceStack`, rather than an `Either` that
+    // moves the whole stack's future into itself on every call.
+    if routes.is_empty() {
+        ServiceStack::new(stack)
+    } else {
+        ServiceStack::new(RouteLayer::new(routes).layer(stack))
+    }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use mesh_core::config::{AccessLog, MeshConfig};
+use mesh_core::deadline::clock::{self, ClockScope};
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
 use mesh_core::metric_names::{
     label, ATTEMPTS, ATTEMPT_DURATION, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_BODY_SIZE,
@@ -325,6 +326,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The call's start, shared with the layers below while they build
+        // their futures (the deadline, the retry, the attempt's start): one
+        // clock reading for all of them.
+        let start = Instant::now();
+        let _now = ClockScope::at(start);
         let method = method_label(request.method());
         let code = method_code(request.method());
         let port = uri_port(request.uri()).unwrap_or(
@@ -367,11 +373,16 @@ where
             }
         });
         // In scope while the inner stack builds its future, so the attempt
-        // layer below sees this call's span (or trace) as its parent.
-        let future = scope.in_scope(|| self.inner.call(request));
+        // layer below sees this call's span (or trace) as its parent. Without
+        // a scope of its own (the usual case) the future is built in place,
+        // not returned through `in_scope`'s closure: one move less of it.
+        let future = match scope {
+            Scope::None => self.inner.call(request),
+            _ => scope.in_scope(|| self.inner.call(request)),
+        };
         CallFuture {
             inner: Scoped::new(future, scope),
-            start: Instant::now(),
+            start,
             request_size,
             pending,
             call: ActiveCall(series),
@@ -421,11 +432,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // One reading for this poll, taken by the first layer below that needs
+        // the time (the endpoint's RTT, the outlier detector, the attempt's
+        // end) and shared with the call's end here.
+        let _now = ClockScope::lazy();
         let result = match this.inner.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result.map_err(Into::into),
         };
-        let elapsed = this.start.elapsed().as_secs_f64();
+        let elapsed = clock::since(*this.start).as_secs_f64();
         let span = this.inner.scope().span();
         let (status, outcome, response_size) = match &result {
             Ok(response) => {
@@ -603,13 +618,21 @@ where
         });
         // With no span of ours, the current context (the call's, the app's, or
         // the inbound request's) is what the server continues.
-        let future = scope.in_scope(|| {
-            inject(scope.span(), request.headers_mut());
-            self.inner.call(request)
-        });
+        let future = match scope {
+            // As above: built in place when there is no scope to enter.
+            Scope::None => {
+                inject(scope.span(), request.headers_mut());
+                self.inner.call(request)
+            }
+            _ => scope.in_scope(|| {
+                inject(scope.span(), request.headers_mut());
+                self.inner.call(request)
+            }),
+        };
         AttemptFuture {
             inner: Scoped::new(future, scope),
-            start: Instant::now(),
+            // The call's reading when this is the first attempt (see `clock`).
+            start: clock::now(),
             handles: self.handles.clone(),
         }
     }
@@ -650,7 +673,7 @@ where
                 if let Some(addr) = served_by(response) {
                     span.record("network.peer.address", tracing::field::display(addr.ip()));
                     span.record("network.peer.port", addr.port());
-                    let elapsed = this.start.elapsed().as_secs_f64();
+                    let elapsed = clock::since(*this.start).as_secs_f64();
                     handles.endpoints.with(
                         &addr,
                         |addr| handles.endpoint(addr),
@@ -751,6 +774,85 @@ mod tests {
         assert_eq!(line["attempts"], 2);
         assert_eq!(line["endpoint"], "127.0.0.1:8081");
         assert!(line.get("error").is_none(), "{line}");
+    }
+
+    /// Records every histogram sample by metric name, nothing else.
+    #[derive(Default, Clone)]
+    struct HistogramRecorder(Arc<Mutex<Vec<(String, f64)>>>);
+
+    struct RecordedHistogram(String, Arc<Mutex<Vec<(String, f64)>>>);
+
+    impl metrics::HistogramFn for RecordedHistogram {
+        fn record(&self, value: f64) {
+            self.1.lock().push((self.0.clone(), value));
+        }
+    }
+
+    impl metrics::Recorder for HistogramRecorder {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {
+        }
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(RecordedHistogram(
+                key.name().to_string(),
+                self.0.clone(),
+            )))
+        }
+    }
+
+    /// The call and its attempt run from the `call` to the poll that sees the
+    /// response, though the layers share one clock reading per `call` and per
+    /// poll: a first poll a second after the call, and a response two seconds
+    /// after that, make three seconds for both (a reading kept from the wrong
+    /// moment would make one or two).
+    #[tokio::test(start_paused = true)]
+    async fn call_and_attempt_durations_run_from_the_call_to_the_response() {
+        let addr: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let endpoint = tower::service_fn(move |_req: Request<Body>| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut response = Response::new(Body::new());
+            response.extensions_mut().insert(ServedBy(addr));
+            Ok::<_, BoxError>(response)
+        });
+        let mut client = ClientTelemetryLayer::new("orders")
+            .layer(AttemptTelemetryLayer::new("orders").layer(endpoint));
+        let request = Request::get("http://orders/").body(Body::new()).unwrap();
+        let mut call = Box::pin(client.call(request));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let recorder = HistogramRecorder::default();
+        metrics::with_local_recorder(&recorder, || {
+            assert!(call.as_mut().poll(&mut cx).is_ready());
+        });
+        let samples = recorder.0.lock();
+        let sample = |name: &str| {
+            samples
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{name} was not recorded: {samples:?}"))
+                .1
+        };
+        assert_eq!(sample(HTTP_CLIENT_REQUEST_DURATION.name), 3.0);
+        assert_eq!(sample(ATTEMPT_DURATION.name), 3.0);
     }
 
     #[test]
