@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod balance;
 pub mod breaker;
 pub mod classify;
+pub mod clock;
 pub mod concurrency;
 pub mod config;
 pub mod deadline;

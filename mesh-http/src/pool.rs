@@ -15,6 +15,7 @@ use std::time::Duration;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::backoff::ExponentialBackoff;
+use mesh_core::clock;
 use mesh_core::config::{Protocol, ServiceConfig};
 use mesh_core::metric_names::{self, label};
 use parking_lot::Mutex;
@@ -238,7 +239,8 @@ impl PoolInner {
     /// The most recently used idle connection that is still open, fresh and
     /// young enough; it may not be ready for its next request yet.
     fn take_idle(&self) -> Option<Http1Conn> {
-        let now = Instant::now();
+        // Inside a call's poll: the reading the call's layers share.
+        let now = clock::now();
         let mut idle = self.idle.lock();
         while let Some(Idle { conn, since }) = idle.pop() {
             let stale = now.duration_since(since) >= self.settings.idle_timeout;
@@ -266,7 +268,7 @@ impl PoolInner {
     }
 
     fn put_idle(&self, conn: Http1Conn) {
-        let now = Instant::now();
+        let now = clock::now();
         if conn.sender.is_closed() || self.expired(conn.created, now) || (self.is_removed)() {
             return;
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::deadline::clock;
+use crate::clock;
 use crate::metric_names::{label, ENDPOINTS};
 
 use super::endpoint::state;

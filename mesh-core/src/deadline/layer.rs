@@ -10,8 +10,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::watch::{DeadlineWatch, Ticket, Watched};
-use super::{clock, inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
+use super::{inbound_headers, Deadline, DeadlineExceeded, Entered, RequestTimeout};
 use crate::classify::GrpcCode;
+use crate::clock;
 use crate::grpc_refusal::GrpcRefusal;
 use crate::replay::BoxError;
 use crate::route::SelectedRoute;

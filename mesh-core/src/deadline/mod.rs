@@ -18,7 +18,6 @@
 //!
 //! A chain A → B → C thus never works past A's deadline.
 
-pub mod clock;
 mod layer;
 mod watch;
 
@@ -31,6 +30,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
+
+use crate::clock;
 
 pub use layer::{
     DeadlineFuture, DeadlineLayer, DeadlineService, OutboundDeadline, OutboundDeadlineFuture,

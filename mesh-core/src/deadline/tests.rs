@@ -426,7 +426,7 @@ async fn deadline_runs_from_the_calls_reading_and_the_time_left_from_the_sending
     use std::future::Future;
     use tower::Service;
 
-    use super::clock::ClockScope;
+    use crate::clock::ClockScope;
     // Writes the time left when first polled, as the endpoint dispatch does.
     let echo = tower::service_fn(|mut req: Request<()>| async move {
         let deadline = Deadline::for_request(req.extensions()).expect("a deadline applies");

@@ -33,7 +33,7 @@ use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use crate::balance::EndpointHandle;
-use crate::deadline::clock;
+use crate::clock;
 use crate::metric_names::{label, OUTLIER_EJECTIONS};
 
 /// Success-rate method parameters (Envoy's defaults).

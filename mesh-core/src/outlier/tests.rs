@@ -220,7 +220,7 @@ async fn statistical_methods_need_enough_endpoints() {
 /// the ejection runs from that poll's reading, never from an earlier scope's.
 #[tokio::test(start_paused = true)]
 async fn an_ejection_runs_from_the_poll_that_reports_the_failure() {
-    use crate::deadline::clock::{self, ClockScope};
+    use crate::clock::{self, ClockScope};
     let (_b, h) = endpoints(10);
     let settings = OutlierSettings {
         base_ejection: Duration::from_secs(30),

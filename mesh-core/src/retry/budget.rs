@@ -13,7 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::deadline::clock;
+use crate::clock;
 
 /// Slots the window is divided into (one per second of the default 10 s window).
 const SLOTS: usize = 10;

@@ -56,7 +56,8 @@ pub use policy::{
 use latency::LatencyTracker;
 
 use crate::classify::{is_grpc, Class, Classifier, ErrorKind};
-use crate::deadline::{clock, Deadline};
+use crate::clock;
+use crate::deadline::Deadline;
 use crate::extensions::TriedEndpoints;
 use crate::metric_names::{self, label};
 use crate::replay::{BoxError, ReplayBody};

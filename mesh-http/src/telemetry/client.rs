@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
+use mesh_core::clock::{self, ClockScope};
 use mesh_core::config::{AccessLog, MeshConfig};
-use mesh_core::deadline::clock::{self, ClockScope};
 use mesh_core::extensions::{ServedBy, TriedEndpoints};
 use mesh_core::metric_names::{
     label, ATTEMPTS, ATTEMPT_DURATION, HTTP_CLIENT_ACTIVE_REQUESTS, HTTP_CLIENT_REQUEST_BODY_SIZE,
