@@ -541,3 +541,38 @@ fn the_shared_timer_outlives_the_runtime_that_started_it() {
         assert_eq!(began.elapsed(), Duration::from_secs(2));
     });
 }
+
+/// A runtime shut down before the shared timer's task first ran (the call that
+/// started it was polled once, then everything dropped) leaves no call behind
+/// it unwatched: a later call on another runtime still fails at its deadline.
+#[test]
+fn a_shared_timer_dropped_before_it_ran_leaves_no_call_unwatched() {
+    use std::future::Future;
+
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck());
+    let first = paused();
+    {
+        let _entered = first.enter();
+        let mut call = Box::pin(svc.clone().oneshot(Request::new(())));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+    }
+    drop(first);
+    paused().block_on(async {
+        let began = tokio::time::Instant::now();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(60), svc.oneshot(Request::new(()))).await;
+        let err = outcome
+            .expect("the call outlived its deadline: nothing watched it")
+            .unwrap_err();
+        assert!(err.is::<DeadlineExceeded>(), "{err}");
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
+    });
+}

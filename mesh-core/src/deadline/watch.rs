@@ -119,33 +119,51 @@ impl DeadlineWatch {
     /// handle on the watch, which its ticket keeps.
     pub(super) fn watch(self, deadline: Deadline, waker: &Waker) -> Option<Ticket> {
         let mut queue = self.inner.lock();
-        if !queue.watching {
+        let start = if queue.watching {
+            None
+        } else {
             // The watcher runs on the runtime of the call that starts it.
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             queue.watching = true;
             // Until its first run, which looks at the queue's front.
             queue.wakes_at = None;
-            runtime.spawn(watcher(Arc::downgrade(&self.inner), self.timeout));
+            Some(runtime)
+        };
+        let index = queue.join(deadline, waker);
+        drop(queue);
+        if let Some(runtime) = start {
+            // The guard goes into the task with it, so a task dropped before
+            // its first poll (its runtime shutting down) still marks the watch
+            // unwatched. Spawned with the lock released: a runtime that has
+            // shut down drops the task, and so runs the guard, at once.
+            let stopped = Stopped(Arc::downgrade(&self.inner));
+            runtime.spawn(watcher(stopped, self.timeout));
         }
-        let in_order = queue
+        index.map(|index| Ticket {
+            watch: self.inner,
+            index,
+        })
+    }
+}
+
+impl Queue {
+    /// Appends a call's entry and returns its index; `None` when the call
+    /// must arm a timer of its own (see the module docs).
+    fn join(&mut self, deadline: Deadline, waker: &Waker) -> Option<u64> {
+        let in_order = self
             .entries
             .back()
             .is_none_or(|last| last.deadline <= deadline.0);
-        let seen_in_time = queue.wakes_at.is_none_or(|at| at <= deadline.0);
-        if !in_order || !seen_in_time || queue.entries.len() >= MAX_ENTRIES {
+        let seen_in_time = self.wakes_at.is_none_or(|at| at <= deadline.0);
+        if !in_order || !seen_in_time || self.entries.len() >= MAX_ENTRIES {
             return None;
         }
-        queue.entries.push_back(Entry {
+        self.entries.push_back(Entry {
             deadline: deadline.0,
             waker: Some(waker.clone()),
             done: false,
         });
-        let index = queue.base + queue.entries.len() as u64 - 1;
-        drop(queue);
-        Some(Ticket {
-            watch: self.inner,
-            index,
-        })
+        Some(self.base + self.entries.len() as u64 - 1)
     }
 }
 
@@ -189,10 +207,11 @@ impl Drop for Ticket {
 
 /// Sleeps until the earliest deadline, wakes the calls whose deadline has
 /// passed, and again; ends when the layer is gone.
-async fn watcher(queue: Weak<Mutex<Queue>>, timeout: Duration) {
-    // Marks the watch unwatched if this task is dropped (its runtime shut
-    // down), waking every call so each arms a timer of its own.
-    let _stopped = Stopped(queue.clone());
+///
+/// `stopped` marks the watch unwatched when this task is dropped (its runtime
+/// shut down), waking every call so each arms a timer of its own.
+async fn watcher(stopped: Stopped, timeout: Duration) {
+    let queue = stopped.0.clone();
     // The calls whose deadline passed, woken once the lock is released.
     let mut expired = Vec::new();
     loop {
