@@ -517,15 +517,8 @@ async fn calls_with_other_deadlines_fail_at_theirs_beside_the_shared_timer() {
 /// deadline.
 #[test]
 fn the_shared_timer_outlives_the_runtime_that_started_it() {
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
     let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck());
-    let first = paused();
+    let first = paused_runtime();
     first.block_on(async {
         let err = svc.clone().oneshot(Request::new(())).await.unwrap_err();
         assert!(err.is::<DeadlineExceeded>(), "{err}");
@@ -534,12 +527,7 @@ fn the_shared_timer_outlives_the_runtime_that_started_it() {
         tokio::task::yield_now().await;
     });
     drop(first);
-    paused().block_on(async {
-        let began = tokio::time::Instant::now();
-        let err = svc.oneshot(Request::new(())).await.unwrap_err();
-        assert!(err.is::<DeadlineExceeded>(), "{err}");
-        assert_eq!(began.elapsed(), Duration::from_secs(2));
-    });
+    fails_after_on_a_new_runtime(svc, Duration::from_secs(2));
 }
 
 /// A runtime shut down before the shared timer's task first ran (the call that
@@ -549,15 +537,8 @@ fn the_shared_timer_outlives_the_runtime_that_started_it() {
 fn a_shared_timer_dropped_before_it_ran_leaves_no_call_unwatched() {
     use std::future::Future;
 
-    let paused = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    };
     let svc = OutboundDeadlineLayer::new(Some(Duration::from_secs(2))).layer(stuck());
-    let first = paused();
+    let first = paused_runtime();
     {
         let _entered = first.enter();
         let mut call = Box::pin(svc.clone().oneshot(Request::new(())));
@@ -565,7 +546,27 @@ fn a_shared_timer_dropped_before_it_ran_leaves_no_call_unwatched() {
         assert!(call.as_mut().poll(&mut cx).is_pending());
     }
     drop(first);
-    paused().block_on(async {
+    fails_after_on_a_new_runtime(svc, Duration::from_secs(2));
+}
+
+/// A current-thread runtime with time paused (it advances when idle).
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// Asserts that a call through `svc` on a fresh runtime fails with
+/// `DeadlineExceeded` exactly `after` its start, rather than waiting on with
+/// nothing to wake it (cut off at a minute).
+fn fails_after_on_a_new_runtime<S>(svc: S, after: Duration)
+where
+    S: tower::Service<Request<()>, Error = BoxErr>,
+    S::Response: std::fmt::Debug,
+{
+    paused_runtime().block_on(async {
         let began = tokio::time::Instant::now();
         let outcome =
             tokio::time::timeout(Duration::from_secs(60), svc.oneshot(Request::new(()))).await;
@@ -573,6 +574,6 @@ fn a_shared_timer_dropped_before_it_ran_leaves_no_call_unwatched() {
             .expect("the call outlived its deadline: nothing watched it")
             .unwrap_err();
         assert!(err.is::<DeadlineExceeded>(), "{err}");
-        assert_eq!(began.elapsed(), Duration::from_secs(2));
+        assert_eq!(began.elapsed(), after);
     });
 }
