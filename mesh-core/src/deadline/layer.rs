@@ -193,7 +193,6 @@ impl<S> tower::Layer<S> for OutboundDeadlineLayer {
     fn layer(&self, inner: S) -> Self::Service {
         OutboundDeadline {
             inner,
-            timeout: self.timeout,
             // One shared timer for the service's calls (and its clones').
             watch: self.timeout.map(DeadlineWatch::new),
         }
@@ -204,9 +203,8 @@ impl<S> tower::Layer<S> for OutboundDeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct OutboundDeadline<S> {
     inner: S,
-    timeout: Option<Duration>,
-    /// Watches the deadlines of calls bounded by `timeout` alone (see
-    /// `watch.rs`).
+    /// The layer's timeout, and the shared timer watching the deadlines of
+    /// calls bounded by it alone (see `watch.rs`).
     watch: Option<DeadlineWatch>,
 }
 
@@ -225,10 +223,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // The route's timeout replaces the service's (a route may turn it off).
-        let timeout = request
-            .extensions()
-            .get::<SelectedRoute>()
-            .map_or(self.timeout, |r| r.policy().timeout());
+        let timeout = request.extensions().get::<SelectedRoute>().map_or_else(
+            || self.watch.as_ref().map(DeadlineWatch::timeout),
+            |r| r.policy().timeout(),
+        );
         let own = request
             .extensions()
             .get::<RequestTimeout>()

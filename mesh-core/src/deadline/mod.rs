@@ -13,8 +13,8 @@
 //!   ([`Deadline::for_request`]) into the outgoing headers with
 //!   [`write_headers`], so the next service knows it too.
 //! - [`inherit`] carries the current deadline into a task the handler spawns.
-//! - [`clock`] lets the layers a call passes synchronously share one clock
-//!   reading (the deadline, the telemetry's start and end, the retry's timing).
+//! - Times are read through [`crate::clock`], so the layers a call passes
+//!   synchronously share one clock reading.
 //!
 //! A chain A → B → C thus never works past A's deadline.
 

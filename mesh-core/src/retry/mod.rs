@@ -184,24 +184,12 @@ where
             .then(|| body.try_clone())
             .flatten();
         let Some(first_body) = first_body else {
-            return RetryFuture {
-                call: None,
-                state: State::General {
-                    run: Box::pin(run(shared, inner, plan, body, None)),
-                },
-            };
+            return RetryFuture::general(shared, inner, plan, body);
         };
         // The mesh client's services are always ready; one that is not yet is
         // waited for on the general path, with the task's waker.
         let state = match inner.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => {
-                return RetryFuture {
-                    call: None,
-                    state: State::General {
-                        run: Box::pin(run(shared, inner, plan, body, None)),
-                    },
-                }
-            }
+            Poll::Pending => return RetryFuture::general(shared, inner, plan, body),
             Poll::Ready(Ok(())) => State::Sent {
                 future: inner.call(attempt_request(&plan, first_body, 0)),
             },
@@ -276,6 +264,26 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> RetryFuture<S, B, RB>
+where
+    S: tower::Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    /// A call that runs every attempt, the first included, on the general path.
+    fn general(shared: Arc<Shared>, inner: S, plan: Plan, body: ReplayBody<B>) -> Self {
+        RetryFuture {
+            call: None,
+            state: State::General {
+                run: Box::pin(run(shared, inner, plan, body, None)),
+            },
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use mesh_core::balance::{Balancer, EndpointHandle, Picked};
 use mesh_core::classify::Classifier;
 use mesh_core::clock;
@@ -18,6 +19,7 @@ use mesh_core::deadline::{self, Deadline};
 use mesh_core::extensions::TriedEndpoints;
 use mesh_core::outlier::OutlierDetector;
 use mesh_core::replay::ReplayBody;
+use tokio::time::Instant;
 
 use crate::body::{AttemptBody, RequestBody, ResponseBody};
 use crate::error::{BoxError, Error};
@@ -138,39 +140,32 @@ impl DispatchInner {
             // scope around each poll): the end's reading below serves the RTT,
             // the outlier detector and the telemetry above.
             let started = clock::now();
-            let sent =
-                match conn {
-                    Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
-                        Ok(response) => {
-                            picked.record_rtt(clock::since(started));
-                            self.report_response(picked.handle(), &response);
-                            let addr = picked.addr();
-                            let lease = Lease::Http1 {
+            let mut sent = match conn {
+                Conn::Http1(mut conn) => match conn.sender.try_send_request(request).await {
+                    Ok(response) => {
+                        let pool = picked.endpoint().downgrade();
+                        return Ok(self.received(picked, started, response, |picked| {
+                            Lease::Http1 {
                                 conn,
-                                pool: picked.endpoint().downgrade(),
+                                pool,
                                 _picked: picked,
-                            };
-                            return Ok(response
-                                .map(|body| ResponseBody::incoming(body, Some(lease), addr)));
-                        }
-                        Err(e) => e,
-                    },
-                    Conn::Http2(mut sender) => match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            picked.record_rtt(clock::since(started));
-                            self.report_response(picked.handle(), &response);
-                            let addr = picked.addr();
-                            let lease = Lease::Http2 { _picked: picked };
-                            return Ok(response
-                                .map(|body| ResponseBody::incoming(body, Some(lease), addr)));
-                        }
-                        Err(e) => {
-                            picked.endpoint().forget_closed_http2();
-                            e
-                        }
-                    },
-                };
-            let mut sent = sent;
+                            }
+                        }));
+                    }
+                    Err(e) => e,
+                },
+                Conn::Http2(mut sender) => match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        return Ok(self.received(picked, started, response, |picked| {
+                            Lease::Http2 { _picked: picked }
+                        }));
+                    }
+                    Err(e) => {
+                        picked.endpoint().forget_closed_http2();
+                        e
+                    }
+                },
+            };
             // The connection closed before our request was written to it: the
             // request comes back untouched and may go out on another connection.
             match sent.take_message() {
@@ -184,6 +179,22 @@ impl DispatchInner {
                 }
             }
         }
+    }
+
+    /// A response from `picked`, sent at `started`: its RTT and outcome
+    /// recorded, its body holding the lease `lease` makes of the pick.
+    fn received(
+        &self,
+        picked: Picked<EndpointPool>,
+        started: Instant,
+        response: Response<Incoming>,
+        lease: impl FnOnce(Picked<EndpointPool>) -> Lease,
+    ) -> Response<ResponseBody> {
+        picked.record_rtt(clock::since(started));
+        self.report_response(picked.handle(), &response);
+        let addr = picked.addr();
+        let lease = lease(picked);
+        response.map(|body| ResponseBody::incoming(body, Some(lease), addr))
     }
 
     fn report_response<B>(&self, handle: &EndpointHandle, response: &Response<B>) {

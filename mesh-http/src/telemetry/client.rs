@@ -618,16 +618,14 @@ where
         });
         // With no span of ours, the current context (the call's, the app's, or
         // the inbound request's) is what the server continues.
+        let send = || {
+            inject(scope.span(), request.headers_mut());
+            self.inner.call(request)
+        };
         let future = match scope {
             // As above: built in place when there is no scope to enter.
-            Scope::None => {
-                inject(scope.span(), request.headers_mut());
-                self.inner.call(request)
-            }
-            _ => scope.in_scope(|| {
-                inject(scope.span(), request.headers_mut());
-                self.inner.call(request)
-            }),
+            Scope::None => send(),
+            _ => scope.in_scope(send),
         };
         AttemptFuture {
             inner: Scoped::new(future, scope),
