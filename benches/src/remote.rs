@@ -14,6 +14,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::load::{self, LatencyRun, Saturation};
@@ -44,6 +45,25 @@ fn run_json(run: &LatencyRun) -> Value {
     })
 }
 
+/// A histogram's recorded values as `[[ns, count], …]`: the bench merges a
+/// helper's sequential blocks into one round's histogram, which percentiles
+/// cannot be.
+fn recorded_json(h: &Histogram<u64>) -> Value {
+    h.iter_recorded()
+        .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
+        .collect()
+}
+
+fn histogram_from(v: &Value) -> Histogram<u64> {
+    let mut h = load::histogram();
+    for pair in v.as_array().into_iter().flatten() {
+        if let (Some(ns), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) {
+            h.saturating_record_n(ns, count);
+        }
+    }
+    h
+}
+
 fn millis(v: &Value) -> Duration {
     Duration::from_millis(v["ms"].as_u64().unwrap_or(0))
 }
@@ -68,7 +88,9 @@ pub fn serve_commands(
                 let count = command["count"].as_u64().unwrap_or(0) as usize;
                 let run = runtime.block_on(load::sequential(target, count));
                 requests += run.ok;
-                run_json(&run)
+                let mut answer = run_json(&run);
+                answer["recorded"] = recorded_json(&run.latency);
+                answer
             }
             Some("open") => {
                 let rate = command["rate"].as_f64().unwrap_or(0.0);
@@ -146,13 +168,16 @@ impl RemoteLoad {
         Ok(serde_json::from_str(&self.read_line()?)?)
     }
 
-    /// [`load::sequential`] in the helper: latency percentiles and errors.
-    pub fn sequential(&mut self, count: usize) -> Result<(Percentiles, u64), BoxError> {
+    /// [`load::sequential`] in the helper, its latencies as recorded there.
+    pub fn sequential(&mut self, count: usize) -> Result<LatencyRun, BoxError> {
         let v = self.ask(json!({"cmd": "sequential", "count": count}))?;
-        Ok((
-            percentiles_from(&v["latency"]),
-            v["errors"].as_u64().unwrap_or(0),
-        ))
+        let latency = histogram_from(&v["recorded"]);
+        Ok(LatencyRun {
+            ok: latency.len(),
+            latency,
+            lag: None,
+            errors: v["errors"].as_u64().unwrap_or(0),
+        })
     }
 
     /// [`load::open_loop`] in the helper.

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use cap::Cap;
 use mesh_benches::grpc::{self, GrpcTarget};
-use mesh_benches::load::{self, Saturation};
+use mesh_benches::load::{self, LatencyRun, Saturation};
 use mesh_benches::otlp::SpanCounter;
 use mesh_benches::pki::{PkiFiles, SERVER_NAME};
 use mesh_benches::procstat::{self, Phase, Proc};
@@ -57,6 +57,13 @@ const GRPC_SERVICE: &str = "grpcbench";
 /// one request per connection), so every configuration uses the same number
 /// of connections.
 const CONCURRENCY: usize = 16;
+/// Sequential requests are measured in blocks of this many, the
+/// configurations taking turns block by block: a slowdown of the shared
+/// machine lasting longer than a few blocks then falls on every configuration
+/// alike instead of on whichever ran through it, and the paired differences
+/// of sequential latency (microseconds, against a target of 5) measure the
+/// stacks rather than the moment.
+const SEQUENTIAL_BLOCK: usize = 100;
 /// Known endpoints for the memory figure.
 const MANY_ENDPOINTS: usize = 10_000;
 /// The share of traces `mesh+otel` samples and exports.
@@ -412,7 +419,7 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
         let mut remote = spawn_otel_client(&pki, server.mesh, &collector)?;
         remote.sequential(count.min(200))?;
         let started = Instant::now();
-        let (_, errors) = remote.sequential(count)?;
+        let errors = remote.sequential(count)?.errors;
         let elapsed = started.elapsed();
         let requests = remote.flush()?;
         eprintln!(
@@ -632,12 +639,9 @@ impl Load {
         &self,
         runtime: &tokio::runtime::Runtime,
         count: usize,
-    ) -> Result<(Percentiles, u64), BoxError> {
+    ) -> Result<LatencyRun, BoxError> {
         match self {
-            Load::Local(target) => {
-                let run = runtime.block_on(load::sequential(target, count));
-                Ok((Percentiles::of(&run.latency), run.errors))
-            }
+            Load::Local(target) => Ok(runtime.block_on(load::sequential(target, count))),
             Load::Remote(remote) => remote.lock().sequential(count),
         }
     }
@@ -688,14 +692,53 @@ impl Load {
     }
 }
 
+/// One round's sequential latency of every configuration, in `configs`'
+/// order: [`SEQUENTIAL_BLOCK`] requests of each in turn until each has sent
+/// `plan.sequential`, the order rotating every block so none always runs
+/// right after the same neighbour.
+fn sequential_interleaved(
+    runtime: &tokio::runtime::Runtime,
+    plan: &Plan,
+    configs: &[Config],
+    round: usize,
+) -> Result<Vec<LatencyRun>, BoxError> {
+    let n = configs.len();
+    let mut runs: Vec<LatencyRun> = (0..n)
+        .map(|_| LatencyRun {
+            latency: load::histogram(),
+            lag: None,
+            errors: 0,
+            ok: 0,
+        })
+        .collect();
+    let blocks = plan.sequential.div_ceil(SEQUENTIAL_BLOCK);
+    for block in 0..blocks {
+        let count = SEQUENTIAL_BLOCK.min(plan.sequential - block * SEQUENTIAL_BLOCK);
+        for i in 0..n {
+            let c = (i + block + round) % n;
+            let part = configs[c]
+                .load
+                .sequential(runtime, count)
+                .map_err(|e| format!("{}: {e}", configs[c].name))?;
+            let run = &mut runs[c];
+            run.latency.add(&part.latency)?;
+            run.errors += part.errors;
+            run.ok += part.ok;
+        }
+    }
+    Ok(runs)
+}
+
+/// One configuration's round: its fixed-rate and saturation runs, with the
+/// sequential run [`sequential_interleaved`] took for it.
 fn measure(
     runtime: &tokio::runtime::Runtime,
     plan: &Plan,
     config: &Config,
+    sequential: &LatencyRun,
 ) -> Result<Round, BoxError> {
     let load = &config.load;
     let peaks = Phase::start(&config.procs);
-    let (sequential, sequential_errors) = load.sequential(runtime, plan.sequential)?;
     let open = plan
         .rates
         .iter()
@@ -711,8 +754,8 @@ fn measure(
         u.cpu_seconds = c.cpu_seconds;
     }
     Ok(Round {
-        sequential,
-        sequential_errors,
+        sequential: Percentiles::of(&sequential.latency),
+        sequential_errors: sequential.errors,
         open,
         saturation,
         requests: saturation.ok,
@@ -945,12 +988,14 @@ fn run(plan: Plan) -> Result<(), BoxError> {
     let mut self_check = SelfCheck::default();
     for round in 0..plan.rounds {
         let n = configs.len();
+        let sequential = sequential_interleaved(&runtime, &plan, &configs, round)?;
         for i in 0..n {
             // Rotate the order each round, so no configuration always runs
             // right after the same neighbour.
-            let config = &configs[(i + round) % n];
-            let measured =
-                measure(&runtime, &plan, config).map_err(|e| format!("{}: {e}", config.name))?;
+            let c = (i + round) % n;
+            let config = &configs[c];
+            let measured = measure(&runtime, &plan, config, &sequential[c])
+                .map_err(|e| format!("{}: {e}", config.name))?;
             if config.name == "raw" {
                 let check = config
                     .load
@@ -965,7 +1010,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
                     .idle_wake_up
                     .push(paced.p50_us / measured.sequential.p50_us);
             }
-            configs[(i + round) % n].rounds.push(measured);
+            configs[c].rounds.push(measured);
         }
         eprintln!("  round {}/{} done", round + 1, plan.rounds);
     }
