@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response};
 use http_body::Body;
+use mesh_core::clock::ClockScope;
 use mesh_core::config::{AccessLog, MeshConfig};
 use mesh_core::metric_names::{
     label, HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_BODY_SIZE,
@@ -338,8 +339,9 @@ where
         });
         // Read before the service's `call`, which is part of the request's
         // time (a router matches the path there).
+        let start = Instant::now();
         let record = Some(Record {
-            start: Instant::now(),
+            start,
             method,
             code,
             scheme,
@@ -348,6 +350,10 @@ where
             pending,
             active,
         });
+        // The layers inside (the inbound deadline's `Deadline::after`) read
+        // the time through `clock::now`: they get the request's start, a
+        // reading taken microseconds ago, instead of a fresh one.
+        let _clock = ClockScope::at(start);
         if span.is_none() && attach.is_none() {
             // Nothing to enter: the service's future is built in its place,
             // not in a local moved into the struct after the guards are gone.
@@ -712,6 +718,35 @@ mod tests {
         app.oneshot(request).await.unwrap();
         let line: serde_json::Value = serde_json::from_str(&lines.lock()[0]).unwrap();
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn the_layers_inside_read_the_requests_start_as_now() {
+        // The inbound deadline computes its deadline from `clock::now()` in
+        // its `call`: inside this layer that is the request's start, one
+        // reading shared by every layer the call passes, however long they
+        // take.
+        let readings = Arc::new(Mutex::new(Vec::new()));
+        let seen = readings.clone();
+        let inner = tower::service_fn(move |_request: Request<axum::body::Body>| {
+            seen.lock().push(mesh_core::clock::now());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            seen.lock().push(mesh_core::clock::now());
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                axum::body::Body::empty(),
+            )))
+        });
+        let mut app = ServerTelemetryLayer::new().layer(inner);
+        let request = Request::get("/").body(axum::body::Body::empty()).unwrap();
+        drop(app.call(request));
+        let readings = readings.lock();
+        assert_eq!(readings.len(), 2);
+        assert_eq!(readings[0], readings[1], "one reading for the whole call");
+        assert_ne!(
+            mesh_core::clock::now(),
+            readings[0],
+            "a fresh reading once the call is over"
+        );
     }
 
     /// Records the active-requests gauge's value per label set, nothing else.
