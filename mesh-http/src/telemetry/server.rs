@@ -20,8 +20,8 @@ use mesh_core::metric_names::{
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, carries_context, extract_if_present, head, method_code, method_label, set_parent,
-    status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
+    body_size, carries_context, current_recorder, extract_if_present, head, method_code,
+    method_label, set_parent, status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -199,6 +199,7 @@ impl<S> tower::Layer<S> for ServerTelemetryLayer {
             scheme: self.scheme,
             premarked: self.premarked,
             handles: self.handles.clone(),
+            unmatched: None,
         }
     }
 }
@@ -211,6 +212,28 @@ pub struct ServerTelemetry<S> {
     scheme: Scheme,
     premarked: bool,
     handles: Arc<ServerHandles>,
+    /// The [`UNMATCHED_ROUTE`] entry as this service last found it in
+    /// `handles`, with the recorder in force then. An inbound connection calls
+    /// its one copy of the service for request after request, so it skips the
+    /// shared cache's snapshot load and look-up; under another recorder it
+    /// looks again.
+    unmatched: Option<(usize, Arc<RouteHandles>)>,
+}
+
+impl<S> ServerTelemetry<S> {
+    /// The handles of requests no router matched (every request, outside the
+    /// router), from this service's copy when it is still good.
+    fn unmatched_route(&mut self) -> Arc<RouteHandles> {
+        let recorder = current_recorder();
+        if let Some((made_for, route)) = &self.unmatched {
+            if *made_for == recorder {
+                return route.clone();
+            }
+        }
+        let route = route_handles(&self.handles, UNMATCHED_ROUTE);
+        self.unmatched = Some((recorder, route.clone()));
+        route
+    }
 }
 
 /// The active-requests gauge a request counts in, decremented however the
@@ -265,12 +288,13 @@ where
         let method = method_label(request.method());
         let code = method_code(request.method());
         let scheme = self.scheme.as_str();
-        let route_name = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED_ROUTE, |m| m.as_str());
-        let route = route_handles(&self.handles, route_name);
-        let peer_identity = request.extensions().get::<PeerIdentity>();
+        let route = match request.extensions().get::<MatchedPath>() {
+            Some(matched) => route_handles(&self.handles, matched.as_str()),
+            None => self.unmatched_route(),
+        };
+        // Looked up where it is used (the span, the access log): most
+        // requests need neither.
+        let peer_identity = || request.extensions().get::<PeerIdentity>();
         let request_size = body_size(request.headers(), &request.body().size_hint());
 
         // The caller's trace context: the parent of our span, or, when we make
@@ -290,7 +314,7 @@ where
                         url.scheme = scheme,
                         http.response.status_code = Empty,
                         error.type = Empty,
-                        mesh.peer.identity = peer_identity.map(|p| tracing::field::display(&p.0)),
+                        mesh.peer.identity = peer_identity().map(|p| tracing::field::display(&p.0)),
                     );
                     set_parent(&span, parent);
                     span
@@ -334,7 +358,7 @@ where
                     .extensions()
                     .get::<ConnectInfo<SocketAddr>>()
                     .map(|c| c.0),
-                peer_identity: peer_identity.map(|p| p.0.to_string()),
+                peer_identity: peer_identity().map(|p| p.0.to_string()),
             })
         });
         // Read before the service's `call`, which is part of the request's
@@ -794,6 +818,38 @@ mod tests {
         fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Histogram {
             Histogram::noop()
         }
+    }
+
+    #[test]
+    fn a_service_kept_across_requests_records_into_the_recorder_in_force() {
+        // As a connection uses it: one service for every request. Its first
+        // request runs under the no-op recorder; the next, under a recorder
+        // set since, must reach that recorder, not the handles kept from
+        // before.
+        let mut app = ServerTelemetryLayer::new().layer(tower::service_fn(
+            |_request: Request<axum::body::Body>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                    axum::body::Body::empty(),
+                )))
+            },
+        ));
+        let mut serve_one = || {
+            let request = Request::get("/").body(axum::body::Body::empty()).unwrap();
+            let mut call = std::pin::pin!(app.call(request));
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            assert!(call.as_mut().poll(&mut cx).is_ready());
+        };
+        serve_one();
+        let recorder = GaugeRecorder::default();
+        let values = recorder.0.clone();
+        metrics::with_local_recorder(&recorder, serve_one);
+        let values = values.lock();
+        assert!(
+            values
+                .keys()
+                .any(|key| key.contains(HTTP_SERVER_ACTIVE_REQUESTS.name)),
+            "the second request's gauge went to the recorder in force: {values:?}"
+        );
     }
 
     #[test]
