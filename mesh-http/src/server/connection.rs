@@ -378,6 +378,7 @@ where
         if let Some(head) = &self.head {
             head.disarm();
         }
+        // The header-read deadline the response body re-arms once written.
         let next_head = self.head.clone();
         // Takes the clone whole when hyper put nothing there (it does only for
         // upgrades), else adds to what is there.
@@ -388,35 +389,35 @@ where
         // service that is not ready registers this no-op waker, so a clone of
         // it is asked again, with the task's waker, by the `Oneshot`.
         let mut cx = Context::from_waker(Waker::noop());
-        let call = match service.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Call::Ready {
+        // The future is built in the variant (a struct around an enum of the
+        // two would move it once more).
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => PeerFuture::Called {
                 future: service.call(request),
+                next_head,
             },
-            _ => Call::Waiting {
+            _ => PeerFuture::Waiting {
                 future: service.clone().oneshot(request),
+                next_head,
             },
-        };
-        PeerFuture { call, next_head }
+        }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The future of a [`WithPeer`] call: the service's, and the header-read
-    /// deadline its response body re-arms.
-    struct PeerFuture<S: tower::Service<Request<Incoming>>> {
-        #[pin]
-        call: Call<S>,
-        next_head: Option<Arc<HeaderDeadline>>,
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The service's own future when it was ready at once, else a `Oneshot`
-    /// that waits for it.
-    #[project = CallProjection]
-    enum Call<S: tower::Service<Request<Incoming>>> {
-        Ready { #[pin] future: S::Future },
-        Waiting { #[pin] future: Oneshot<S, Request<Incoming>> },
+    /// The future of a [`WithPeer`] call: the service's own when it was ready
+    /// at once, else a `Oneshot` that waits for it; with the header-read
+    /// deadline the response body re-arms.
+    #[project = PeerFutureProjection]
+    enum PeerFuture<S: tower::Service<Request<Incoming>>> {
+        Called {
+            #[pin] future: S::Future,
+            next_head: Option<Arc<HeaderDeadline>>,
+        },
+        Waiting {
+            #[pin] future: Oneshot<S, Request<Incoming>>,
+            next_head: Option<Arc<HeaderDeadline>>,
+        },
     }
 }
 
@@ -427,12 +428,12 @@ where
     type Output = Result<Response<ResponseBody<B>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = std::task::ready!(match this.call.project() {
-            CallProjection::Ready { future } => future.poll(cx),
-            CallProjection::Waiting { future } => future.poll(cx),
-        })?;
-        let next_head = this.next_head.take();
+        let (polled, next_head) = match self.project() {
+            PeerFutureProjection::Called { future, next_head } => (future.poll(cx), next_head),
+            PeerFutureProjection::Waiting { future, next_head } => (future.poll(cx), next_head),
+        };
+        let response = std::task::ready!(polled)?;
+        let next_head = next_head.take();
         Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, next_head))))
     }
 }
