@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
-use super::header_timeout::{HeaderDeadline, ResponseBody, Watchdog};
+use super::header_timeout::{HeaderDeadline, RearmingBody, Watchdog};
 use super::options::InboundOptions;
 use super::PeerIdentity;
 use crate::error::BoxError;
@@ -370,7 +370,7 @@ impl<S, B> hyper::service::Service<Request<Incoming>> for WithPeer<S>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone,
 {
-    type Response = Response<ResponseBody<B>>;
+    type Response = Response<RearmingBody<B>>;
     type Error = S::Error;
     type Future = PeerFuture<S>;
 
@@ -425,7 +425,7 @@ impl<S, B> Future for PeerFuture<S>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, S::Error>;
+    type Output = Result<Response<RearmingBody<B>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (polled, next_head) = match self.project() {
@@ -434,7 +434,7 @@ where
         };
         let response = std::task::ready!(polled)?;
         let next_head = next_head.take();
-        Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, next_head))))
+        Poll::Ready(Ok(response.map(|body| RearmingBody::new(body, next_head))))
     }
 }
 

@@ -146,25 +146,25 @@ pin_project_lite::pin_project! {
     /// next head. hyper drops it once it has written the body's end (at once
     /// for a response without a body), when it goes back to reading heads;
     /// or when the connection ends, when nothing is awaited any more.
-    pub(super) struct ResponseBody<B> {
+    pub(super) struct RearmingBody<B> {
         #[pin]
         inner: B,
         next_head: Option<NextHead>,
     }
 }
 
-impl<B> ResponseBody<B> {
+impl<B> RearmingBody<B> {
     /// `inner`, starting the wait for the next head on `deadline` (if any)
     /// when dropped.
     pub(super) fn new(inner: B, deadline: Option<Arc<HeaderDeadline>>) -> Self {
-        ResponseBody {
+        RearmingBody {
             inner,
             next_head: deadline.map(NextHead),
         }
     }
 }
 
-impl<B: http_body::Body> http_body::Body for ResponseBody<B> {
+impl<B: http_body::Body> http_body::Body for RearmingBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -231,7 +231,7 @@ mod tests {
     async fn the_next_head_is_awaited_from_when_the_response_body_is_dropped() {
         let deadline = HeaderDeadline::new(Duration::from_secs(10));
         deadline.disarm();
-        let body = ResponseBody::new(
+        let body = RearmingBody::new(
             http_body_util::Empty::<bytes::Bytes>::new(),
             Some(deadline.clone()),
         );
