@@ -413,6 +413,35 @@ async fn a_client_trickling_its_request_head_is_cut_off_at_the_header_read_timeo
     server.shutdown().await;
 }
 
+/// Once a response has been written, the next head is awaited: a keep-alive
+/// connection that then sends nothing is closed at the header-read timeout,
+/// counted from the end of that response.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_read_timeout() {
+    let pki = Pki::new("example.org");
+    let timeout = Duration::from_millis(500);
+    let (server, client) =
+        server_and_client(&pki, InboundOptions::default().header_read_timeout(timeout)).await;
+
+    let stream = tls_connect(server.addr, &client, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let response = sender.send_request(get_request("/whoami")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let answered = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    let idle = answered.elapsed();
+    assert!(closed.is_ok(), "the server kept an idle connection for 8 s");
+    assert!(
+        idle >= timeout,
+        "closed after {idle:?} idle, before the timeout"
+    );
+    server.shutdown().await;
+}
+
 /// The timeout bounds each head, not the connection: a keep-alive connection
 /// whose requests (and one handler that runs longer than the timeout) span
 /// several timeouts is served throughout.

@@ -48,9 +48,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    /// One pass over `headers` when there are few of them (most requests carry
-    /// none of these three names, and a look-up of an absent custom name still
-    /// hashes it), look-ups otherwise.
+    /// One pass over the names in `headers` when there are few of them (most
+    /// requests carry none of these three, and a look-up of an absent custom
+    /// name still hashes it), look-ups otherwise. The pass reads names only
+    /// (a step through the map's entries, where the pairs' iterator also
+    /// follows each name's extra values); the `traceparent` value, when there
+    /// is one, is looked up after it.
     fn read(headers: &'a HeaderMap) -> Self {
         if headers.len() > SCAN_MAX {
             return Fields {
@@ -60,13 +63,17 @@ impl<'a> Fields<'a> {
             };
         }
         let mut fields = Fields::default();
-        for (name, value) in headers {
+        let mut traceparent = false;
+        for name in headers.keys() {
             match name.as_str() {
-                "traceparent" => fields.traceparent = fields.traceparent.or(Some(value)),
+                "traceparent" => traceparent = true,
                 "tracestate" => fields.tracestate = true,
                 "baggage" => fields.baggage = true,
                 _ => {}
             }
+        }
+        if traceparent {
+            fields.traceparent = headers.get(&TRACEPARENT);
         }
         fields
     }

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
-use super::header_timeout::{HeaderDeadline, HeaderTimer, Watchdog};
+use super::header_timeout::{HeaderDeadline, RearmingBody, Watchdog};
 use super::options::InboundOptions;
 use super::PeerIdentity;
 use crate::error::BoxError;
@@ -34,7 +34,7 @@ use crate::error::BoxError;
 pub(crate) struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     /// For connections whose ALPN settled on HTTP/1.1; each connection adds
-    /// its own header-read timer.
+    /// its own header-read watchdog (hyper is given no timer).
     pub(crate) http1: http1::Builder,
     /// For every other connection: tells the versions apart by the first
     /// bytes (it wraps the stream to replay them, which costs on every read).
@@ -119,22 +119,17 @@ pub(crate) async fn serve<S, B>(
     let io = TokioIo::new(tls);
     let result = match protocol {
         Protocol::Http1 => {
-            // Our own header-read timer (see `header_timeout`): hyper's boxes a
-            // sleep per request.
-            let deadline = HeaderDeadline::new();
-            let watchdog = Watchdog::new(deadline.clone(), shared.options.header_read_timeout);
+            // Our own header-read timer, hyper is given none (see
+            // `header_timeout`): hyper's boxes a sleep per request and goes
+            // round its loop once more after every response.
+            let deadline = HeaderDeadline::new(shared.options.header_read_timeout);
+            let watchdog = Watchdog::new(deadline.clone());
             let service = WithPeer {
                 inner: RefCell::new(service),
                 extensions,
-                head: Some(deadline.clone()),
+                head: Some(deadline),
             };
-            let conn = shared
-                .http1
-                .clone()
-                .timer(HeaderTimer(deadline))
-                .header_read_timeout(shared.options.header_read_timeout)
-                .serve_connection(io, service)
-                .with_upgrades();
+            let conn = shared.http1.serve_connection(io, service).with_upgrades();
             drive(conn, &mut shutdown, Some(watchdog)).await
         }
         Protocol::Sniff => {
@@ -358,7 +353,8 @@ fn connection_extensions(
 
 /// Puts the connection's [`connection_extensions`] on each request before the
 /// user's service sees it; on an HTTP/1 connection, also tells the header-read
-/// watchdog that the head it waited for has arrived.
+/// watchdog that the head it waited for has arrived, and gives the response a
+/// body that starts the wait for the next one once written out.
 #[derive(Debug, Clone)]
 struct WithPeer<S> {
     /// hyper calls through `&self`, tower through `&mut self`: the connection's
@@ -374,7 +370,7 @@ impl<S, B> hyper::service::Service<Request<Incoming>> for WithPeer<S>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone,
 {
-    type Response = Response<B>;
+    type Response = Response<RearmingBody<B>>;
     type Error = S::Error;
     type Future = PeerFuture<S>;
 
@@ -382,6 +378,8 @@ where
         if let Some(head) = &self.head {
             head.disarm();
         }
+        // The header-read deadline the response body re-arms once written.
+        let next_head = self.head.clone();
         // Takes the clone whole when hyper put nothing there (it does only for
         // upgrades), else adds to what is there.
         request.extensions_mut().extend(self.extensions.clone());
@@ -391,12 +389,16 @@ where
         // service that is not ready registers this no-op waker, so a clone of
         // it is asked again, with the task's waker, by the `Oneshot`.
         let mut cx = Context::from_waker(Waker::noop());
+        // The future is built in the variant (a struct around an enum of the
+        // two would move it once more).
         match service.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => PeerFuture::Called {
                 future: service.call(request),
+                next_head,
             },
             _ => PeerFuture::Waiting {
                 future: service.clone().oneshot(request),
+                next_head,
             },
         }
     }
@@ -404,25 +406,35 @@ where
 
 pin_project_lite::pin_project! {
     /// The future of a [`WithPeer`] call: the service's own when it was ready
-    /// at once, else a `Oneshot` that waits for it.
+    /// at once, else a `Oneshot` that waits for it; with the header-read
+    /// deadline the response body re-arms.
     #[project = PeerFutureProjection]
     enum PeerFuture<S: tower::Service<Request<Incoming>>> {
-        Called { #[pin] future: S::Future },
-        Waiting { #[pin] future: Oneshot<S, Request<Incoming>> },
+        Called {
+            #[pin] future: S::Future,
+            next_head: Option<Arc<HeaderDeadline>>,
+        },
+        Waiting {
+            #[pin] future: Oneshot<S, Request<Incoming>>,
+            next_head: Option<Arc<HeaderDeadline>>,
+        },
     }
 }
 
-impl<S> Future for PeerFuture<S>
+impl<S, B> Future for PeerFuture<S>
 where
-    S: tower::Service<Request<Incoming>>,
+    S: tower::Service<Request<Incoming>, Response = Response<B>>,
 {
-    type Output = Result<S::Response, S::Error>;
+    type Output = Result<Response<RearmingBody<B>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            PeerFutureProjection::Called { future } => future.poll(cx),
-            PeerFutureProjection::Waiting { future } => future.poll(cx),
-        }
+        let (polled, next_head) = match self.project() {
+            PeerFutureProjection::Called { future, next_head } => (future.poll(cx), next_head),
+            PeerFutureProjection::Waiting { future, next_head } => (future.poll(cx), next_head),
+        };
+        let response = std::task::ready!(polled)?;
+        let next_head = next_head.take();
+        Poll::Ready(Ok(response.map(|body| RearmingBody::new(body, next_head))))
     }
 }
 
@@ -564,9 +576,9 @@ mod tests {
         // and only sets itself again. Each of those wakes takes the waker the
         // connection task registered; the shutdown that follows must still
         // reach the task.
-        let deadline = HeaderDeadline::new();
+        let deadline = HeaderDeadline::new(std::time::Duration::from_secs(10));
         deadline.disarm();
-        let watchdog = Watchdog::new(deadline, std::time::Duration::from_secs(10));
+        let watchdog = Watchdog::new(deadline);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             drive(

@@ -254,8 +254,8 @@ async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
 
 /// The HTTP/1 settings, written once for hyper's builder and the auto
 /// builder's (whose methods have the same names). The header-read timeout is
-/// set where the timer is: each HTTP/1 connection has its own (see
-/// `header_timeout`), the auto builder uses hyper's.
+/// not among them: a connection whose ALPN chose HTTP/1.1 enforces its own
+/// (see `header_timeout`), the auto builder uses hyper's.
 macro_rules! http1_settings {
     ($builder:expr, $options:expr) => {
         $builder.max_buf_size($options.max_header_bytes)

@@ -13,14 +13,15 @@ use std::task::{Context, Poll};
 use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response};
 use http_body::Body;
+use mesh_core::clock::ClockScope;
 use mesh_core::config::{AccessLog, MeshConfig};
 use mesh_core::metric_names::{
     label, HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_BODY_SIZE,
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, carries_context, extract_if_present, head, method_code, method_label, set_parent,
-    status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
+    body_size, carries_context, current_recorder, extract_if_present, head, method_code,
+    method_label, set_parent, status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -198,6 +199,7 @@ impl<S> tower::Layer<S> for ServerTelemetryLayer {
             scheme: self.scheme,
             premarked: self.premarked,
             handles: self.handles.clone(),
+            unmatched: None,
         }
     }
 }
@@ -210,6 +212,28 @@ pub struct ServerTelemetry<S> {
     scheme: Scheme,
     premarked: bool,
     handles: Arc<ServerHandles>,
+    /// The [`UNMATCHED_ROUTE`] entry as this service last found it in
+    /// `handles`, with the recorder in force then. An inbound connection calls
+    /// its one copy of the service for request after request, so it skips the
+    /// shared cache's snapshot load and look-up; under another recorder it
+    /// looks again.
+    unmatched: Option<(usize, Arc<RouteHandles>)>,
+}
+
+impl<S> ServerTelemetry<S> {
+    /// The handles of requests no router matched (every request, outside the
+    /// router), from this service's copy when it is still good.
+    fn unmatched_route(&mut self) -> Arc<RouteHandles> {
+        let recorder = current_recorder();
+        if let Some((made_for, route)) = &self.unmatched {
+            if *made_for == recorder {
+                return route.clone();
+            }
+        }
+        let route = route_handles(&self.handles, UNMATCHED_ROUTE);
+        self.unmatched = Some((recorder, route.clone()));
+        route
+    }
 }
 
 /// The active-requests gauge a request counts in, decremented however the
@@ -264,12 +288,13 @@ where
         let method = method_label(request.method());
         let code = method_code(request.method());
         let scheme = self.scheme.as_str();
-        let route_name = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED_ROUTE, |m| m.as_str());
-        let route = route_handles(&self.handles, route_name);
-        let peer_identity = request.extensions().get::<PeerIdentity>();
+        let route = match request.extensions().get::<MatchedPath>() {
+            Some(matched) => route_handles(&self.handles, matched.as_str()),
+            None => self.unmatched_route(),
+        };
+        // Looked up where it is used (the span, the access log): most
+        // requests need neither.
+        let peer_identity = || request.extensions().get::<PeerIdentity>();
         let request_size = body_size(request.headers(), &request.body().size_hint());
 
         // The caller's trace context: the parent of our span, or, when we make
@@ -289,7 +314,7 @@ where
                         url.scheme = scheme,
                         http.response.status_code = Empty,
                         error.type = Empty,
-                        mesh.peer.identity = peer_identity.map(|p| tracing::field::display(&p.0)),
+                        mesh.peer.identity = peer_identity().map(|p| tracing::field::display(&p.0)),
                     );
                     set_parent(&span, parent);
                     span
@@ -333,13 +358,14 @@ where
                     .extensions()
                     .get::<ConnectInfo<SocketAddr>>()
                     .map(|c| c.0),
-                peer_identity: peer_identity.map(|p| p.0.to_string()),
+                peer_identity: peer_identity().map(|p| p.0.to_string()),
             })
         });
         // Read before the service's `call`, which is part of the request's
         // time (a router matches the path there).
+        let start = Instant::now();
         let record = Some(Record {
-            start: Instant::now(),
+            start,
             method,
             code,
             scheme,
@@ -348,6 +374,10 @@ where
             pending,
             active,
         });
+        // The layers inside (the inbound deadline's `Deadline::after`) read
+        // the time through `clock::now`: they get the request's start, a
+        // reading taken microseconds ago, instead of a fresh one.
+        let _clock = ClockScope::at(start);
         if span.is_none() && attach.is_none() {
             // Nothing to enter: the service's future is built in its place,
             // not in a local moved into the struct after the guards are gone.
@@ -714,6 +744,35 @@ mod tests {
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
+    #[test]
+    fn the_layers_inside_read_the_requests_start_as_now() {
+        // The inbound deadline computes its deadline from `clock::now()` in
+        // its `call`: inside this layer that is the request's start, one
+        // reading shared by every layer the call passes, however long they
+        // take.
+        let readings = Arc::new(Mutex::new(Vec::new()));
+        let seen = readings.clone();
+        let inner = tower::service_fn(move |_request: Request<axum::body::Body>| {
+            seen.lock().push(mesh_core::clock::now());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            seen.lock().push(mesh_core::clock::now());
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                axum::body::Body::empty(),
+            )))
+        });
+        let mut app = ServerTelemetryLayer::new().layer(inner);
+        let request = Request::get("/").body(axum::body::Body::empty()).unwrap();
+        drop(app.call(request));
+        let readings = readings.lock();
+        assert_eq!(readings.len(), 2);
+        assert_eq!(readings[0], readings[1], "one reading for the whole call");
+        assert_ne!(
+            mesh_core::clock::now(),
+            readings[0],
+            "a fresh reading once the call is over"
+        );
+    }
+
     /// Records the active-requests gauge's value per label set, nothing else.
     #[derive(Default)]
     struct GaugeRecorder(Arc<Mutex<std::collections::HashMap<String, f64>>>);
@@ -759,6 +818,38 @@ mod tests {
         fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Histogram {
             Histogram::noop()
         }
+    }
+
+    #[test]
+    fn a_service_kept_across_requests_records_into_the_recorder_in_force() {
+        // As a connection uses it: one service for every request. Its first
+        // request runs under the no-op recorder; the next, under a recorder
+        // set since, must reach that recorder, not the handles kept from
+        // before.
+        let mut app = ServerTelemetryLayer::new().layer(tower::service_fn(
+            |_request: Request<axum::body::Body>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                    axum::body::Body::empty(),
+                )))
+            },
+        ));
+        let mut serve_one = || {
+            let request = Request::get("/").body(axum::body::Body::empty()).unwrap();
+            let mut call = std::pin::pin!(app.call(request));
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            assert!(call.as_mut().poll(&mut cx).is_ready());
+        };
+        serve_one();
+        let recorder = GaugeRecorder::default();
+        let values = recorder.0.clone();
+        metrics::with_local_recorder(&recorder, serve_one);
+        let values = values.lock();
+        assert!(
+            values
+                .keys()
+                .any(|key| key.contains(HTTP_SERVER_ACTIVE_REQUESTS.name)),
+            "the second request's gauge went to the recorder in force: {values:?}"
+        );
     }
 
     #[test]
