@@ -62,19 +62,37 @@ pub(crate) enum Conn {
 /// An HTTP/1.1 connection; goes back to the pool when its response has been read.
 pub(crate) struct Http1Conn {
     pub(crate) sender: http1::SendRequest<AttemptBody>,
-    created: Instant,
+    expires: Expiry,
     /// Holds a place under the per-endpoint cap for as long as the connection lives.
     _permit: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 struct Idle {
     conn: Http1Conn,
-    since: Instant,
+    /// When it has been idle too long to reuse.
+    stale: Expiry,
 }
 
 struct Shared {
     sender: http2::SendRequest<AttemptBody>,
-    created: Instant,
+    expires: Expiry,
+}
+
+/// A moment after which something may no longer be used (`None`: never), kept
+/// as the moment rather than its start and length: checking it on every
+/// checkout and return is then a comparison, not a duration to work out.
+#[derive(Clone, Copy)]
+struct Expiry(Option<Instant>);
+
+impl Expiry {
+    /// `length` after `start` (never, past the clock's range).
+    fn after(start: Instant, length: Duration) -> Self {
+        Expiry(start.checked_add(length))
+    }
+
+    fn passed(self, now: Instant) -> bool {
+        self.0.is_some_and(|at| now >= at)
+    }
 }
 
 /// Connections to one endpoint.
@@ -230,10 +248,12 @@ pub(crate) fn give_back(pool: &Weak<PoolInner>, conn: Http1Conn) {
 }
 
 impl PoolInner {
-    fn expired(&self, created: Instant, now: Instant) -> bool {
-        self.settings
-            .max_age
-            .is_some_and(|age| now.duration_since(created) >= age)
+    /// When a connection opened now becomes too old to reuse.
+    fn expiry(&self) -> Expiry {
+        match self.settings.max_age {
+            Some(age) => Expiry::after(Instant::now(), age),
+            None => Expiry(None),
+        }
     }
 
     /// The most recently used idle connection that is still open, fresh and
@@ -242,9 +262,8 @@ impl PoolInner {
         // Inside a call's poll: the reading the call's layers share.
         let now = clock::now();
         let mut idle = self.idle.lock();
-        while let Some(Idle { conn, since }) = idle.pop() {
-            let stale = now.duration_since(since) >= self.settings.idle_timeout;
-            if stale || self.expired(conn.created, now) || conn.sender.is_closed() {
+        while let Some(Idle { conn, stale }) = idle.pop() {
+            if stale.passed(now) || conn.expires.passed(now) || conn.sender.is_closed() {
                 continue; // dropping the sender closes the connection
             }
             return Some(conn);
@@ -269,12 +288,13 @@ impl PoolInner {
 
     fn put_idle(&self, conn: Http1Conn) {
         let now = clock::now();
-        if conn.sender.is_closed() || self.expired(conn.created, now) || (self.is_removed)() {
+        if conn.sender.is_closed() || conn.expires.passed(now) || (self.is_removed)() {
             return;
         }
         // Pooled even when its task has not yet asked for the next request: the
         // next checkout waits for that (see `ready_idle`).
-        self.idle.lock().push(Idle { conn, since: now });
+        let stale = Expiry::after(now, self.settings.idle_timeout);
+        self.idle.lock().push(Idle { conn, stale });
         // Only a capped pool has requests waiting for a connection.
         if self.limit.is_some() {
             self.returned.notify_one();
@@ -285,7 +305,7 @@ impl PoolInner {
         let mut shared = self.shared.lock();
         let usable = shared
             .as_ref()
-            .is_some_and(|s| !s.sender.is_closed() && !self.expired(s.created, Instant::now()));
+            .is_some_and(|s| !s.sender.is_closed() && !s.expires.passed(Instant::now()));
         if usable {
             shared.as_ref().map(|s| s.sender.clone())
         } else {
@@ -336,7 +356,7 @@ impl PoolInner {
         });
         Ok(Http1Conn {
             sender,
-            created: Instant::now(),
+            expires: self.expiry(),
             _permit: permit,
         })
     }
@@ -359,7 +379,7 @@ impl PoolInner {
         });
         *self.shared.lock() = Some(Shared {
             sender: sender.clone(),
-            created: Instant::now(),
+            expires: self.expiry(),
         });
         Ok(sender)
     }
@@ -483,12 +503,20 @@ mod tests {
     }
 
     fn pool(addr: SocketAddr) -> EndpointPool {
+        pool_with(addr, Duration::from_secs(90), None)
+    }
+
+    fn pool_with(
+        addr: SocketAddr,
+        idle_timeout: Duration,
+        max_age: Option<Duration>,
+    ) -> EndpointPool {
         let settings = PoolSettings {
             service: "test".into(),
             protocol: Protocol::Http1,
             connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(90),
-            max_age: None,
+            idle_timeout,
+            max_age,
             max_connections: None,
             http2_keepalive: None,
             connector: Arc::new(TcpConnector),
@@ -553,5 +581,51 @@ mod tests {
         let response = replacement.sender.send_request(request("/")).await.unwrap();
         assert!(response.status().is_success());
         assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Sends one request on a connection from `pool`, reads the response
+    /// and gives the connection back; then checks out the next one and
+    /// returns the connections the server has accepted by then.
+    async fn connections_for_two_requests(server: &Server, pool: &EndpointPool) -> usize {
+        let mut conn = checkout_http1(pool).await;
+        let response = conn.sender.send_request(request("/")).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        give_back(&pool.downgrade(), conn);
+        let mut next = checkout_http1(pool).await;
+        let response = next.sender.send_request(request("/")).await.unwrap();
+        assert!(response.status().is_success());
+        server.accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_the_idle_timeout_is_replaced() {
+        let server = Server::start().await;
+        let fresh = pool_with(server.addr, Duration::from_secs(90), None);
+        assert_eq!(connections_for_two_requests(&server, &fresh).await, 1);
+        let server = Server::start().await;
+        // Idle for the whole (zero) timeout the moment it is pooled.
+        let stale = pool_with(server.addr, Duration::ZERO, None);
+        assert_eq!(connections_for_two_requests(&server, &stale).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_as_old_as_the_max_age_is_replaced() {
+        let server = Server::start().await;
+        let young = pool_with(
+            server.addr,
+            Duration::from_secs(90),
+            Some(Duration::from_secs(90)),
+        );
+        assert_eq!(connections_for_two_requests(&server, &young).await, 1);
+        let server = Server::start().await;
+        let old = pool_with(server.addr, Duration::from_secs(90), Some(Duration::ZERO));
+        assert_eq!(connections_for_two_requests(&server, &old).await, 2);
+    }
+
+    #[tokio::test]
+    async fn timeouts_past_the_clock_s_range_never_expire() {
+        let server = Server::start().await;
+        let pool = pool_with(server.addr, Duration::MAX, Some(Duration::MAX));
+        assert_eq!(connections_for_two_requests(&server, &pool).await, 1);
     }
 }

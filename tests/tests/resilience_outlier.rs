@@ -1,5 +1,5 @@
-//! Outlier detection and the circuit breaker end to end: real backends on
-//! loopback, counting what reaches them.
+//! Outlier detection, the circuit breaker and the client's optional limits and
+//! faults end to end: real backends on loopback, counting what reaches them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,4 +179,63 @@ async fn the_outbound_rate_limit_fails_requests_before_sending_them() {
         ok,
         "refused requests never reached the backend"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_concurrency_limit_refuses_requests_over_it() {
+    // The backend holds each request until the test opens the gate.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let held = Router::new().route(
+        "/work",
+        get({
+            let (gate, arrived) = (gate.clone(), arrived.clone());
+            move || async move {
+                arrived.notify_one();
+                let _pass = gate.acquire().await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let backend = TestBackend::start_with(held).await;
+    let client = client(&[
+        ("MESH_SERVICE_SVC_ENDPOINTS", backend.addr().to_string()),
+        ("MESH_SERVICE_SVC_CONCURRENCY", "1".into()),
+    ]);
+    client.ready().await;
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let request = Request::get("http://svc/work").body(empty()).unwrap();
+            client.send(request).await
+        }
+    });
+    // The first request is at the backend, holding the only place.
+    arrived.notified().await;
+    let request = Request::get("http://svc/work").body(empty()).unwrap();
+    let refused = client
+        .send(request)
+        .await
+        .expect_err("over the limit: refused");
+    assert!(refused.is_overloaded(), "{refused:?}");
+    gate.add_permits(1);
+    let first = first.await.unwrap().expect("the first request is answered");
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(backend.served(), 1, "the refused request was never sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_aborts_answer_without_reaching_the_backend() {
+    let backend = TestBackend::start_with(answering(StatusCode::OK)).await;
+    let client = client(&[
+        ("MESH_SERVICE_SVC_ENDPOINTS", backend.addr().to_string()),
+        ("MESH_SERVICE_SVC_FAULT_ABORT", "418@100%".into()),
+    ]);
+    client.ready().await;
+    for _ in 0..10 {
+        let request = Request::get("http://svc/work").body(empty()).unwrap();
+        let response = client.send(request).await.expect("an abort is a response");
+        assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+    }
+    assert_eq!(backend.served(), 0, "nothing reached the backend");
 }

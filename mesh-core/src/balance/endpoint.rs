@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::discovery::Endpoint;
 
-use super::ewma::PeakEwma;
+use super::ewma::{nanos_f64, PeakEwma};
 use super::shared::Shared;
 
 /// Layout of the state word: five flag bits, and above them the ejection deadline
@@ -149,7 +149,7 @@ impl EndpointState {
     }
 
     fn record_rtt(&self, shared: &Shared, rtt: Duration) {
-        shared.observe_service_rtt(rtt.as_nanos() as f64);
+        shared.observe_service_rtt(nanos_f64(rtt));
         self.ewma.record(rtt, shared.now_nanos(), shared.decay_ns);
     }
 }

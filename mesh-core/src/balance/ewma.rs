@@ -35,7 +35,7 @@ impl PeakEwma {
 
     /// Feeds one observed round trip taken at `now_ns`.
     pub(crate) fn record(&self, rtt: Duration, now_ns: u64, decay_ns: f64) {
-        let sample = rtt.as_nanos() as f64;
+        let sample = nanos_f64(rtt);
         let stamp = self.stamp.load(Ordering::Acquire);
         let next = if stamp == NO_SAMPLE {
             sample
@@ -61,6 +61,13 @@ impl PeakEwma {
         let current = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         current * weight(now_ns.saturating_sub(stamp), decay_ns)
     }
+}
+
+/// `duration` in nanoseconds, as a float: converted from a `u64` (enough for
+/// 584 years), where `as_nanos() as f64` converts a `u128` in a software
+/// routine on every sample. The same value for any duration below that.
+pub(crate) fn nanos_f64(duration: Duration) -> f64 {
+    u64::try_from(duration.as_nanos()).map_or(u64::MAX as f64, |ns| ns as f64)
 }
 
 /// How much of the old estimate survives `elapsed_ns`.
@@ -111,5 +118,23 @@ mod tests {
         e.record(Duration::from_millis(100), 0, DECAY);
         let later = e.estimate(50_000_000_000, DECAY, 30e6);
         assert!(later < 1e6, "{later}");
+    }
+
+    #[test]
+    fn nanos_f64_is_as_nanos_as_f64() {
+        for duration in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_micros(1234),
+            Duration::new(12, 345_678_901),
+            Duration::from_secs(u64::MAX / 1_000_000_000),
+        ] {
+            assert_eq!(
+                nanos_f64(duration),
+                duration.as_nanos() as f64,
+                "{duration:?}"
+            );
+        }
+        assert_eq!(nanos_f64(Duration::MAX), u64::MAX as f64, "saturates");
     }
 }

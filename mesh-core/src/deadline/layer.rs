@@ -356,20 +356,20 @@ where
                     let _entered = Entered::enter(deadline);
                     inner.poll(cx)
                 };
-                if let Poll::Ready(result) = polled {
-                    return Poll::Ready(match result {
-                        // The callee's own deadline (ours, passed on and rounded
-                        // up) ran out as ours did: a 504 that arrives once ours
-                        // has passed is our deadline error, whichever timer a
-                        // busy runtime served first.
-                        Ok(response)
-                            if response.status() == StatusCode::GATEWAY_TIMEOUT
-                                && deadline.remaining().is_zero() =>
-                        {
-                            Err(DeadlineExceeded.into())
-                        }
-                        result => result.map_err(Into::into),
-                    });
+                if let Poll::Ready(result) = &polled {
+                    // The callee's own deadline (ours, passed on and rounded
+                    // up) ran out as ours did: a 504 that arrives once ours
+                    // has passed is our deadline error, whichever timer a
+                    // busy runtime served first.
+                    let callee_timed_out = matches!(result, Ok(response)
+                        if response.status() == StatusCode::GATEWAY_TIMEOUT
+                            && deadline.remaining().is_zero());
+                    if callee_timed_out {
+                        return Poll::Ready(Err(DeadlineExceeded.into()));
+                    }
+                    // Checked in place, returned as it came: the answer is
+                    // not moved again on its way out.
+                    return polled.map_err(Into::into);
                 }
                 // Pending: a timer wakes the task at the deadline even if the
                 // inner future never does.

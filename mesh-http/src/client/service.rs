@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use mesh_core::balance::{Balancer, BalancerStats};
@@ -48,7 +49,18 @@ where
     S::Future: Send + 'static,
 {
     fn send(&self, request: Request<RequestBody>) -> StackFuture {
-        Box::pin(self.clone().oneshot(request))
+        let mut stack = self.clone();
+        // Every layer of the stack is ready at once (the retry layer waits for
+        // its inner service per attempt), so the call is made here and the box
+        // holds the call's future alone: `oneshot` would box a state machine
+        // holding the stack and the request, then move the call's future into
+        // it at the first poll.
+        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Box::pin(stack.call(request)),
+            Poll::Ready(Err(error)) => Box::pin(std::future::ready(Err(error))),
+            // Not the mesh's own layers: waited for with the task's waker.
+            Poll::Pending => Box::pin(stack.oneshot(request)),
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use http::{Request, Response};
 use mesh_core::breaker::{BreakerLayer, CircuitBreaker};
 use mesh_core::classify::Classifier;
 use mesh_core::concurrency::{ConcurrencyLimit, OutboundConcurrencyLayer};
@@ -30,13 +31,12 @@ use mesh_core::fault::FaultLayer;
 use mesh_core::ratelimit::{OutboundRateLimitLayer, TokenBucket};
 use mesh_core::retry::{RetryBudget, RetryLayer};
 use mesh_core::route::{RouteLayer, RouteTable};
-use tower::util::option_layer;
 use tower::{Layer, ServiceBuilder};
 
 use super::classify::error_kind;
 use super::dispatch::EndpointDispatch;
 use super::service::ServiceStack;
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::error::BoxError;
 use crate::telemetry::{AttemptTelemetryLayer, ClientTelemetryLayer};
 
@@ -77,16 +77,7 @@ pub(crate) fn service_stack(
     let faults = routes
         .injects_faults()
         .then(|| FaultLayer::new(config.faults));
-    let stack = ServiceBuilder::new()
-        .layer(ClientTelemetryLayer::with_access_log(
-            &config.name,
-            access_log,
-        ))
-        .layer(OutboundDeadlineLayer::new(config.timeout))
-        .layer(option_layer(rate_limit))
-        .layer(option_layer(concurrency))
-        .layer(option_layer(breaker))
-        .layer(option_layer(faults))
+    let attempts = ServiceBuilder::new()
         .layer(RetryLayer::new(
             config.name.clone(),
             config.retry.clone(),
@@ -95,9 +86,42 @@ pub(crate) fn service_stack(
         ))
         .layer(AttemptTelemetryLayer::new(&config.name))
         .service(dispatch);
-    // The route layer on top only when the service has routes: two types
-    // behind the one erased `ServiceStack`, rather than an `Either` that
-    // moves the whole stack's future into itself on every call.
+    let call = ServiceBuilder::new()
+        .layer(ClientTelemetryLayer::with_access_log(
+            &config.name,
+            access_log,
+        ))
+        .layer(OutboundDeadlineLayer::new(config.timeout));
+    // Without limits, breaker or faults (the default) those layers are absent
+    // rather than `option_layer`s left off: each of those is an `Either` that
+    // branches and moves the call's future into itself on every request. Two
+    // shapes, erased behind the one `ServiceStack`.
+    let guarded =
+        rate_limit.is_some() || concurrency.is_some() || breaker.is_some() || faults.is_some();
+    if !guarded {
+        return with_routes(routes, call.service(attempts));
+    }
+    let guards = ServiceBuilder::new()
+        .option_layer(rate_limit)
+        .option_layer(concurrency)
+        .option_layer(breaker)
+        .option_layer(faults)
+        .service(attempts);
+    with_routes(routes, call.service(guards))
+}
+
+/// `stack` erased, with the route layer on top only when the service has
+/// routes: again two types behind the one `ServiceStack`, rather than an
+/// `Either` that moves the whole stack's future into itself on every call.
+fn with_routes<S>(routes: Arc<RouteTable>, stack: S) -> ServiceStack
+where
+    S: tower::Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     if routes.is_empty() {
         ServiceStack::new(stack)
     } else {

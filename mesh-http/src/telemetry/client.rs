@@ -436,13 +436,14 @@ where
         // the time (the endpoint's RTT, the outlier detector, the attempt's
         // end) and shared with the call's end here.
         let _now = ClockScope::lazy();
-        let result = match this.inner.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result.map_err(Into::into),
+        // Inspected where it lies and returned as it came (see `AttemptFuture`).
+        let polled = this.inner.as_mut().poll(cx).map_err(Into::into);
+        let Poll::Ready(result) = &polled else {
+            return Poll::Pending;
         };
         let elapsed = clock::since(*this.start).as_secs_f64();
         let span = this.inner.scope().span();
-        let (status, outcome, response_size) = match &result {
+        let (status, outcome, response_size) = match result {
             Ok(response) => {
                 let status = response.status();
                 span.record("http.response.status_code", status.as_u16());
@@ -491,7 +492,7 @@ where
                 handles.response_size.record(size as f64);
             }
         });
-        Poll::Ready(result)
+        polled
     }
 }
 
@@ -661,9 +662,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = std::task::ready!(this.inner.as_mut().poll(cx));
+        // Inspected where it lies and returned as it came, not moved out of
+        // the `Poll` and back into another.
+        let polled = this.inner.as_mut().poll(cx);
+        let Poll::Ready(result) = &polled else {
+            return Poll::Pending;
+        };
         let handles = &**this.handles;
-        let ok = match &result {
+        let ok = match result {
             Ok(response) => {
                 let span = this.inner.scope().span();
                 span.record("http.response.status_code", response.status().as_u16());
@@ -680,7 +686,7 @@ where
                             if ok { &h.ok } else { &h.error }.increment(1);
                         },
                     );
-                    return Poll::Ready(result);
+                    return polled;
                 }
                 ok
             }
@@ -688,7 +694,7 @@ where
         };
         // No endpoint answered: not the common path, a cloned handle will do.
         handles.attempts(ok).increment(1);
-        Poll::Ready(result)
+        polled
     }
 }
 
