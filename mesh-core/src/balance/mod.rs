@@ -239,26 +239,32 @@ impl<E: Send + Sync + 'static> Balancer<E> {
             .store(true, Ordering::Release);
     }
 
-    /// Spawns a task applying every snapshot discovery publishes, starting with the
-    /// current one. The task holds only a weak reference and ends when the balancer
-    /// or the discovery sender is gone. Must be called inside a tokio runtime.
+    /// Applies the snapshot discovery holds now, then spawns a task applying every
+    /// one it publishes later. The task holds only a weak reference and ends when the
+    /// balancer or the discovery sender is gone. Must be called inside a tokio
+    /// runtime.
     pub fn follow(
         self: &Arc<Self>,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
     ) -> tokio::task::JoinHandle<()> {
+        // The current snapshot is applied here, not by the task: a request made
+        // right after start-up (a static list is known at once) then picks its
+        // endpoint at once instead of queueing, with a timer, until the task runs.
+        let current = Arc::clone(&snapshots.borrow_and_update());
+        self.update(&current);
         let balancer: Weak<Self> = Arc::downgrade(self);
         let mut closed = self.closed.subscribe();
         tokio::spawn(async move {
             loop {
-                let snapshot = Arc::clone(&snapshots.borrow_and_update());
-                match balancer.upgrade() {
-                    Some(balancer) => balancer.update(&snapshot),
-                    None => return,
-                }
                 tokio::select! {
                     changed = snapshots.changed() => if changed.is_err() { return },
                     // Only ever errs: the sender never sends, it is dropped.
                     _ = closed.changed() => return,
+                }
+                let snapshot = Arc::clone(&snapshots.borrow_and_update());
+                match balancer.upgrade() {
+                    Some(balancer) => balancer.update(&snapshot),
+                    None => return,
                 }
             }
         })

@@ -542,6 +542,16 @@ async fn follow_applies_snapshots_and_ends_with_discovery() {
 }
 
 #[tokio::test]
+async fn follow_applies_the_current_snapshot_before_returning() {
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot(&[1, 1])));
+    let b = Balancer::new("svc", BalancerSettings::default(), |_, _| ());
+    let _task = b.follow(rx);
+    // No await in between: the follow task has not run yet.
+    assert_eq!(b.stats().known, 2);
+    assert!(b.try_pick(&[]).is_ok());
+}
+
+#[tokio::test]
 async fn follow_ends_when_the_balancer_is_dropped() {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot(&[1])));
     let b = Balancer::new("svc", BalancerSettings::default(), |_, _| ());
