@@ -305,11 +305,18 @@ where
             StateProj::Refused { error } => Err(error.take().expect("a refusal is reported once")),
             StateProj::General { run } => return run.as_mut().poll(cx),
         };
-        let call = this.call.take().expect("the first attempt keeps its call");
-        let class = classify(&call.shared, &call.plan, &outcome);
+        let kept = this
+            .call
+            .as_ref()
+            .expect("the first attempt keeps its call");
+        let class = classify(&kept.shared, &kept.plan, &outcome);
         if !matches!(class, Class::Retryable(_)) {
+            // Dropped where it lies (as soon as the call is done, as before):
+            // taking it out first would copy the whole call state.
+            *this.call = None;
             return Poll::Ready(outcome);
         }
+        let call = this.call.take().expect("the first attempt keeps its call");
         let first = Round {
             outcome,
             class,

@@ -12,6 +12,11 @@
 //! a thread-local one for a while. A cached handle belongs to the recorder that
 //! made it, so the snapshot remembers which recorder that was and starts over
 //! when another one is in force.
+//!
+//! The first key seen under a recorder is also kept beside the snapshot, where
+//! a look-up reaches it without the snapshot's load (an `ArcSwap` load walks a
+//! thread-local debt list) or a hash: a service's calls mostly carry one label
+//! combination (one method to one port, one endpoint), and that is usually it.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -25,11 +30,27 @@ use rustc_hash::FxHashMap;
 /// per use (correct, only slower).
 pub const MAX_CACHED_SERIES: usize = 4096;
 
+/// Recorders whose first key a cache keeps outside its snapshot: the no-op one
+/// (a request before telemetry was set up), the global one, and a couple of
+/// tests' local ones. Under further recorders every look-up goes through the
+/// snapshot (correct, only slower).
+const FIRST_KEY_RECORDERS: usize = 4;
+
 /// A cache of metric handles (`metrics::Counter`, `Histogram`, `Gauge`, or a
 /// struct of them) keyed by the bounded label values that pick the series.
 pub struct HandleCache<K, V> {
+    /// The first key made under each recorder, in the order the recorders came;
+    /// only ever filled (under `write`), so reading one is an atomic load.
+    first: [OnceLock<FirstKey<K, V>>; FIRST_KEY_RECORDERS],
     snapshot: ArcSwap<Snapshot<K, V>>,
     write: Mutex<()>,
+}
+
+/// The first key a cache made a handle for under `recorder`.
+struct FirstKey<K, V> {
+    recorder: usize,
+    key: K,
+    handle: V,
 }
 
 struct Snapshot<K, V> {
@@ -43,6 +64,7 @@ struct Snapshot<K, V> {
 impl<K, V> Default for HandleCache<K, V> {
     fn default() -> Self {
         HandleCache {
+            first: Default::default(),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 recorder: 0,
                 map: FxHashMap::default(),
@@ -82,6 +104,11 @@ impl<K: Hash + Eq + Clone, V: Clone> HandleCache<K, V> {
         Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
     {
         let recorder = current_recorder();
+        if let Some(first) = self.first_key(recorder) {
+            if first.key.borrow() == key {
+                return use_it(&first.handle);
+            }
+        }
         {
             let snapshot = self.snapshot.load();
             if snapshot.recorder == recorder {
@@ -105,12 +132,30 @@ impl<K: Hash + Eq + Clone, V: Clone> HandleCache<K, V> {
         self.with(key, make, V::clone)
     }
 
+    /// The first key made under `recorder`, if it is one of the recorders kept.
+    fn first_key(&self, recorder: usize) -> Option<&FirstKey<K, V>> {
+        self.first
+            .iter()
+            .map_while(OnceLock::get)
+            .find(|first| first.recorder == recorder)
+    }
+
     fn insert<Q>(&self, recorder: usize, key: &Q, handle: &V)
     where
         K: Borrow<Q>,
         Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
     {
         let _write = self.write.lock();
+        if self.first_key(recorder).is_none() {
+            // Filled in order under the lock: the first empty slot is the next.
+            if let Some(slot) = self.first.iter().find(|slot| slot.get().is_none()) {
+                let _ = slot.set(FirstKey {
+                    recorder,
+                    key: key.to_owned(),
+                    handle: handle.clone(),
+                });
+            }
+        }
         let current = self.snapshot.load();
         let mut map = if current.recorder == recorder {
             if current.map.len() >= MAX_CACHED_SERIES || current.map.contains_key(key) {
@@ -271,7 +316,38 @@ mod tests {
         count(&first);
         count(&second);
         count(&second);
-        assert!(first.1.handle().render().contains("handles_test_total 1"));
+        count(&first);
+        assert!(first.1.handle().render().contains("handles_test_total 2"));
         assert!(second.1.handle().render().contains("handles_test_total 2"));
+    }
+
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn the_first_key_is_kept_per_recorder_and_the_rest_in_the_snapshot() {
+        let made = AtomicUsize::new(0);
+        let cache = HandleCache::<u32, u32>::new();
+        let (local, _) = super::super::prometheus::recorder();
+        let lookups = || {
+            for key in [1, 2, 1, 2] {
+                let v = cache.get(&key, |k| {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    k * 10
+                });
+                assert_eq!(v, key * 10);
+            }
+        };
+        lookups();
+        assert_eq!(made.load(Ordering::Relaxed), 2);
+        metrics::with_local_recorder(&local, lookups);
+        assert_eq!(
+            made.load(Ordering::Relaxed),
+            4,
+            "made again for another recorder"
+        );
+        // Back under the first recorder: its first key is still kept, the other
+        // key is made again (the snapshot holds the last recorder's handles).
+        lookups();
+        assert_eq!(made.load(Ordering::Relaxed), 5);
+        assert_eq!(cache.first_key(current_recorder()).map(|f| f.key), Some(1));
     }
 }

@@ -95,11 +95,12 @@ impl tower::Service<Request<ReplayBody<RequestBody>>> for EndpointDispatch {
         // Made ready here, not in the future: an `async fn` keeps its arguments
         // for its whole life, so the request would be stored in it twice.
         let inner = &self.inner;
-        let mut request =
-            match into_wire_form(request.map(AttemptBody), inner.protocol, &inner.host) {
-                Ok(request) => request,
-                Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
-            };
+        let mut request = request.map(AttemptBody);
+        // Rewritten where it lies: passing the request through by value would
+        // copy it in and out.
+        if let Err(e) = to_wire_form(&mut request, inner.protocol, &inner.host) {
+            return Box::pin(std::future::ready(Err(e.into())));
+        }
         // Endpoints earlier attempts used, avoided when others are ready.
         let avoid: Vec<SocketAddr> = request
             .extensions_mut()
@@ -217,11 +218,11 @@ impl DispatchInner {
 /// HTTP/1.1 sends the path in the request line and the logical name in `Host`;
 /// HTTP/2 keeps the absolute URI, whose authority becomes `:authority`. Both
 /// carry the deadline's remaining time.
-fn into_wire_form(
-    mut request: Request<AttemptBody>,
+fn to_wire_form<B>(
+    request: &mut Request<B>,
     protocol: Protocol,
     host: &HostCache,
-) -> Result<Request<AttemptBody>, Error> {
+) -> Result<(), Error> {
     // The time left now: a retry carries less than the first attempt did.
     if let Some(deadline) = Deadline::for_request(request.extensions()) {
         deadline::write_headers(request.headers_mut(), deadline);
@@ -250,7 +251,7 @@ fn into_wire_form(
             }
         }
     }
-    Ok(request)
+    Ok(())
 }
 
 /// The `Host` value of the authority a service's requests name, made once: a
