@@ -413,21 +413,32 @@ async fn a_client_trickling_its_request_head_is_cut_off_at_the_header_read_timeo
     server.shutdown().await;
 }
 
+/// A server with a header-read timeout of `timeout`, and an HTTP/1.1
+/// connection to it: its sender and the spawned task driving it.
+async fn keep_alive_connection(
+    timeout: Duration,
+) -> (
+    Running,
+    hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let pki = Pki::new("example.org");
+    let (server, client) =
+        server_and_client(&pki, InboundOptions::default().header_read_timeout(timeout)).await;
+    let stream = tls_connect(server.addr, &client, &[b"http/1.1"]).await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (server, sender, tokio::spawn(conn))
+}
+
 /// Once a response has been written, the next head is awaited: a keep-alive
 /// connection that then sends nothing is closed at the header-read timeout,
 /// counted from the end of that response.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_header_read_timeout() {
-    let pki = Pki::new("example.org");
     let timeout = Duration::from_millis(500);
-    let (server, client) =
-        server_and_client(&pki, InboundOptions::default().header_read_timeout(timeout)).await;
-
-    let stream = tls_connect(server.addr, &client, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (server, mut sender, conn) = keep_alive_connection(timeout).await;
     let response = sender.send_request(get_request("/whoami")).await.unwrap();
     assert_eq!(response.status(), 200);
     response.into_body().collect().await.unwrap();
@@ -447,16 +458,8 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_header_read_timeout() {
 /// several timeouts is served throughout.
 #[tokio::test]
 async fn a_keep_alive_connection_outliving_the_header_read_timeout_is_served() {
-    let pki = Pki::new("example.org");
     let timeout = Duration::from_millis(500);
-    let (server, client) =
-        server_and_client(&pki, InboundOptions::default().header_read_timeout(timeout)).await;
-
-    let stream = tls_connect(server.addr, &client, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (server, mut sender, conn) = keep_alive_connection(timeout).await;
     // Eight requests 150 ms apart: 1.2 s on one connection, each head prompt.
     for _ in 0..8 {
         let response = sender.send_request(get_request("/whoami")).await.unwrap();
