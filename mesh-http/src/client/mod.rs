@@ -236,6 +236,9 @@ impl MeshClient {
     }
 
     /// Sends a request whose body is already boxed.
+    ///
+    /// The service's stack takes the request here: its deadline, trace context
+    /// and call telemetry start now, and the returned future sends it.
     pub fn send(&self, request: Request<RequestBody>) -> ResponseFuture {
         let inner = &self.inner;
         let Some(host) = request
