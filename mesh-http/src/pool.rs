@@ -305,7 +305,8 @@ impl PoolInner {
         let mut shared = self.shared.lock();
         let usable = shared
             .as_ref()
-            .is_some_and(|s| !s.sender.is_closed() && !s.expires.passed(Instant::now()));
+            // Inside a call's poll, as `take_idle`: the call's shared reading.
+            .is_some_and(|s| !s.sender.is_closed() && !s.expires.passed(clock::now()));
         if usable {
             shared.as_ref().map(|s| s.sender.clone())
         } else {

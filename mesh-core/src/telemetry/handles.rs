@@ -82,11 +82,8 @@ impl<K, V> std::fmt::Debug for HandleCache<K, V> {
     }
 }
 
-/// Which recorder is in force on this thread now (local, global or no-op), as
-/// an identity to compare: a handle kept outside a [`HandleCache`] (by a
-/// service for its own requests, say) stays good while this answers the same
-/// as when the handle was made.
-pub fn current_recorder() -> usize {
+/// Which recorder is in force on this thread now (local, global or no-op).
+fn current_recorder() -> usize {
     metrics::with_recorder(|r| r as *const dyn metrics::Recorder as *const () as usize)
 }
 

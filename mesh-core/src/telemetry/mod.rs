@@ -63,7 +63,7 @@ pub use context::{
     trace_id,
 };
 pub use error::TelemetryError;
-pub use handles::{current_recorder, HandleCache, HandleSlot};
+pub use handles::{HandleCache, HandleSlot};
 pub use log_context::{TraceIdFormat, TraceIds};
 /// The OpenTelemetry context (trace and baggage) a request carries, as
 /// [`extract`] returns it.

@@ -20,8 +20,8 @@ use mesh_core::metric_names::{
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
 use mesh_core::telemetry::{
-    body_size, carries_context, current_recorder, extract_if_present, head, method_code,
-    method_label, set_parent, status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
+    body_size, carries_context, extract_if_present, head, method_code, method_label, set_parent,
+    status_label, trace_id, HandleCache, HandleSlot, Head, OtelContext,
 };
 use metrics::{Gauge, Histogram, Label, SharedString};
 use pin_project_lite::pin_project;
@@ -199,7 +199,6 @@ impl<S> tower::Layer<S> for ServerTelemetryLayer {
             scheme: self.scheme,
             premarked: self.premarked,
             handles: self.handles.clone(),
-            unmatched: None,
         }
     }
 }
@@ -212,28 +211,6 @@ pub struct ServerTelemetry<S> {
     scheme: Scheme,
     premarked: bool,
     handles: Arc<ServerHandles>,
-    /// The [`UNMATCHED_ROUTE`] entry as this service last found it in
-    /// `handles`, with the recorder in force then. An inbound connection calls
-    /// its one copy of the service for request after request, so it skips the
-    /// shared cache's snapshot load and look-up; under another recorder it
-    /// looks again.
-    unmatched: Option<(usize, Arc<RouteHandles>)>,
-}
-
-impl<S> ServerTelemetry<S> {
-    /// The handles of requests no router matched (every request, outside the
-    /// router), from this service's copy when it is still good.
-    fn unmatched_route(&mut self) -> Arc<RouteHandles> {
-        let recorder = current_recorder();
-        if let Some((made_for, route)) = &self.unmatched {
-            if *made_for == recorder {
-                return route.clone();
-            }
-        }
-        let route = route_handles(&self.handles, UNMATCHED_ROUTE);
-        self.unmatched = Some((recorder, route.clone()));
-        route
-    }
 }
 
 /// The active-requests gauge a request counts in, decremented however the
@@ -288,10 +265,14 @@ where
         let method = method_label(request.method());
         let code = method_code(request.method());
         let scheme = self.scheme.as_str();
-        let route = match request.extensions().get::<MatchedPath>() {
-            Some(matched) => route_handles(&self.handles, matched.as_str()),
-            None => self.unmatched_route(),
-        };
+        let route_name = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED_ROUTE, |m| m.as_str());
+        // Outside a router (as `Mesh::serve` puts it) every request is the
+        // unmatched route: the cache's first key under the recorder in force,
+        // found without a hash.
+        let route = route_handles(&self.handles, route_name);
         // Looked up where it is used (the span, the access log): most
         // requests need neither.
         let peer_identity = || request.extensions().get::<PeerIdentity>();
