@@ -57,7 +57,10 @@ struct Shared<B> {
     overflowed: bool,
     /// The original body failed: no copy can be completed.
     failed: bool,
-    trailers: Option<HeaderMap>,
+    /// Boxed: few request bodies end in trailers, and this state is made (and
+    /// moved into its allocation) for every call; inline, a `HeaderMap` made
+    /// that move a third longer.
+    trailers: Option<Box<HeaderMap>>,
     hint: SizeHint,
 }
 
@@ -188,7 +191,13 @@ where
                 return Poll::Ready(None);
             }
             this.trailers_sent = true;
-            return Poll::Ready(shared.trailers.clone().map(|t| Ok(Frame::trailers(t))));
+            return Poll::Ready(
+                shared
+                    .trailers
+                    .as_deref()
+                    .cloned()
+                    .map(|t| Ok(Frame::trailers(t))),
+            );
         };
         match Pin::new(body).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
@@ -219,7 +228,7 @@ where
                     }
                     Err(frame) => match frame.into_trailers() {
                         Ok(trailers) => {
-                            shared.trailers = Some(trailers.clone());
+                            shared.trailers = Some(Box::new(trailers.clone()));
                             shared.body = None;
                             this.trailers_sent = true;
                             Frame::trailers(trailers)
@@ -274,6 +283,24 @@ mod tests {
         assert_eq!(read(body).await.unwrap(), b"hello streaming world");
         assert!(copy.is_replayable());
         assert_eq!(read(copy).await.unwrap(), b"hello streaming world");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_replayed_after_the_kept_bytes() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let body: Stream = StreamBody::new(futures_util::stream::iter(frames));
+        let body = ReplayBody::new(body, 64);
+        let copy = body.try_clone().unwrap();
+        for body in [body, copy] {
+            let collected = body.collect().await.unwrap();
+            assert_eq!(collected.trailers(), Some(&trailers));
+            assert_eq!(collected.to_bytes(), "payload");
+        }
     }
 
     #[tokio::test]

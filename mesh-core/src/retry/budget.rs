@@ -26,10 +26,33 @@ pub struct RetryBudget {
     min_per_second: u32,
     slot_len: Duration,
     started: Instant,
-    slots: Mutex<[Slot; SLOTS]>,
+    window: Mutex<Window>,
     requests: AtomicU64,
     retries: AtomicU64,
     exhausted: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Window {
+    slots: [Slot; SLOTS],
+    /// The slot of time the last deposit fell in: the next deposit, nearly
+    /// always in the same one, finds its slot by comparing two instants rather
+    /// than by a clock subtraction and a division (≈ 55 instructions a request).
+    last_deposit: Option<SlotSpan>,
+}
+
+/// Slot `epoch`'s instants: from `start` (inclusive) to `end` (exclusive).
+#[derive(Debug, Clone, Copy)]
+struct SlotSpan {
+    epoch: u64,
+    start: Instant,
+    end: Instant,
+}
+
+impl SlotSpan {
+    fn contains(&self, now: Instant) -> bool {
+        self.start <= now && now < self.end
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,7 +114,10 @@ impl RetryBudget {
             min_per_second,
             slot_len: window / SLOTS as u32,
             started: Instant::now(),
-            slots: Mutex::new([Slot::default(); SLOTS]),
+            window: Mutex::new(Window {
+                slots: [Slot::default(); SLOTS],
+                last_deposit: None,
+            }),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             exhausted: AtomicU64::new(0),
@@ -114,13 +140,30 @@ impl RetryBudget {
         self.deposit_at(clock::now());
     }
 
+    /// Slot `epoch`'s instants; `None` past what an `Instant` can hold.
+    fn span(&self, epoch: u64) -> Option<SlotSpan> {
+        let len = (self.slot_len.as_nanos() as u64).max(1);
+        let start = self
+            .started
+            .checked_add(Duration::from_nanos(epoch.checked_mul(len)?))?;
+        let end = start.checked_add(Duration::from_nanos(len))?;
+        Some(SlotSpan { epoch, start, end })
+    }
+
     /// Records a request made at `now` (a caller that has just read the clock
     /// passes its reading rather than have the budget read it again).
     pub fn deposit_at(&self, now: Instant) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let epoch = self.epoch_at(now);
-        let mut slots = self.slots.lock();
-        current(&mut slots, epoch).deposits += 1;
+        let mut window = self.window.lock();
+        let epoch = match window.last_deposit {
+            Some(span) if span.contains(now) => span.epoch,
+            _ => {
+                let epoch = self.epoch_at(now);
+                window.last_deposit = self.span(epoch);
+                epoch
+            }
+        };
+        current(&mut window.slots, epoch).deposits += 1;
     }
 
     /// Takes one retry from the budget; `false` when it is spent (the retry must
@@ -128,7 +171,8 @@ impl RetryBudget {
     pub fn withdraw(&self) -> bool {
         let epoch = self.epoch_now();
         let allowed = {
-            let mut slots = self.slots.lock();
+            let mut window = self.window.lock();
+            let slots = &mut window.slots;
             let (mut deposits, mut withdrawals) = (0u64, 0u64);
             for slot in slots.iter().filter(|s| s.epoch + SLOTS as u64 > epoch) {
                 deposits += slot.deposits;
@@ -147,7 +191,7 @@ impl RetryBudget {
             let by_floor = last_second < u64::from(self.min_per_second);
             let allowed = by_ratio || by_floor;
             if allowed {
-                current(&mut slots, epoch).withdrawals += 1;
+                current(slots, epoch).withdrawals += 1;
             }
             allowed
         };
@@ -216,6 +260,23 @@ mod tests {
         assert_eq!(drain(&budget), 10);
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(drain(&budget), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_count_in_the_slot_their_instant_falls_in() {
+        // One-second slots: 0.999999999 s is the first slot's last instant and
+        // 1 s the second's first, whichever slot the last deposit went to.
+        let budget = RetryBudget::new(0.2, 0, Duration::from_secs(10));
+        let deposit_50 = || (0..50).for_each(|_| budget.deposit());
+        deposit_50();
+        tokio::time::advance(Duration::from_nanos(999_999_999)).await;
+        deposit_50();
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        deposit_50();
+        // At 10 s the first slot has left the window and the second has not:
+        // only the last 50 deposits count.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(drain(&budget), 10);
     }
 
     #[tokio::test(start_paused = true)]

@@ -223,6 +223,10 @@ fn to_wire_form<B>(
     protocol: Protocol,
     host: &HostCache,
 ) -> Result<(), Error> {
+    // Asked before the deadline's headers are written: the map is usually
+    // still empty then, and the look-up hashes nothing.
+    let caller_set_host =
+        matches!(protocol, Protocol::Http1) && request.headers().contains_key(HOST);
     // The time left now: a retry carries less than the first attempt did.
     if let Some(deadline) = Deadline::for_request(request.extensions()) {
         deadline::write_headers(request.headers_mut(), deadline);
@@ -234,7 +238,7 @@ fn to_wire_form<B>(
             let authority = uri
                 .authority
                 .ok_or_else(|| Error::invalid_uri("the URI has no authority"))?;
-            if !request.headers().contains_key(HOST) {
+            if !caller_set_host {
                 request.headers_mut().insert(HOST, host.value(&authority)?);
             }
             let path = uri
@@ -302,5 +306,56 @@ impl Lease {
         if let (true, Lease::Http1 { conn, pool, .. }) = (complete, self) {
             give_back(&pool, conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_core::deadline::TIMEOUT_HEADER;
+
+    use super::*;
+
+    fn request_with_deadline(host: Option<&str>) -> Request<()> {
+        let mut request = Request::get("http://user-api/users").body(()).unwrap();
+        if let Some(host) = host {
+            request
+                .headers_mut()
+                .insert(HOST, HeaderValue::from_str(host).unwrap());
+        }
+        request
+            .extensions_mut()
+            .insert(Deadline::after(Duration::from_secs(5)));
+        request
+    }
+
+    #[test]
+    fn http1_wire_form_names_the_service_in_host_unless_the_caller_did() {
+        let cache = HostCache::default();
+        let mut request = request_with_deadline(None);
+        to_wire_form(&mut request, Protocol::Http1, &cache).unwrap();
+        assert_eq!(request.headers()[HOST], "user-api");
+        assert_eq!(request.uri(), "/users");
+        assert!(request.headers().contains_key(TIMEOUT_HEADER));
+
+        let mut request = request_with_deadline(Some("api.example"));
+        to_wire_form(&mut request, Protocol::Http1, &cache).unwrap();
+        assert_eq!(
+            request.headers()[HOST],
+            "api.example",
+            "the caller's Host is kept"
+        );
+        assert_eq!(request.headers().get_all(HOST).iter().count(), 1);
+        assert!(request.headers().contains_key(TIMEOUT_HEADER));
+    }
+
+    #[test]
+    fn http2_wire_form_adds_no_host() {
+        let mut request = request_with_deadline(None);
+        to_wire_form(&mut request, Protocol::Http2, &HostCache::default()).unwrap();
+        assert!(!request.headers().contains_key(HOST));
+        assert_eq!(request.uri(), "http://user-api/users");
+        assert!(request.headers().contains_key(TIMEOUT_HEADER));
     }
 }
