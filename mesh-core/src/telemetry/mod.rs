@@ -349,8 +349,8 @@ fn install_subscriber(guard: &TelemetryGuard) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        log_filter(std::env::var_os(tracing_subscriber::EnvFilter::DEFAULT_ENV).as_deref());
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(
@@ -366,6 +366,25 @@ fn install_subscriber(guard: &TelemetryGuard) {
         tracing::info!(
             "a tracing subscriber is already installed: add TelemetryGuard::otel_layer() to it so spans are exported"
         );
+    }
+}
+
+/// The subscriber's filter: `RUST_LOG`'s directives (`info` when they do not
+/// parse), or `info` when it is not set. Unset, the filter is the level alone,
+/// without an `EnvFilter`: its parser is code start-up would touch for this
+/// only (three page faults of a cold start, BENCHMARKS.md).
+fn log_filter(
+    rust_log: Option<&std::ffi::OsStr>,
+) -> Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    match rust_log {
+        None => Box::new(LevelFilter::INFO),
+        Some(directives) => Box::new(
+            directives
+                .to_str()
+                .and_then(|directives| EnvFilter::try_new(directives).ok())
+                .unwrap_or_else(|| EnvFilter::new("info")),
+        ),
     }
 }
 
@@ -502,5 +521,23 @@ mod tests {
         assert!(resource("checkout")
             .iter()
             .any(|(k, v)| k.as_str() == "telemetry.sdk.name" && v.as_str() == "opentelemetry"));
+    }
+
+    #[test]
+    fn the_log_filter_is_info_unless_rust_log_says_otherwise() {
+        use std::ffi::OsStr;
+        use tracing_subscriber::filter::LevelFilter;
+        let hint = |rust_log: Option<&str>| log_filter(rust_log.map(OsStr::new)).max_level_hint();
+        assert_eq!(hint(None), Some(LevelFilter::INFO));
+        assert_eq!(hint(Some("debug")), Some(LevelFilter::DEBUG));
+        assert_eq!(hint(Some("warn,mesh_http=trace")), Some(LevelFilter::TRACE));
+        // Directives that do not parse fall back to `info`, as unset does.
+        assert_eq!(hint(Some("mesh_http=loud")), Some(LevelFilter::INFO));
+        assert_eq!(
+            hint(Some("")),
+            tracing_subscriber::EnvFilter::try_new("")
+                .unwrap()
+                .max_level_hint()
+        );
     }
 }
