@@ -11,10 +11,12 @@
 //! cold-start client), `client mesh-otel` (the mesh client with a span
 //! exporter, driven over a pipe: telemetry is process-wide) and
 //! `endpoint-bytes` (memory per known endpoint, with the counting allocator
-//! below). `profile raw|mesh|mesh-otel|grpc|grpc-mesh N` sends N sequential requests with one
-//! configuration, for profilers; `cold-starts N` times N cold starts of each
-//! kind, alternating, and nothing else; `cold-phases N` the same with each
-//! helper reporting when its phases ended (wall clock since its spawn).
+//! below). `profile raw|mesh|mesh-otel|grpc|grpc-mesh|mesh-in-bench N`
+//! sends N sequential requests with one configuration, for profilers
+//! (`mesh-in-bench`: the mesh with the rest of the bench's in-process set-up
+//! warmed up beside it); `cold-starts N` times N cold starts of each kind,
+//! alternating, and nothing else; `cold-phases N` the same with each helper
+//! reporting when its phases ended (wall clock since its spawn).
 
 use std::alloc::System;
 use std::collections::BTreeMap;
@@ -400,16 +402,17 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
     // `PROFILE_RUNTIME=bench` drives the requests as the bench does (from
     // `block_on` on a runtime with one worker, so every request crosses
     // threads); the default keeps the whole client on this thread.
-    let runtime = if std::env::var("PROFILE_RUNTIME").as_deref() == Ok("bench") {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    };
+    let runtime =
+        if std::env::var("PROFILE_RUNTIME").as_deref() == Ok("bench") || kind == "mesh-in-bench" {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        };
     if kind == "mesh-otel" {
         // The client is a helper process (follow it with
         // `--trace-children=yes`); this one only hosts the OTLP receiver, on
@@ -447,6 +450,14 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
                 let mesh = start_mesh(&pki, server.mesh).await?;
                 (Arc::new(MeshTarget::new(mesh.0.client())), Some(mesh))
             }
+            "mesh-in-bench" => {
+                let mesh = start_mesh(&pki, server.mesh).await?;
+                let target: Arc<dyn Target> = Arc::new(MeshTarget::new(mesh.0.client()));
+                let neighbours = bench_neighbours(&pki, &server, &target).await?;
+                // Kept until the process exits, as in `run`.
+                std::mem::forget(neighbours);
+                (target, Some(mesh))
+            }
             // Telemetry set up for both, as in the bench, so their difference
             // is the stack.
             "grpc" | "grpc-mesh" => {
@@ -462,15 +473,94 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
             _ => return Err(format!("profile: unknown configuration `{kind}`").into()),
         };
         load::sequential(&target, count.min(200)).await;
+        // CPU time as well as the clock: on a shared machine it tells work
+        // (or cache misses) apart from waiting.
+        let (me, serving) = (
+            Proc::new("client", std::process::id()),
+            Proc::new("server", server.child.id()),
+        );
+        let cpu_before = (me.cpu_seconds(), serving.cpu_seconds());
         let started = Instant::now();
         let run = load::sequential(&target, count).await;
+        let per_request = |s: f64| s * 1e6 / count as f64;
         eprintln!(
-            "{kind}: {count} sequential requests, {:.1} µs each, {} errors",
+            "{kind}: {count} sequential requests, {:.1} µs each (p50 {:.1} µs; CPU µs per request: client {:.1}, server {:.1}), {} errors",
             started.elapsed().as_secs_f64() * 1e6 / count as f64,
+            run.latency.value_at_quantile(0.5) as f64 / 1e3,
+            per_request(me.cpu_seconds() - cpu_before.0),
+            per_request(serving.cpu_seconds() - cpu_before.1),
             run.errors
         );
         Ok(())
     })
+}
+
+/// What `run` sets up beside the in-process `mesh`, warmed up as `run` warms
+/// it (saturation first, so every pool holds its connections), for
+/// `profile mesh-in-bench`: the OTLP receiver, the gRPC pair and two raw
+/// targets, then `mesh` itself at saturation; returned for the caller to
+/// keep. The sequential requests that follow are `mesh`'s only.
+async fn bench_neighbours(
+    pki: &PkiFiles,
+    server: &ServerProcess,
+    mesh: &Arc<dyn Target>,
+) -> Result<(Option<SpanCounter>, Vec<Arc<dyn Target>>), BoxError> {
+    // A count, not a duration: under callgrind the warm-up must be the same
+    // work in every run, or it does not cancel out of the marginal.
+    let warm: usize = std::env::var("PROFILE_WARMUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    // `PROFILE_NEIGHBOURS=raw,grpc,grpc-mesh,otlp,mesh` (the default: all)
+    // picks which are set up, to tell their effects apart.
+    let picked = std::env::var("PROFILE_NEIGHBOURS")
+        .unwrap_or_else(|_| "raw,grpc,grpc-mesh,otlp,mesh".to_string());
+    let picked: Vec<&str> = picked.split(',').collect();
+    let collector = if picked.contains(&"otlp") {
+        Some(SpanCounter::start().await?)
+    } else {
+        None
+    };
+    let (channel, mesh_channel) = grpc_channels(server.grpc).await?;
+    let client_tls = pki.client_config()?;
+    let raw = || {
+        Arc::new(RawTarget::new(
+            server.tls,
+            SERVER_NAME,
+            TlsConnect::new(client_tls.clone()),
+            CONCURRENCY,
+        )) as Arc<dyn Target>
+    };
+    let mut targets: Vec<Arc<dyn Target>> = Vec::new();
+    if picked.contains(&"raw") {
+        targets.extend([raw(), raw()]);
+    }
+    if picked.contains(&"grpc") {
+        targets.push(Arc::new(GrpcTarget::new(channel)));
+    }
+    if picked.contains(&"grpc-mesh") {
+        targets.push(Arc::new(GrpcTarget::new(mesh_channel)));
+    }
+    if picked.contains(&"mesh") {
+        targets.push(mesh.clone());
+    }
+    for target in &targets {
+        target.call().await?;
+        let workers: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let target = target.clone();
+                tokio::spawn(async move { load::sequential(&target, warm).await.errors })
+            })
+            .collect();
+        for worker in workers {
+            let errors = worker.await?;
+            if errors > 0 {
+                return Err(format!("{errors} errors while warming up").into());
+            }
+        }
+    }
+    targets.retain(|t| !Arc::ptr_eq(t, mesh));
+    Ok((collector, targets))
 }
 
 /// Heap bytes a `MeshClient` holds for a service with `n` known endpoints,
