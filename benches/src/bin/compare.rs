@@ -796,6 +796,14 @@ fn turn_order(n: usize, rng: &mut SmallRng) -> Vec<usize> {
     order
 }
 
+/// One configuration's sequential requests in a round.
+struct SequentialRun {
+    run: LatencyRun,
+    /// Context switches of its client process and of the server while its
+    /// requests ran.
+    switches: [u64; 2],
+}
+
 /// One round's sequential latency of every configuration, in `configs`'
 /// order: [`SEQUENTIAL_BLOCK`] requests of each in turn, in a new
 /// [`turn_order`] every block, until each has sent `plan.sequential`.
@@ -804,25 +812,35 @@ fn sequential_interleaved(
     plan: &Plan,
     configs: &[Config],
     rng: &mut SmallRng,
-) -> Result<Vec<LatencyRun>, BoxError> {
+) -> Result<Vec<SequentialRun>, BoxError> {
     let n = configs.len();
-    let mut runs: Vec<LatencyRun> = (0..n)
-        .map(|_| LatencyRun {
-            latency: load::histogram(),
-            lag: None,
-            errors: 0,
-            ok: 0,
+    let mut runs: Vec<SequentialRun> = (0..n)
+        .map(|_| SequentialRun {
+            run: LatencyRun {
+                latency: load::histogram(),
+                lag: None,
+                errors: 0,
+                ok: 0,
+            },
+            switches: [0; 2],
         })
         .collect();
     let blocks = plan.sequential.div_ceil(SEQUENTIAL_BLOCK);
     for block in 0..blocks {
         let count = SEQUENTIAL_BLOCK.min(plan.sequential - block * SEQUENTIAL_BLOCK);
         for c in turn_order(n, rng) {
+            // Every configuration's first two processes are its client and
+            // the server.
+            let switches = || configs[c].procs.iter().take(2).map(Proc::context_switches);
+            let before: Vec<u64> = switches().collect();
             let part = configs[c]
                 .load
                 .sequential(runtime, count)
                 .map_err(|e| format!("{}: {e}", configs[c].name))?;
-            let run = &mut runs[c];
+            let SequentialRun { run, switches: sum } = &mut runs[c];
+            for ((sum, after), before) in sum.iter_mut().zip(switches()).zip(before) {
+                *sum += after.saturating_sub(before);
+            }
             run.latency.add(&part.latency)?;
             run.errors += part.errors;
             run.ok += part.ok;
@@ -837,7 +855,7 @@ fn measure(
     runtime: &tokio::runtime::Runtime,
     plan: &Plan,
     config: &Config,
-    sequential: &LatencyRun,
+    sequential: &SequentialRun,
 ) -> Result<Round, BoxError> {
     let load = &config.load;
     let peaks = Phase::start(&config.procs);
@@ -856,8 +874,11 @@ fn measure(
         u.cpu_seconds = c.cpu_seconds;
     }
     Ok(Round {
-        sequential: Percentiles::of(&sequential.latency),
-        sequential_errors: sequential.errors,
+        sequential: Percentiles::of(&sequential.run.latency),
+        sequential_errors: sequential.run.errors,
+        sequential_switches: sequential
+            .switches
+            .map(|n| n as f64 / sequential.run.latency.len().max(1) as f64),
         open,
         saturation,
         requests: saturation.ok,
@@ -1273,6 +1294,10 @@ fn summarise(
                 "seq_p50_us": round3(median_of(r, |r| r.sequential.p50_us)),
                 "seq_p99_us": round3(median_of(r, |r| r.sequential.p99_us)),
                 "seq_p999_us": round3(median_of(r, |r| r.sequential.p999_us)),
+                "seq_switches_per_request": {
+                    "client": round3(median_of(r, |r| r.sequential_switches[0])),
+                    "server": round3(median_of(r, |r| r.sequential_switches[1])),
+                },
                 "open": plan.rates.iter().enumerate().map(|(i, rate)| json!({
                     "rate": rate,
                     "p50_us": round3(median_of(r, |r| r.open[i].latency.p50_us)),
@@ -1292,6 +1317,24 @@ fn summarise(
         );
     }
 
+    // Counted, so comparable on a busy machine: a configuration with more
+    // hand-offs per round trip waits for more wake-ups, whatever its code.
+    let switches: Vec<String> = configs
+        .iter()
+        .map(|c| {
+            let r = &c.rounds;
+            format!(
+                "{} {:.1}/{:.1}",
+                c.name,
+                median_of(r, |r| r.sequential_switches[0]),
+                median_of(r, |r| r.sequential_switches[1])
+            )
+        })
+        .collect();
+    println!(
+        "context switches per sequential request, client/server: {}",
+        switches.join(", ")
+    );
     let (raw, raw2, mesh, sidecar) = (
         find(configs, "raw"),
         find(configs, "raw2"),
