@@ -480,15 +480,19 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
             Proc::new("server", server.child.id()),
         );
         let cpu_before = (me.cpu_seconds(), serving.cpu_seconds());
+        let switches_before = (me.context_switches(), serving.context_switches());
         let started = Instant::now();
         let run = load::sequential(&target, count).await;
         let per_request = |s: f64| s * 1e6 / count as f64;
+        let switches = |now: u64, before: u64| now.saturating_sub(before) as f64 / count as f64;
         eprintln!(
-            "{kind}: {count} sequential requests, {:.1} µs each (p50 {:.1} µs; CPU µs per request: client {:.1}, server {:.1}), {} errors",
+            "{kind}: {count} sequential requests, {:.1} µs each (p50 {:.1} µs; per request: CPU µs client {:.1}, server {:.1}; context switches client {:.2}, server {:.2}), {} errors",
             started.elapsed().as_secs_f64() * 1e6 / count as f64,
             run.latency.value_at_quantile(0.5) as f64 / 1e3,
             per_request(me.cpu_seconds() - cpu_before.0),
             per_request(serving.cpu_seconds() - cpu_before.1),
+            switches(me.context_switches(), switches_before.0),
+            switches(serving.context_switches(), switches_before.1),
             run.errors
         );
         Ok(())
