@@ -57,6 +57,27 @@ impl Proc {
         }
     }
 
+    /// Context switches (voluntary and not) of all the process's threads so
+    /// far: every time one of them stopped running, mostly to wait. Counted,
+    /// so unlike a latency it does not move with the machine's load (0 when
+    /// the process is gone).
+    pub fn context_switches(&self) -> u64 {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|task| fs::read_to_string(task.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|line| line.contains("ctxt_switches:"))
+                    .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Peak resident set size in KiB since start or the last [`reset_peak`](Self::reset_peak).
     pub fn peak_rss_kib(&self) -> u64 {
         fs::read_to_string(format!("/proc/{}/status", self.pid))

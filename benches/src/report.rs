@@ -60,6 +60,9 @@ pub struct Round {
     pub sequential: Percentiles,
     /// Failed sequential requests.
     pub sequential_errors: u64,
+    /// Context switches per sequential request of the client process and of
+    /// the server: the thread hand-offs a request's round trip took.
+    pub sequential_switches: [f64; 2],
     /// Fixed-rate runs.
     pub open: Vec<OpenLoop>,
     /// Closed-loop saturation.

@@ -11,10 +11,12 @@
 //! cold-start client), `client mesh-otel` (the mesh client with a span
 //! exporter, driven over a pipe: telemetry is process-wide) and
 //! `endpoint-bytes` (memory per known endpoint, with the counting allocator
-//! below). `profile raw|mesh|mesh-otel|grpc|grpc-mesh N` sends N sequential requests with one
-//! configuration, for profilers; `cold-starts N` times N cold starts of each
-//! kind, alternating, and nothing else; `cold-phases N` the same with each
-//! helper reporting when its phases ended (wall clock since its spawn).
+//! below). `profile raw|mesh|mesh-otel|grpc|grpc-mesh|mesh-in-bench N`
+//! sends N sequential requests with one configuration, for profilers
+//! (`mesh-in-bench`: the mesh with the rest of the bench's in-process set-up
+//! warmed up beside it); `cold-starts N` times N cold starts of each kind,
+//! alternating, and nothing else; `cold-phases N` the same with each helper
+//! reporting when its phases ended (wall clock since its spawn).
 
 use std::alloc::System;
 use std::collections::BTreeMap;
@@ -400,16 +402,17 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
     // `PROFILE_RUNTIME=bench` drives the requests as the bench does (from
     // `block_on` on a runtime with one worker, so every request crosses
     // threads); the default keeps the whole client on this thread.
-    let runtime = if std::env::var("PROFILE_RUNTIME").as_deref() == Ok("bench") {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    };
+    let runtime =
+        if std::env::var("PROFILE_RUNTIME").as_deref() == Ok("bench") || kind == "mesh-in-bench" {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        };
     if kind == "mesh-otel" {
         // The client is a helper process (follow it with
         // `--trace-children=yes`); this one only hosts the OTLP receiver, on
@@ -447,6 +450,14 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
                 let mesh = start_mesh(&pki, server.mesh).await?;
                 (Arc::new(MeshTarget::new(mesh.0.client())), Some(mesh))
             }
+            "mesh-in-bench" => {
+                let mesh = start_mesh(&pki, server.mesh).await?;
+                let target: Arc<dyn Target> = Arc::new(MeshTarget::new(mesh.0.client()));
+                let neighbours = bench_neighbours(&pki, &server, &target).await?;
+                // Kept until the process exits, as in `run`.
+                std::mem::forget(neighbours);
+                (target, Some(mesh))
+            }
             // Telemetry set up for both, as in the bench, so their difference
             // is the stack.
             "grpc" | "grpc-mesh" => {
@@ -462,15 +473,98 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
             _ => return Err(format!("profile: unknown configuration `{kind}`").into()),
         };
         load::sequential(&target, count.min(200)).await;
+        // CPU time as well as the clock: on a shared machine it tells work
+        // (or cache misses) apart from waiting.
+        let (me, serving) = (
+            Proc::new("client", std::process::id()),
+            Proc::new("server", server.child.id()),
+        );
+        let cpu_before = (me.cpu_seconds(), serving.cpu_seconds());
+        let switches_before = (me.context_switches(), serving.context_switches());
         let started = Instant::now();
         let run = load::sequential(&target, count).await;
+        let per_request = |s: f64| s * 1e6 / count as f64;
+        let switches = |now: u64, before: u64| now.saturating_sub(before) as f64 / count as f64;
         eprintln!(
-            "{kind}: {count} sequential requests, {:.1} µs each, {} errors",
+            "{kind}: {count} sequential requests, {:.1} µs each (p50 {:.1} µs; per request: CPU µs client {:.1}, server {:.1}; context switches client {:.2}, server {:.2}), {} errors",
             started.elapsed().as_secs_f64() * 1e6 / count as f64,
+            run.latency.value_at_quantile(0.5) as f64 / 1e3,
+            per_request(me.cpu_seconds() - cpu_before.0),
+            per_request(serving.cpu_seconds() - cpu_before.1),
+            switches(me.context_switches(), switches_before.0),
+            switches(serving.context_switches(), switches_before.1),
             run.errors
         );
         Ok(())
     })
+}
+
+/// What `run` sets up beside the in-process `mesh`, warmed up as `run` warms
+/// it (saturation first, so every pool holds its connections), for
+/// `profile mesh-in-bench`: the OTLP receiver, the gRPC pair and two raw
+/// targets, then `mesh` itself at saturation; returned for the caller to
+/// keep. The sequential requests that follow are `mesh`'s only.
+async fn bench_neighbours(
+    pki: &PkiFiles,
+    server: &ServerProcess,
+    mesh: &Arc<dyn Target>,
+) -> Result<(Option<SpanCounter>, Vec<Arc<dyn Target>>), BoxError> {
+    // A count, not a duration: under callgrind the warm-up must be the same
+    // work in every run, or it does not cancel out of the marginal.
+    let warm: usize = std::env::var("PROFILE_WARMUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    // `PROFILE_NEIGHBOURS=raw,grpc,grpc-mesh,otlp,mesh` (the default: all)
+    // picks which are set up, to tell their effects apart.
+    let picked = std::env::var("PROFILE_NEIGHBOURS")
+        .unwrap_or_else(|_| "raw,grpc,grpc-mesh,otlp,mesh".to_string());
+    let picked: Vec<&str> = picked.split(',').collect();
+    let collector = if picked.contains(&"otlp") {
+        Some(SpanCounter::start().await?)
+    } else {
+        None
+    };
+    let (channel, mesh_channel) = grpc_channels(server.grpc).await?;
+    let client_tls = pki.client_config()?;
+    let raw = || {
+        Arc::new(RawTarget::new(
+            server.tls,
+            SERVER_NAME,
+            TlsConnect::new(client_tls.clone()),
+            CONCURRENCY,
+        )) as Arc<dyn Target>
+    };
+    let mut targets: Vec<Arc<dyn Target>> = Vec::new();
+    if picked.contains(&"raw") {
+        targets.extend([raw(), raw()]);
+    }
+    if picked.contains(&"grpc") {
+        targets.push(Arc::new(GrpcTarget::new(channel)));
+    }
+    if picked.contains(&"grpc-mesh") {
+        targets.push(Arc::new(GrpcTarget::new(mesh_channel)));
+    }
+    if picked.contains(&"mesh") {
+        targets.push(mesh.clone());
+    }
+    for target in &targets {
+        target.call().await?;
+        let workers: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let target = target.clone();
+                tokio::spawn(async move { load::sequential(&target, warm).await.errors })
+            })
+            .collect();
+        for worker in workers {
+            let errors = worker.await?;
+            if errors > 0 {
+                return Err(format!("{errors} errors while warming up").into());
+            }
+        }
+    }
+    targets.retain(|t| !Arc::ptr_eq(t, mesh));
+    Ok((collector, targets))
 }
 
 /// Heap bytes a `MeshClient` holds for a service with `n` known endpoints,
@@ -706,6 +800,14 @@ fn turn_order(n: usize, rng: &mut SmallRng) -> Vec<usize> {
     order
 }
 
+/// One configuration's sequential requests in a round.
+struct SequentialRun {
+    run: LatencyRun,
+    /// Context switches of its client process and of the server while its
+    /// requests ran.
+    switches: [u64; 2],
+}
+
 /// One round's sequential latency of every configuration, in `configs`'
 /// order: [`SEQUENTIAL_BLOCK`] requests of each in turn, in a new
 /// [`turn_order`] every block, until each has sent `plan.sequential`.
@@ -714,25 +816,35 @@ fn sequential_interleaved(
     plan: &Plan,
     configs: &[Config],
     rng: &mut SmallRng,
-) -> Result<Vec<LatencyRun>, BoxError> {
+) -> Result<Vec<SequentialRun>, BoxError> {
     let n = configs.len();
-    let mut runs: Vec<LatencyRun> = (0..n)
-        .map(|_| LatencyRun {
-            latency: load::histogram(),
-            lag: None,
-            errors: 0,
-            ok: 0,
+    let mut runs: Vec<SequentialRun> = (0..n)
+        .map(|_| SequentialRun {
+            run: LatencyRun {
+                latency: load::histogram(),
+                lag: None,
+                errors: 0,
+                ok: 0,
+            },
+            switches: [0; 2],
         })
         .collect();
     let blocks = plan.sequential.div_ceil(SEQUENTIAL_BLOCK);
     for block in 0..blocks {
         let count = SEQUENTIAL_BLOCK.min(plan.sequential - block * SEQUENTIAL_BLOCK);
         for c in turn_order(n, rng) {
+            // Every configuration's first two processes are its client and
+            // the server.
+            let switches = || configs[c].procs.iter().take(2).map(Proc::context_switches);
+            let before: Vec<u64> = switches().collect();
             let part = configs[c]
                 .load
                 .sequential(runtime, count)
                 .map_err(|e| format!("{}: {e}", configs[c].name))?;
-            let run = &mut runs[c];
+            let SequentialRun { run, switches: sum } = &mut runs[c];
+            for ((sum, after), before) in sum.iter_mut().zip(switches()).zip(before) {
+                *sum += after.saturating_sub(before);
+            }
             run.latency.add(&part.latency)?;
             run.errors += part.errors;
             run.ok += part.ok;
@@ -747,7 +859,7 @@ fn measure(
     runtime: &tokio::runtime::Runtime,
     plan: &Plan,
     config: &Config,
-    sequential: &LatencyRun,
+    sequential: &SequentialRun,
 ) -> Result<Round, BoxError> {
     let load = &config.load;
     let peaks = Phase::start(&config.procs);
@@ -766,8 +878,11 @@ fn measure(
         u.cpu_seconds = c.cpu_seconds;
     }
     Ok(Round {
-        sequential: Percentiles::of(&sequential.latency),
-        sequential_errors: sequential.errors,
+        sequential: Percentiles::of(&sequential.run.latency),
+        sequential_errors: sequential.run.errors,
+        sequential_switches: sequential
+            .switches
+            .map(|n| n as f64 / sequential.run.latency.len().max(1) as f64),
         open,
         saturation,
         requests: saturation.ok,
@@ -1183,6 +1298,10 @@ fn summarise(
                 "seq_p50_us": round3(median_of(r, |r| r.sequential.p50_us)),
                 "seq_p99_us": round3(median_of(r, |r| r.sequential.p99_us)),
                 "seq_p999_us": round3(median_of(r, |r| r.sequential.p999_us)),
+                "seq_switches_per_request": {
+                    "client": round3(median_of(r, |r| r.sequential_switches[0])),
+                    "server": round3(median_of(r, |r| r.sequential_switches[1])),
+                },
                 "open": plan.rates.iter().enumerate().map(|(i, rate)| json!({
                     "rate": rate,
                     "p50_us": round3(median_of(r, |r| r.open[i].latency.p50_us)),
@@ -1202,6 +1321,24 @@ fn summarise(
         );
     }
 
+    // Counted, so comparable on a busy machine: a configuration with more
+    // hand-offs per round trip waits for more wake-ups, whatever its code.
+    let switches: Vec<String> = configs
+        .iter()
+        .map(|c| {
+            let r = &c.rounds;
+            format!(
+                "{} {:.1}/{:.1}",
+                c.name,
+                median_of(r, |r| r.sequential_switches[0]),
+                median_of(r, |r| r.sequential_switches[1])
+            )
+        })
+        .collect();
+    println!(
+        "context switches per sequential request, client/server: {}",
+        switches.join(", ")
+    );
     let (raw, raw2, mesh, sidecar) = (
         find(configs, "raw"),
         find(configs, "raw2"),
