@@ -325,6 +325,17 @@ fn spawn_otel_client(
     RemoteLoad::spawn(command).map_err(|e| format!("mesh+otel client: {e}").into())
 }
 
+/// The `raw` configuration's client: hyper and tokio-rustls to the server's
+/// TLS port, capped at the bench's connection count.
+fn raw_target(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Arc<dyn Target> {
+    Arc::new(RawTarget::new(
+        addr,
+        SERVER_NAME,
+        TlsConnect::new(tls.clone()),
+        CONCURRENCY,
+    ))
+}
+
 /// The mesh client's variables: the service `bench` at `addr`, over SPIFFE mTLS.
 fn mesh_vars(pki: &PkiFiles, addr: SocketAddr) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = [
@@ -527,14 +538,7 @@ async fn bench_neighbours(
     };
     let (channel, mesh_channel) = grpc_channels(server.grpc).await?;
     let client_tls = pki.client_config()?;
-    let raw = || {
-        Arc::new(RawTarget::new(
-            server.tls,
-            SERVER_NAME,
-            TlsConnect::new(client_tls.clone()),
-            CONCURRENCY,
-        )) as Arc<dyn Target>
-    };
+    let raw = || raw_target(server.tls, &client_tls);
     let mut targets: Vec<Arc<dyn Target>> = Vec::new();
     if picked.contains(&"raw") {
         targets.extend([raw(), raw()]);
@@ -1037,18 +1041,10 @@ fn run(plan: Plan) -> Result<(), BoxError> {
     }
     sidecar_procs.push(Proc::new("haproxy", sidecars.haproxy_pid()));
 
-    let raw_target = || {
-        Arc::new(RawTarget::new(
-            server.tls,
-            SERVER_NAME,
-            TlsConnect::new(client_tls.clone()),
-            CONCURRENCY,
-        )) as Arc<dyn Target>
-    };
     let mut configs = vec![
         Config {
             name: "raw",
-            load: Load::Local(raw_target()),
+            load: Load::Local(raw_target(server.tls, &client_tls)),
             procs: base.clone(),
             rounds: Vec::new(),
         },
@@ -1066,7 +1062,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         },
         Config {
             name: "raw2",
-            load: Load::Local(raw_target()),
+            load: Load::Local(raw_target(server.tls, &client_tls)),
             procs: base.clone(),
             rounds: Vec::new(),
         },
