@@ -132,7 +132,12 @@ impl RetryBudget {
     /// a 128-bit division per request.
     fn epoch_at(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.started).as_nanos() as u64;
-        since / (self.slot_len.as_nanos() as u64).max(1)
+        since / self.slot_nanos()
+    }
+
+    /// A slot's length in nanoseconds, at least one.
+    fn slot_nanos(&self) -> u64 {
+        (self.slot_len.as_nanos() as u64).max(1)
     }
 
     /// Records a request.
@@ -142,7 +147,7 @@ impl RetryBudget {
 
     /// Slot `epoch`'s instants; `None` past what an `Instant` can hold.
     fn span(&self, epoch: u64) -> Option<SlotSpan> {
-        let len = (self.slot_len.as_nanos() as u64).max(1);
+        let len = self.slot_nanos();
         let start = self
             .started
             .checked_add(Duration::from_nanos(epoch.checked_mul(len)?))?;
