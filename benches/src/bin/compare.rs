@@ -446,8 +446,12 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
         );
         return Ok(());
     }
+    let saturation = std::env::var("PROFILE_SATURATION").as_deref() == Ok("1");
     runtime.block_on(async {
         let (target, _mesh): (Arc<dyn Target>, Option<_>) = match kind {
+            // One connection for sequential requests, as the mesh's pool
+            // reuses one; the bench's one per worker at saturation.
+            "raw" if saturation => (raw_target(server.tls, &pki.client_config()?), None),
             "raw" => (
                 Arc::new(RawTarget::new(
                     server.tls,
@@ -492,18 +496,41 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
         );
         let cpu_before = (me.cpu_seconds(), serving.cpu_seconds());
         let switches_before = (me.context_switches(), serving.context_switches());
+        // Each process's CPU time and context switches over `requests`.
+        let usage = |requests: f64| {
+            let cpu = |p: &Proc, before: f64| (p.cpu_seconds() - before) * 1e6 / requests;
+            let switches = |p: &Proc, before: u64| {
+                p.context_switches().saturating_sub(before) as f64 / requests
+            };
+            format!(
+                "per request: CPU µs client {:.2}, server {:.2}; context switches client {:.3}, server {:.3}",
+                cpu(&me, cpu_before.0),
+                cpu(&serving, cpu_before.1),
+                switches(&me, switches_before.0),
+                switches(&serving, switches_before.1),
+            )
+        };
         let started = Instant::now();
+        // `PROFILE_SATURATION=1` runs the bench's closed loop instead, for
+        // `count` milliseconds: the per-request CPU and hand-offs behind the
+        // throughput ratio (with `PROFILE_RUNTIME=bench`, the bench's runtime).
+        if saturation {
+            let run =
+                load::closed_loop(&target, CONCURRENCY, Duration::from_millis(count as u64)).await;
+            eprintln!(
+                "{kind}: saturation for {count} ms, {:.0} requests/s ({}), {} errors",
+                run.throughput,
+                usage(run.ok as f64),
+                run.errors
+            );
+            return Ok(());
+        }
         let run = load::sequential(&target, count).await;
-        let per_request = |s: f64| s * 1e6 / count as f64;
-        let switches = |now: u64, before: u64| now.saturating_sub(before) as f64 / count as f64;
         eprintln!(
-            "{kind}: {count} sequential requests, {:.1} µs each (p50 {:.1} µs; per request: CPU µs client {:.1}, server {:.1}; context switches client {:.2}, server {:.2}), {} errors",
+            "{kind}: {count} sequential requests, {:.1} µs each (p50 {:.1} µs; {}), {} errors",
             started.elapsed().as_secs_f64() * 1e6 / count as f64,
             run.latency.value_at_quantile(0.5) as f64 / 1e3,
-            per_request(me.cpu_seconds() - cpu_before.0),
-            per_request(serving.cpu_seconds() - cpu_before.1),
-            switches(me.context_switches(), switches_before.0),
-            switches(serving.context_switches(), switches_before.1),
+            usage(count as f64),
             run.errors
         );
         Ok(())
