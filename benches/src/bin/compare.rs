@@ -402,7 +402,8 @@ async fn grpc_channels(
 /// prints the mean time per request. Under
 /// `valgrind --tool=callgrind` (which follows only this process), the
 /// instructions of `mesh` minus those of `raw`, per request, are what the
-/// mesh's client side costs.
+/// mesh's client side costs. With `PROFILE_SATURATION=1` (not for `mesh-otel`),
+/// `count` is milliseconds of the bench's closed loop instead.
 fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
     let count: usize = count
         .parse()
