@@ -326,13 +326,17 @@ fn spawn_otel_client(
 }
 
 /// The `raw` configuration's client: hyper and tokio-rustls to the server's
-/// TLS port, capped at the bench's connection count.
-fn raw_target(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Arc<dyn Target> {
+/// TLS port, over at most `connections` (the bench's: [`CONCURRENCY`]).
+fn raw_target(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    connections: usize,
+) -> Arc<dyn Target> {
     Arc::new(RawTarget::new(
         addr,
         SERVER_NAME,
         TlsConnect::new(tls.clone()),
-        CONCURRENCY,
+        connections,
     ))
 }
 
@@ -452,16 +456,11 @@ fn profile(kind: &str, count: &str) -> Result<(), BoxError> {
         let (target, _mesh): (Arc<dyn Target>, Option<_>) = match kind {
             // One connection for sequential requests, as the mesh's pool
             // reuses one; the bench's one per worker at saturation.
-            "raw" if saturation => (raw_target(server.tls, &pki.client_config()?), None),
-            "raw" => (
-                Arc::new(RawTarget::new(
-                    server.tls,
-                    SERVER_NAME,
-                    TlsConnect::new(pki.client_config()?),
-                    1,
-                )),
-                None,
-            ),
+            "raw" => {
+                let connections = if saturation { CONCURRENCY } else { 1 };
+                let target = raw_target(server.tls, &pki.client_config()?, connections);
+                (target, None)
+            }
             "mesh" => {
                 let mesh = start_mesh(&pki, server.mesh).await?;
                 (Arc::new(MeshTarget::new(mesh.0.client())), Some(mesh))
@@ -566,7 +565,7 @@ async fn bench_neighbours(
     };
     let (channel, mesh_channel) = grpc_channels(server.grpc).await?;
     let client_tls = pki.client_config()?;
-    let raw = || raw_target(server.tls, &client_tls);
+    let raw = || raw_target(server.tls, &client_tls, CONCURRENCY);
     let mut targets: Vec<Arc<dyn Target>> = Vec::new();
     if picked.contains(&"raw") {
         targets.extend([raw(), raw()]);
@@ -1072,7 +1071,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
     let mut configs = vec![
         Config {
             name: "raw",
-            load: Load::Local(raw_target(server.tls, &client_tls)),
+            load: Load::Local(raw_target(server.tls, &client_tls, CONCURRENCY)),
             procs: base.clone(),
             rounds: Vec::new(),
         },
@@ -1090,7 +1089,7 @@ fn run(plan: Plan) -> Result<(), BoxError> {
         },
         Config {
             name: "raw2",
-            load: Load::Local(raw_target(server.tls, &client_tls)),
+            load: Load::Local(raw_target(server.tls, &client_tls, CONCURRENCY)),
             procs: base.clone(),
             rounds: Vec::new(),
         },
